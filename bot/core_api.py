@@ -1,0 +1,30 @@
+"""The face the core shows adapters: adapters type against this, never the engine class."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Protocol
+
+from bot.events import CommandRequest, InboundMessage, ReplySink
+
+
+class SubmitOutcome(StrEnum):
+    ACCEPTED = "accepted"  # stored; the session will answer
+    DUPLICATE = "duplicate"  # this platform message was seen before: nothing done
+    IGNORED = "ignored"  # not for the bot (unaddressed group chatter, empty text)
+    DENIED = "denied"  # a policy refused it (access, rate limit, budget); a notice may follow
+
+
+class ChatCore(Protocol):
+    def attach(self, sink: ReplySink) -> None:
+        """Registers the adapter that delivers replies for `sink.platform`."""
+        ...
+
+    async def submit(self, message: InboundMessage) -> SubmitOutcome:
+        """Stores the message durably, then lets its session act on it. Returns at once:
+        the answer (instant reply or LLM answer) reaches the adapter through `sink.send`."""
+        ...
+
+    async def command(self, request: CommandRequest) -> str:
+        """Runs a bot command and returns the text to answer it with."""
+        ...

@@ -1,0 +1,246 @@
+"""Every setting, in one place, read from the environment and `.env`.
+
+The names are a contract with operators' scripts: rename nothing. Each field's description
+is the one-line comment that `.env.example` and the README table carry (a test keeps the
+three in step).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+KNOWN_PLATFORMS = ("telegram", "discord", "console")
+_TELEGRAM_TOKEN = re.compile(r"^\d+:[A-Za-z0-9_-]{20,}$")
+_DISCORD_TOKEN = re.compile(r"^[A-Za-z0-9_.-]{30,}$")
+
+
+class GroupMode(StrEnum):
+    MENTION = "mention"
+    ALL = "all"
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- LLM ---
+    openai_api_key: SecretStr | None = Field(
+        None,
+        description="API key for the OpenAI-compatible server; empty = built-in offline demo model",
+    )
+    openai_base_url: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible server (Ollama, vLLM, OpenRouter...)"
+    )
+    openai_model: str = Field("gpt-4o-mini", description="Model name sent with every request")
+    openai_timeout_seconds: float = Field(
+        60.0, gt=0, description="Timeout of one LLM request, in seconds"
+    )
+    openai_max_retries: int = Field(
+        2, ge=0, description="Retries of a failed LLM request (429, 5xx, timeouts) by the SDK"
+    )
+    offline_model: bool = Field(
+        False,
+        description="Use the built-in offline model even on Telegram/Discord (demo only)",
+    )
+    system_prompt: str = Field(
+        "You are stillhere, a helpful assistant in a group chat. Several people may talk to "
+        "you; their names prefix their messages. Answer in the language of the last message. "
+        "Be brief.",
+        description="System prompt sent first in every request",
+    )
+    context_budget_tokens: int = Field(
+        12000, gt=0, description="Approximate token budget of the history sent to the LLM"
+    )
+
+    # --- platforms ---
+    platforms: CsvList = Field(
+        default_factory=list,
+        description="Platforms to run (telegram,discord,console); empty = chosen by tokens",
+    )
+    telegram_bot_token: SecretStr | None = Field(
+        None, description="Telegram bot token from @BotFather; empty = Telegram off"
+    )
+    telegram_base_url: str = Field(
+        "https://api.telegram.org/bot",
+        description="Bot API base URL (a self-hosted Bot API server, or a test fake)",
+    )
+    telegram_webhook_url: str | None = Field(
+        None, description="Public HTTPS URL for webhook mode; empty = long polling"
+    )
+    telegram_webhook_listen: str = Field(
+        "0.0.0.0", description="Address the webhook server listens on"
+    )
+    telegram_webhook_port: int = Field(8443, description="Port the webhook server listens on")
+    telegram_webhook_secret: SecretStr | None = Field(
+        None, description="Secret Telegram sends with each webhook call"
+    )
+    telegram_group_mode: GroupMode = Field(
+        GroupMode.MENTION,
+        description="In groups answer only when addressed (mention) or to every message (all)",
+    )
+    discord_bot_token: SecretStr | None = Field(
+        None, description="Discord bot token from the Developer Portal; empty = Discord off"
+    )
+    discord_api_base_url: str = Field(
+        "https://discord.com/api/v10", description="Discord REST base URL"
+    )
+    discord_gateway_url: str = Field(
+        "wss://gateway.discord.gg/", description="Discord gateway websocket URL"
+    )
+    discord_group_mode: GroupMode = Field(
+        GroupMode.MENTION,
+        description="In servers answer only when addressed (mention) or to every message (all)",
+    )
+
+    # --- storage ---
+    database_url: str = Field(
+        "sqlite+aiosqlite:///./data/stillhere.db",
+        description="SQLAlchemy async URL (sqlite+aiosqlite:///... or postgresql+asyncpg://...)",
+    )
+    db_auto_upgrade: bool = Field(
+        True, description="Apply database migrations when the bot starts"
+    )
+
+    # --- tools and turns ---
+    tool_modules: CsvList = Field(
+        default_factory=list,
+        description="Comma-separated import paths of modules with your own @tool functions",
+    )
+    tool_timeout_seconds: float = Field(
+        120.0, gt=0, description="Default timeout of one tool call, in seconds"
+    )
+    max_tool_rounds: int = Field(
+        8, ge=1, description="Tool rounds per turn before a last call without tools"
+    )
+
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("platforms", "tool_modules", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("platforms")
+    @classmethod
+    def _known_platforms(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in KNOWN_PLATFORMS:
+                raise ValueError(f"unknown platform {name!r}; use {', '.join(KNOWN_PLATFORMS)}")
+        return value
+
+    @field_validator(
+        "openai_base_url",
+        "telegram_base_url",
+        "telegram_webhook_url",
+        "discord_api_base_url",
+        "discord_gateway_url",
+    )
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not re.match(r"^(https?|wss?)://[^\s/]+", value):
+            raise ValueError(f"not a URL: {value!r}")
+        return value
+
+    @field_validator("telegram_bot_token")
+    @classmethod
+    def _telegram_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not _TELEGRAM_TOKEN.match(value.get_secret_value()):
+            raise ValueError("malformed token: expected <digits>:<letters> as @BotFather gives it")
+        return value
+
+    @field_validator("discord_bot_token")
+    @classmethod
+    def _discord_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not _DISCORD_TOKEN.match(value.get_secret_value()):
+            raise ValueError("malformed token: copy it from Developer Portal > Bot > Token")
+        return value
+
+    @field_validator("openai_api_key", "telegram_webhook_secret")
+    @classmethod
+    def _empty_secret_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError(f"unknown log level {value!r}")
+        return upper
+
+    def enabled_platforms(self) -> list[str]:
+        """The platforms to run: as configured, else those with a token, else the console."""
+        if self.platforms:
+            return list(self.platforms)
+        chosen = []
+        if self.telegram_bot_token is not None:
+            chosen.append("telegram")
+        if self.discord_bot_token is not None:
+            chosen.append("discord")
+        return chosen or ["console"]
+
+    def uses_offline_model(self) -> bool:
+        return self.openai_api_key is None
+
+    def secrets(self) -> list[str]:
+        """Every secret value set, so logging can mask them wherever they appear."""
+        values = [
+            self.openai_api_key,
+            self.telegram_bot_token,
+            self.discord_bot_token,
+            self.telegram_webhook_secret,
+        ]
+        return [v.get_secret_value() for v in values if v is not None]
+
+
+class SettingsError(Exception):
+    """A wrong setting, worded as one line that names it."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Reads the settings, turning pydantic's report into one line naming the setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"setting {name}: {message}") from None
+
+
+def check_startup(settings: Settings) -> None:
+    """Rules that span several settings; each failure names the missing setting."""
+    platforms = settings.enabled_platforms()
+    on_chat_platform = [p for p in platforms if p != "console"]
+    if on_chat_platform and settings.uses_offline_model() and not settings.offline_model:
+        raise SettingsError(
+            f"setting OPENAI_API_KEY: required to answer on {', '.join(on_chat_platform)} "
+            "(set OFFLINE_MODEL=true to use the offline demo model there on purpose)"
+        )
+    if "telegram" in platforms and settings.telegram_bot_token is None:
+        raise SettingsError("setting TELEGRAM_BOT_TOKEN: required when PLATFORMS has telegram")
+    if "discord" in platforms and settings.discord_bot_token is None:
+        raise SettingsError("setting DISCORD_BOT_TOKEN: required when PLATFORMS has discord")
