@@ -1,0 +1,102 @@
+"""`stillhere run`: the core plus one adapter per enabled platform, until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+import sys
+from typing import Any, Protocol
+
+from bot.core_api import ChatCore
+from bot.events import ReplySink
+from bot.runtime import Runtime
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ADAPTERS = {
+    "telegram": ("adapters.telegram", "TelegramAdapter"),
+    "discord": ("adapters.discord", "DiscordAdapter"),
+}
+
+OFFLINE_BANNER = """\
+stillhere — console chat on the OFFLINE DEMO MODEL (rule-based, no AI).
+It answers plainly, tells the time ("what time is it?" / "dame la hora") and runs a slow
+demo tool ("wait 10 seconds"): write again while it runs to see the instant reply.
+Commands: /status /cancel /reset /help. For a real model set OPENAI_API_KEY (and
+OPENAI_BASE_URL for another OpenAI-compatible server) in .env.
+"""
+
+CONSOLE_BANNER = "stillhere — console chat. Commands: /status /cancel /reset /help."
+
+
+class PlatformAdapter(ReplySink, Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def build_adapter(name: str, settings: Settings, core: ChatCore) -> PlatformAdapter:
+    module_name, class_name = ADAPTERS[name]
+    factory: Any = getattr(importlib.import_module(module_name), class_name)
+    adapter: PlatformAdapter = factory(settings, core)
+    return adapter
+
+
+async def run(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    async with Runtime(settings) as runtime:
+        engine = runtime.engine
+        adapters: list[PlatformAdapter] = []
+        console = None
+        try:
+            for name in settings.enabled_platforms():
+                if name == "console":
+                    from adapters.console import ConsoleAdapter
+
+                    console = ConsoleAdapter(engine)
+                    adapters.append(console)
+                else:
+                    adapters.append(build_adapter(name, settings, engine))
+            for adapter in adapters:
+                await adapter.start()
+                log.info("%s adapter started", adapter.platform)
+            if console is not None:
+                print(OFFLINE_BANNER if runtime.offline else CONSOLE_BANNER, flush=True)
+            await engine.start()
+            if console is not None:
+                # Piped input: when it ends, finish what it started, then leave.
+                waiters = [asyncio.ensure_future(stop.wait())]
+                waiters.append(asyncio.ensure_future(console.finished.wait()))
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+                if console.finished.is_set() and not stop.is_set():
+                    await _drain(engine.wait_idle, stop)
+            else:
+                await stop.wait()
+        finally:
+            for adapter in reversed(adapters):
+                try:
+                    await adapter.stop()
+                except Exception:
+                    log.exception("stopping the %s adapter failed", adapter.platform)
+    log.info("stopped")
+
+
+async def _drain(wait_idle: Any, stop: asyncio.Event) -> None:
+    idle = asyncio.ensure_future(wait_idle(timeout=24 * 3600))
+    halt = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([idle, halt], return_when=asyncio.FIRST_COMPLETED)
+    for task in (idle, halt):
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await idle
+    sys.stdout.flush()

@@ -1,0 +1,93 @@
+"""The `stillhere` command: run the bot, manage the database, run the offline model, admin.
+
+Exit codes: 0 ok, 1 problems found (admin), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from bot import logs
+from bot.settings import Settings, SettingsError, check_startup, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stillhere",
+        description="A chatbot for Telegram and Discord that keeps talking while its tools work.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "run", help="run the bot (platforms chosen by the tokens configured; console if none)"
+    )
+    db = commands.add_parser("db", help="database schema (Alembic)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="apply every migration")
+    db_commands.add_parser("current", help="print the schema revision of the database")
+    fake = commands.add_parser(
+        "fake-openai", help="run the offline model alone, as an OpenAI-compatible server"
+    )
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8765)
+    from bot.admin_cli import add_admin_parser
+
+    add_admin_parser(commands)
+    return parser
+
+
+async def _db(command: str, settings: Settings) -> int:
+    from storage.migrate import current_revision, head_revision, upgrade
+
+    if command == "upgrade":
+        await upgrade(settings.database_url)
+        print(f"database at revision {await current_revision(settings.database_url)}")
+        return 0
+    current = await current_revision(settings.database_url)
+    head = head_revision()
+    print(f"current: {current or 'empty'} (head: {head})")
+    return 0 if current == head else 1
+
+
+async def _fake_openai(host: str, port: int) -> int:
+    from bot.offline import serve_forever
+
+    print(f"offline model listening on http://{host}:{port}/v1 (Ctrl-C stops it)", flush=True)
+    await serve_forever(host, port)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        if args.command == "run":
+            check_startup(settings)
+    except SettingsError as exc:
+        print(f"stillhere: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.secrets())
+    try:
+        if args.command == "run":
+            from bot.app import run
+
+            asyncio.run(run(settings))
+            return 0
+        if args.command == "db":
+            return asyncio.run(_db(args.db_command, settings))
+        if args.command == "fake-openai":
+            return asyncio.run(_fake_openai(args.host, args.port))
+        from bot.admin_cli import run_admin
+
+        return asyncio.run(run_admin(args, settings))
+    except KeyboardInterrupt:
+        return 0
+    except SettingsError as exc:
+        print(f"stillhere: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

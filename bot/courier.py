@@ -1,0 +1,110 @@
+"""Delivers the outbox: in order within a session, concurrently across sessions.
+
+A row is marked delivered the moment the platform accepts it, before the next row is sent,
+so a restart re-sends only what never got through (Discord also dedupes on the row id as
+nonce). Failures are retried with backoff; permanent ones (chat gone, bot blocked) are
+recorded and left for the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bot.events import DeliveryError, OutgoingMessage, ReplySink
+from bot.store import OutboxItem, Store
+from bot.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 6
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class Courier:
+    def __init__(self, store: Store, base_backoff: float = 1.0) -> None:
+        self.store = store
+        self.base_backoff = base_backoff
+        self.sinks: dict[str, ReplySink] = {}
+        self._tasks = TaskSet("courier")
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._again: set[int] = set()
+
+    def attach(self, sink: ReplySink) -> None:
+        self.sinks[sink.platform] = sink
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    def kick(self, session_id: int) -> None:
+        """Something was added to this session's outbox: deliver it soon."""
+        if session_id in self._running:
+            self._again.add(session_id)
+            return
+        task = self._tasks.spawn(self._drain(session_id), f"session-{session_id}")
+        self._running[session_id] = task
+
+    async def _drain(self, session_id: int) -> None:
+        try:
+            while True:
+                self._again.discard(session_id)
+                for item in await self.store.undelivered(session_id):
+                    if not await self._deliver(item):
+                        return
+                if session_id not in self._again:
+                    return
+        finally:
+            self._running.pop(session_id, None)
+
+    async def _deliver(self, item: OutboxItem) -> bool:
+        """Sends one row; False when the session's later rows must wait (order matters)."""
+        sink = self.sinks.get(item.key.platform)
+        if sink is None:
+            log.warning("no adapter for %s; reply %d waits", item.key.platform, item.id)
+            return False
+        message = OutgoingMessage(
+            conversation=item.key,
+            text=item.text,
+            reply_to_id=item.reply_to_id,
+            kind=item.kind,
+            outbox_id=item.id,
+            reply_to_user_id=item.reply_to_user_id,
+        )
+        attempts = item.attempts
+        while True:
+            try:
+                platform_id = await sink.send(message)
+            except DeliveryError as exc:
+                error, permanent, retry_after = str(exc), exc.permanent, exc.retry_after
+            except Exception as exc:
+                log.exception("adapter %s failed to send reply %d", sink.platform, item.id)
+                error, permanent, retry_after = f"{type(exc).__name__}: {exc}", False, None
+            else:
+                await self.store.mark_delivered(item.id, platform_id)
+                log.info(
+                    "reply delivered",
+                    extra={"session": item.session_id, "outbox": item.id, "kind": item.kind},
+                )
+                return True
+            attempts += 1
+            give_up = permanent or attempts >= MAX_ATTEMPTS
+            await self.store.mark_delivery_failed(item.id, error, permanent=permanent)
+            log.warning(
+                "reply %d not delivered (attempt %d%s): %s",
+                item.id,
+                attempts,
+                ", giving up" if give_up else "",
+                error,
+                extra={"session": item.session_id},
+            )
+            if permanent:
+                return True  # a chat that is gone: later rows will fail alike, but try them
+            if give_up:
+                return False
+            delay = retry_after if retry_after is not None else self.base_backoff * 2**attempts
+            await asyncio.sleep(min(delay, MAX_BACKOFF_SECONDS))
+
+    async def stop(self) -> None:
+        await self._tasks.cancel_all()
+        self._running.clear()

@@ -1,0 +1,271 @@
+"""The engine: takes normalized events from adapters and hands each to its session's actor.
+
+It stores a message before anything else happens to it, so whatever crashes next, the
+message is there for recovery. It owns every background task (actors, deliveries, typing,
+the operator control poll) and stops them all on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bot.core_api import SubmitOutcome
+from bot.courier import Courier
+from bot.events import CommandName, CommandRequest, InboundMessage, ReplySink
+from bot.interim.classify import detect_language
+from bot.interim.replies import ReplyBook, RunningTool
+from bot.llm import LLMClient
+from bot.policies import Gate, Verdict
+from bot.presence import TypingKeeper
+from bot.prompt import PromptStats
+from bot.session import Cancel, Recover, Reset, SessionActor, Wake, seconds_since
+from bot.settings import GroupMode, Settings
+from bot.store import SessionState, Store, ToolCallInfo
+from bot.tasks import TaskSet
+from bot.tools.registry import Registry
+from bot.tools.runner import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER, ToolRunner
+
+log = logging.getLogger(__name__)
+
+CONTROL_POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    system_prompt: str
+    context_budget_tokens: int
+    max_tool_rounds: int
+    group_modes: Mapping[str, GroupMode] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(
+            system_prompt=settings.system_prompt,
+            context_budget_tokens=settings.context_budget_tokens,
+            max_tool_rounds=settings.max_tool_rounds,
+            group_modes={
+                "telegram": settings.telegram_group_mode,
+                "discord": settings.discord_group_mode,
+            },
+        )
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        llm: LLMClient,
+        registry: Registry,
+        runner: ToolRunner,
+        book: ReplyBook,
+        config: EngineConfig,
+        gates: Sequence[Gate] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.llm = llm
+        self.registry = registry
+        self.runner = runner
+        self.book = book
+        self.config = config
+        self.gates = list(gates)
+        self.rng = rng or random.Random()
+        self.tasks = TaskSet("engine")
+        self.courier = Courier(store)
+        self.typing = TypingKeeper()
+        self.prompt_stats = PromptStats()
+        self._actors: dict[int, SessionActor] = {}
+        self._sinks: dict[str, ReplySink] = {}
+        self._control_task: asyncio.Task[None] | None = None
+
+    # --- adapters' side (bot.core_api.ChatCore) ---------------------------------------------
+
+    def attach(self, sink: ReplySink) -> None:
+        self._sinks[sink.platform] = sink
+        self.courier.attach(sink)
+
+    def sink(self, platform: str) -> ReplySink | None:
+        return self._sinks.get(platform)
+
+    def _addressed(self, message: InboundMessage) -> bool:
+        if message.is_private or message.addresses_bot:
+            return True
+        mode = self.config.group_modes.get(message.conversation.platform, GroupMode.MENTION)
+        return mode == GroupMode.ALL
+
+    async def submit(self, message: InboundMessage) -> SubmitOutcome:
+        extra = {"session": str(message.conversation), "platform": message.conversation.platform}
+        if not self._addressed(message):
+            return SubmitOutcome.IGNORED
+        language = detect_language(message.text, default="en") if message.text else "en"
+        for gate in self.gates:
+            verdict = await gate.check(message)
+            if verdict is not Verdict.ALLOW:
+                log.info("message refused: %s", verdict.reason, extra=extra)
+                if verdict.notice_key and message.is_private:
+                    text = self.book.phrase(verdict.notice_key, language, **verdict.values)
+                    await self._notice(message, text)
+                return SubmitOutcome.DENIED
+        if message.unsupported is not None or not message.text.strip():
+            if message.unsupported is None:
+                return SubmitOutcome.IGNORED
+            log.info("non-text message (%s)", message.unsupported, extra=extra)
+            return await self._notice(message, self.book.phrase("text_only", language))
+        session_id = await self.store.record_inbound(message, language)
+        if session_id is None:
+            log.info("duplicate message %s ignored", message.message_id, extra=extra)
+            return SubmitOutcome.DUPLICATE
+        log.info("message stored", extra={**extra, "session": f"session-{session_id}"})
+        self._actor(session_id).post(Wake())
+        return SubmitOutcome.ACCEPTED
+
+    async def _notice(self, message: InboundMessage, text: str) -> SubmitOutcome:
+        session_id = await self.store.record_notice(message, text)
+        if session_id is None:
+            return SubmitOutcome.DUPLICATE
+        self.courier.kick(session_id)
+        return SubmitOutcome.IGNORED
+
+    async def command(self, request: CommandRequest) -> str:
+        session_id = await self.store.active_session_id(request.conversation)
+        language = "en"
+        if session_id is not None:
+            language = (await self.store.get_session(session_id)).language
+        match request.name:
+            case CommandName.START | CommandName.HELP:
+                return self.book.phrase(request.name.value, language)
+            case CommandName.STATUS:
+                return await self._status(session_id, language)
+            case CommandName.CANCEL:
+                count = 0
+                if session_id is not None:
+                    count = await self._ask(session_id, Cancel, CANCELLED_BY_USER)
+                if not count:
+                    return self.book.phrase("cancel_idle", language)
+                return self.book.phrase("cancel_done", language, count=count)
+            case CommandName.RESET:
+                if session_id is not None:
+                    await self.reset(session_id)
+                return self.book.phrase("reset_done", language)
+            case CommandName.USAGE:
+                return await self._usage(request, language)
+        raise ValueError(f"unknown command {request.name}")
+
+    async def _usage(self, request: CommandRequest, language: str) -> str:
+        for gate in self.gates:
+            report = await gate.report(request.user_id, request.conversation)
+            if report:
+                return report
+        return self.book.phrase("usage_unlimited", language)
+
+    async def _status(self, session_id: int | None, language: str) -> str:
+        if session_id is None:
+            return self.book.phrase("status_idle", language)
+        info = await self.store.get_session(session_id)
+        if info.state == SessionState.TOOLS:
+            calls = await self.store.open_tool_calls(session_id)
+            running = self.describe_running(calls, language)
+            if running:
+                return self.book.status(language, running)
+        if info.state != SessionState.IDLE:
+            return self.book.phrase("status_thinking", language)
+        return self.book.phrase("status_idle", language)
+
+    def describe_running(self, calls: Sequence[ToolCallInfo], language: str) -> list[RunningTool]:
+        running = []
+        for call in calls:
+            if call.status.finished:
+                continue
+            spec = self.registry.get(call.name)
+            label = spec.label(language) if spec else call.name.replace("_", " ")
+            running.append(RunningTool(label=label, seconds=seconds_since(call.started_at)))
+        return running
+
+    async def _ask(self, session_id: int, kind: type[Cancel], outcome: object) -> int:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._actor(session_id).post(kind(outcome, done))  # type: ignore[arg-type]
+        return await done
+
+    async def reset(self, session_id: int) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._actor(session_id).post(Reset(done))
+        await done
+
+    # --- actors -----------------------------------------------------------------------------
+
+    def _actor(self, session_id: int) -> SessionActor:
+        actor = self._actors.get(session_id)
+        if actor is None:
+            actor = self._actors[session_id] = SessionActor(self, session_id)
+        return actor
+
+    def retire(self, actor: SessionActor) -> None:
+        if self._actors.get(actor.session_id) is actor:
+            del self._actors[actor.session_id]
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._actors)
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Crash recovery, then the operator control poll. Call after adapters attach."""
+        sessions = await self.store.sessions_needing_work()
+        if sessions:
+            log.info("recovering %d sessions", len(sessions))
+        for session_id in sessions:
+            self._actor(session_id).post(Recover())
+        self._control_task = self.tasks.spawn(self._poll_controls(), "controls")
+
+    async def _poll_controls(self) -> None:
+        while True:
+            try:
+                for control in await self.store.pending_controls():
+                    result = await self._apply_control(control.session_id, control.action)
+                    await self.store.finish_control(control.id, result)
+                    log.info(
+                        "operator %s: %s",
+                        control.action,
+                        result,
+                        extra={"session": f"session-{control.session_id}"},
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("control poll failed")
+            await asyncio.sleep(CONTROL_POLL_SECONDS)
+
+    async def _apply_control(self, session_id: int, action: str) -> str:
+        if action == "cancel":
+            count = await self._ask(session_id, Cancel, CANCELLED_BY_OPERATOR)
+            return f"cancelled {count} running tool call(s)"
+        if action == "recover":
+            self._actor(session_id).post(Recover())
+            return "session handed back to the engine"
+        if action == "reset":
+            await self.reset(session_id)
+            return "conversation reset"
+        return f"unknown action {action!r} ignored"
+
+    async def wait_idle(self, timeout: float = 30.0) -> None:
+        """Until every session is idle and every reply delivered (tests, console EOF)."""
+        # Idleness spans actors and deliveries; a 10 ms poll is fine for its callers.
+        async with asyncio.timeout(timeout):
+            while self._actors or self.courier.busy:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._control_task is not None:
+            self._control_task.cancel()
+        for actor in list(self._actors.values()):
+            await actor.stop()
+        self._actors.clear()
+        await self.typing.stop_all()
+        await self.courier.stop()
+        await self.tasks.cancel_all()

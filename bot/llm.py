@@ -1,0 +1,112 @@
+"""A thin wrapper over the official AsyncOpenAI client.
+
+It turns a response into plain data the engine stores, and every failure (after the SDK's
+own retries with backoff) into one `LLMError`, so the engine has a single path for "the
+model could not answer".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import openai
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRequest:
+    call_id: str
+    name: str
+    arguments: str  # raw JSON text, exactly as the model sent it
+
+    def as_openai(self) -> dict[str, Any]:
+        return {
+            "id": self.call_id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    content: str | None
+    tool_calls: tuple[ToolCallRequest, ...] = ()
+    usage: Usage = field(default_factory=Usage)
+
+
+class LLMError(Exception):
+    """The model could not answer, after retries. `kind` is a short tag for logs and admin."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+class LLMClient:
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None,
+        model: str,
+        timeout: float,
+        max_retries: int,
+    ) -> None:
+        self.model = model
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        tool_choice: Literal["auto", "none"] = "auto",
+    ) -> Completion:
+        kwargs: dict[str, Any] = {"model": self.model, "messages": list(messages)}
+        if tools:
+            kwargs["tools"] = list(tools)
+            kwargs["tool_choice"] = tool_choice
+        try:
+            response = await self._client.chat.completions.create(**kwargs)
+        except openai.APIStatusError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            detail = str(body.get("message") or exc.message)
+            raise LLMError(f"http_{exc.status_code}", detail) from exc
+        except openai.APITimeoutError as exc:
+            raise LLMError("timeout", str(exc)) from exc
+        except openai.APIConnectionError as exc:
+            raise LLMError("connection", str(exc)) from exc
+        except (openai.APIError, ValueError) as exc:
+            # Covers bodies that are not the JSON the SDK expects (truncated, wrong shape).
+            raise LLMError("bad_response", f"{type(exc).__name__}: {exc}") from exc
+        if not response.choices:
+            raise LLMError("bad_response", "the response has no choices")
+        message = response.choices[0].message
+        calls = tuple(
+            ToolCallRequest(call.id, call.function.name, call.function.arguments or "")
+            for call in (message.tool_calls or [])
+            if call.type == "function"
+        )
+        usage = Usage()
+        if response.usage is not None:
+            usage = Usage(response.usage.prompt_tokens, response.usage.completion_tokens)
+        return Completion(content=message.content, tool_calls=calls, usage=usage)

@@ -1,0 +1,58 @@
+"""One structured line per event, with secrets masked wherever they appear."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+
+CONTEXT_FIELDS = ("session", "platform", "chat", "turn", "tool", "outbox", "kind")
+MASK = "***"
+
+
+class SecretMask(logging.Filter):
+    """Replaces every configured secret in the final text, arguments included."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if len(s) >= 6]
+
+    def mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            record.msg = self.mask(record.getMessage())
+            record.args = None
+            if record.exc_info and record.exc_info[1] is not None:
+                record.exc_text = self.mask(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+class LineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = " ".join(
+            f"{name}={getattr(record, name)}" for name in CONTEXT_FIELDS if hasattr(record, name)
+        )
+        if not context:
+            return line
+        head, _, tail = line.partition("\n")
+        return f"{head} {context}" + (f"\n{tail}" if tail else "")
+
+
+def configure(level: str, secrets: Iterable[str], stream: object = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(SecretMask(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Client libraries log request URLs, and Telegram's carry the bot token.
+    for noisy in ("httpx", "httpcore", "telegram", "discord", "aiosqlite", "openai"):
+        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))

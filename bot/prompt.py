@@ -1,0 +1,71 @@
+"""Turns a stored history into the request the model gets, checked before it leaves.
+
+The stored history is valid by construction; the check here is the second line of defence.
+A violation means a bug: it is logged at error level, counted, and repaired, so an invalid
+request is never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot import history as history_rules
+from bot.store import HistoryEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptStats:
+    """Counts that an operator wants to see (and tests assert stay at zero)."""
+
+    repaired_requests: int = 0
+    violations: list[str] = field(default_factory=list)
+
+
+def to_openai(entry: HistoryEntry, *, name_authors: bool) -> dict[str, Any]:
+    if entry.role == "user":
+        text = entry.content or ""
+        if name_authors and entry.author_name:
+            # OpenAI's `name` field forbids spaces and most scripts; a prefix keeps any name.
+            text = f"{entry.author_name}: {text}"
+        return {"role": "user", "content": text}
+    if entry.role == "tool":
+        return {"role": "tool", "tool_call_id": entry.tool_call_id, "content": entry.content or ""}
+    message: dict[str, Any] = {"role": entry.role, "content": entry.content}
+    if entry.tool_calls:
+        message["tool_calls"] = entry.tool_calls
+    return message
+
+
+def build_request(
+    *,
+    system_prompt: str,
+    entries: Sequence[HistoryEntry],
+    name_authors: bool,
+    note: str | None,
+    budget_tokens: int,
+    stats: PromptStats,
+    session_label: str,
+) -> list[dict[str, Any]]:
+    messages = [{"role": "system", "content": system_prompt}]
+    messages.extend(to_openai(e, name_authors=name_authors) for e in entries)
+    if note:
+        messages.append({"role": "system", "content": note})
+    problems = history_rules.validate(messages)
+    if problems:
+        stats.repaired_requests += 1
+        for problem in problems:
+            stats.violations.append(f"{session_label}: {problem.rule} at {problem.index}")
+            log.error(
+                "invalid history (bug): %s at message %d: %s",
+                problem.rule,
+                problem.index,
+                problem.message,
+                extra={"session": session_label},
+            )
+        messages = history_rules.repair(messages)
+    return history_rules.trim(messages, budget_tokens)

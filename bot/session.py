@@ -1,0 +1,403 @@
+"""One session's actor: the state machine that drives a conversation's turns.
+
+All state changes of a session happen in its actor's loop, one event at a time, so no two
+steps of one conversation ever interleave. Slow work (the LLM call, tools) runs in owned
+tasks that report back as events; the loop itself only does short storage writes, which is
+why a message arriving while tools run is answered at once.
+
+    idle --message--> llm --answer--> idle
+                       \\--tool_calls--> tools --last result--> llm (loop, bounded)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from bot.interim.classify import InterimKind, classify
+from bot.interim.replies import RunningTool
+from bot.llm import Completion, LLMError, ToolCallRequest
+from bot.prompt import build_request
+from bot.store import PlannedCall, SessionInfo, SessionState, ToolCallInfo
+from bot.tasks import TaskSet
+from bot.tools.runner import (
+    CANCELLED_BY_OPERATOR,
+    CANCELLED_BY_USER,
+    INTERRUPTED,
+    ToolOutcome,
+    ToolStatus,
+)
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+
+log = logging.getLogger(__name__)
+
+MAX_RERUNS_AFTER_RESTART = 3
+MAX_CALL_ID = 40
+
+
+@dataclass(frozen=True)
+class Wake:
+    """New messages are queued for this session."""
+
+
+@dataclass(frozen=True)
+class Recover:
+    """Look at the stored state and carry on from it (start-up, operator repair)."""
+
+
+@dataclass(frozen=True)
+class LLMDone:
+    result: Completion | LLMError
+
+
+@dataclass(frozen=True)
+class ToolDone:
+    tool_call_id: int
+    outcome: ToolOutcome
+
+
+@dataclass(frozen=True)
+class Cancel:
+    outcome: ToolOutcome
+    done: asyncio.Future[int]
+
+
+@dataclass(frozen=True)
+class Reset:
+    done: asyncio.Future[None]
+
+
+Event = Wake | Recover | LLMDone | ToolDone | Cancel | Reset
+
+
+def sanitize_calls(calls: Sequence[ToolCallRequest]) -> list[ToolCallRequest]:
+    """Some OpenAI-compatible servers send ids that OpenAI itself would reject later (too
+    long, empty, repeated) or empty names; fix them before they enter the history."""
+    seen: set[str] = set()
+    clean = []
+    for call in calls:
+        call_id = call.call_id
+        if not call_id or len(call_id) > MAX_CALL_ID or call_id in seen:
+            call_id = "call_" + secrets.token_hex(12)
+        seen.add(call_id)
+        clean.append(ToolCallRequest(call_id, call.name or "unnamed_tool", call.arguments or ""))
+    return clean
+
+
+class SessionActor:
+    def __init__(self, engine: Engine, session_id: int) -> None:
+        self.engine = engine
+        self.session_id = session_id
+        self.label = f"session-{session_id}"
+        self._mailbox: asyncio.Queue[Event] = asyncio.Queue()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._work = TaskSet(self.label)
+        self._llm_task: asyncio.Task[None] | None = None
+        self._tool_tasks: dict[int, asyncio.Task[None]] = {}
+        self._cancel_outcome: ToolOutcome | None = None
+
+    # --- mailbox ---------------------------------------------------------------------------
+
+    def post(self, event: Event) -> None:
+        self._mailbox.put_nowait(event)
+        if self._loop_task is None:
+            self._loop_task = self.engine.tasks.spawn(self._run(), self.label)
+
+    @property
+    def quiet(self) -> bool:
+        return self._mailbox.empty() and self._llm_task is None and not self._tool_tasks
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if self.quiet:
+                    # Retire with no await between the check and leaving the engine's map,
+                    # so a concurrent post() either lands before it or builds a new actor.
+                    self.engine.retire(self)
+                    return
+                event = await self._mailbox.get()
+                try:
+                    await self._handle(event)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception(
+                        "session step failed: %s",
+                        type(event).__name__,
+                        extra={"session": self.label},
+                    )
+                    if isinstance(event, Cancel | Reset) and not event.done.done():
+                        event.done.set_exception(RuntimeError("the session could not do it"))
+        finally:
+            self._loop_task = None
+
+    async def stop(self) -> None:
+        """Shutdown: work in flight is abandoned, not finished; recovery resumes it."""
+        self._cancel_outcome = None
+        await self._work.cancel_all()
+        self._tool_tasks.clear()
+        self._llm_task = None
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+
+    async def _handle(self, event: Event) -> None:
+        match event:
+            case Wake():
+                await self._on_wake()
+            case Recover():
+                await self._on_recover()
+            case LLMDone(result):
+                await self._on_llm_done(result)
+            case ToolDone(tool_call_id, outcome):
+                await self._on_tool_done(tool_call_id, outcome)
+            case Cancel(outcome, done):
+                done.set_result(self._cancel_tools(outcome))
+            case Reset(done):
+                await self._on_reset()
+                done.set_result(None)
+
+    # --- turns -----------------------------------------------------------------------------
+
+    async def _on_wake(self) -> None:
+        info = await self.engine.store.get_session(self.session_id)
+        if info.archived:
+            return
+        if info.state == SessionState.IDLE:
+            await self._start_turn()
+        elif info.state == SessionState.TOOLS:
+            await self._defer_queued(info)
+        # state llm: messages stay queued; the call's end picks them all up in one turn.
+
+    async def _start_turn(self) -> None:
+        info = await self.engine.store.begin_turn(self.session_id)
+        if info is None:
+            return
+        log.info("turn started", extra={"session": self.label, "turn": info.turn})
+        self.engine.typing.start(self.session_id, info.key, self.engine.sink(info.key.platform))
+        self._spawn_llm(info)
+
+    def _spawn_llm(self, info: SessionInfo) -> None:
+        if self._llm_task is None:
+            self._llm_task = self._work.spawn(self._call_llm(info), "llm")
+
+    async def _call_llm(self, info: SessionInfo) -> None:
+        engine = self.engine
+        result: Completion | LLMError
+        try:
+            note = None
+            if info.tool_rounds:
+                already = await engine.store.turn_interims(self.session_id, info.turn)
+                if already:
+                    replies = "; ".join(f"«{text}»" for text in already)
+                    note = engine.book.phrase("interim_note", "en", replies=replies)
+            messages = build_request(
+                system_prompt=engine.config.system_prompt,
+                entries=await engine.store.history(self.session_id),
+                name_authors=not info.is_private,
+                note=note,
+                budget_tokens=engine.config.context_budget_tokens,
+                stats=engine.prompt_stats,
+                session_label=self.label,
+            )
+            may_use_tools = info.tool_rounds < engine.config.max_tool_rounds
+            tools = engine.registry.openai_tools(include_admin=info.turn_is_admin)
+            result = await engine.llm.complete(
+                messages, tools, tool_choice="auto" if may_use_tools else "none"
+            )
+        except LLMError as exc:
+            result = exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("preparing the LLM call failed", extra={"session": self.label})
+            result = LLMError("internal", f"{type(exc).__name__}: {exc}")
+        self.post(LLMDone(result))
+
+    async def _on_llm_done(self, result: Completion | LLMError) -> None:
+        self._llm_task = None
+        store, engine = self.engine.store, self.engine
+        info = await store.get_session(self.session_id)
+        if info.archived or info.state != SessionState.LLM:
+            return
+        if isinstance(result, Completion):
+            calls = sanitize_calls(result.tool_calls)
+            if info.tool_rounds >= engine.config.max_tool_rounds:
+                # tool_choice was "none"; a server that ignores it gets its calls dropped.
+                calls = []
+            content = (result.content or "").strip() or None
+            if calls:
+                await self._start_tools(info, content, calls, result)
+                return
+            if content is None:
+                result = LLMError("empty_answer", "the model answered with no text")
+            else:
+                await store.record_answer(self.session_id, content, result.usage)
+                log.info("turn answered", extra={"session": self.label, "turn": info.turn})
+                engine.courier.kick(self.session_id)
+                await self._after_turn()
+                return
+        log.warning("LLM call failed: %s", result, extra={"session": self.label, "turn": info.turn})
+        apology = engine.book.phrase("apology", info.language)
+        await store.record_llm_failure(self.session_id, str(result), apology)
+        engine.courier.kick(self.session_id)
+        await self._after_turn()
+
+    async def _after_turn(self) -> None:
+        if await self.engine.store.queued_messages(self.session_id):
+            await self._start_turn()
+        else:
+            self.engine.typing.stop(self.session_id)
+
+    async def _start_tools(
+        self,
+        info: SessionInfo,
+        content: str | None,
+        calls: Sequence[ToolCallRequest],
+        completion: Completion,
+    ) -> None:
+        engine = self.engine
+        planned = [PlannedCall(c, engine.runner.timeout_for(c.name)) for c in calls]
+        notice = content or engine.book.phrase("working", info.language)
+        rows = await engine.store.record_tool_calls(
+            self.session_id, content, planned, notice, completion.usage
+        )
+        engine.courier.kick(self.session_id)
+        log.info(
+            "tools started: %s",
+            ", ".join(r.name for r in rows),
+            extra={"session": self.label, "turn": info.turn},
+        )
+        for row in rows:
+            self._spawn_tool(row)
+        await self._defer_queued(await engine.store.get_session(self.session_id))
+
+    # --- tools -----------------------------------------------------------------------------
+
+    def _spawn_tool(self, call: ToolCallInfo) -> None:
+        self._tool_tasks[call.id] = self._work.spawn(self._run_tool(call), f"tool-{call.name}")
+
+    async def _run_tool(self, call: ToolCallInfo) -> None:
+        try:
+            await self.engine.store.mark_tool_running(call.id)
+            outcome = await self.engine.runner.run(call.name, call.arguments)
+        except asyncio.CancelledError:
+            if self._cancel_outcome is None:
+                raise  # shutdown: the call stays running and recovery decides
+            outcome = self._cancel_outcome
+        except Exception as exc:
+            log.exception("tool %s could not run", call.name, extra={"session": self.label})
+            outcome = ToolOutcome(ToolStatus.FAILED, f"error: {type(exc).__name__}: {exc}")
+        self.post(ToolDone(call.id, outcome))
+
+    async def _on_tool_done(self, tool_call_id: int, outcome: ToolOutcome) -> None:
+        self._tool_tasks.pop(tool_call_id, None)
+        store = self.engine.store
+        if await store.finish_tool(tool_call_id, outcome):
+            log.info("tool finished: %s", outcome.status, extra={"session": self.label})
+        if not self._tool_tasks:
+            await self._close_round()
+
+    async def _close_round(self) -> None:
+        if await self.engine.store.close_tool_round(self.session_id):
+            self._cancel_outcome = None
+            self._spawn_llm(await self.engine.store.get_session(self.session_id))
+
+    def _cancel_tools(self, outcome: ToolOutcome) -> int:
+        if not self._tool_tasks:
+            return 0
+        self._cancel_outcome = outcome
+        for task in self._tool_tasks.values():
+            task.cancel()
+        return len(self._tool_tasks)
+
+    async def running_tools(self, info: SessionInfo) -> list[RunningTool]:
+        calls = await self.engine.store.open_tool_calls(self.session_id)
+        return self.engine.describe_running(calls, info.language)
+
+    async def _defer_queued(self, info: SessionInfo) -> None:
+        engine = self.engine
+        queued = await engine.store.queued_messages(self.session_id)
+        if not queued:
+            return
+        running = await self.running_tools(info)
+        avoid = set(await engine.store.turn_interims(self.session_id, info.turn))
+        last = await engine.store.last_interim(self.session_id)
+        if last:
+            avoid.add(last)
+        wants_cancel = False
+        for message in queued:
+            kind = classify(message.text, info.language)
+            wants_cancel = wants_cancel or kind.kind == InterimKind.CANCEL
+            text = engine.book.interim(kind.kind, kind.language, running, avoid, engine.rng)
+            avoid.add(text)
+            await engine.store.defer_with_interim(
+                self.session_id, message.id, text, kind.kind.value, kind.language
+            )
+            log.info(
+                "instant reply: %s", kind.kind, extra={"session": self.label, "turn": info.turn}
+            )
+            engine.courier.kick(self.session_id)
+        if wants_cancel:
+            self._cancel_tools(CANCELLED_BY_USER)
+
+    # --- recovery and operators ------------------------------------------------------------
+
+    async def _on_recover(self) -> None:
+        engine, store = self.engine, self.engine.store
+        info = await store.get_session(self.session_id)
+        if info.archived:
+            return
+        engine.courier.kick(self.session_id)
+        if info.state == SessionState.IDLE:
+            await self._start_turn()
+            return
+        engine.typing.start(self.session_id, info.key, engine.sink(info.key.platform))
+        if info.state == SessionState.LLM:
+            self._spawn_llm(info)
+            return
+        calls = await store.open_tool_calls(self.session_id)
+        open_ids = {c.id for c in calls if not c.status.finished}
+        for task_id in [t for t in self._tool_tasks if t not in open_ids]:
+            # An operator gave this call its result while it still ran here.
+            self._cancel_outcome = self._cancel_outcome or CANCELLED_BY_OPERATOR
+            self._tool_tasks[task_id].cancel()
+        for call in calls:
+            if call.status.finished or call.id in self._tool_tasks:
+                continue
+            spec = engine.registry.get(call.name)
+            if spec is not None and spec.rerun_safe and call.attempts < MAX_RERUNS_AFTER_RESTART:
+                log.info("re-running %s after a restart", call.name, extra={"session": self.label})
+                self._spawn_tool(call)
+            else:
+                await store.finish_tool(call.id, INTERRUPTED)
+        await self._defer_queued(info)
+        if not self._tool_tasks:
+            await self._close_round()
+
+    async def _on_reset(self) -> None:
+        self._cancel_outcome = ToolOutcome(
+            ToolStatus.CANCELLED, "cancelled: the conversation was reset"
+        )
+        tasks = [*self._tool_tasks.values(), *([self._llm_task] if self._llm_task else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tool_tasks.clear()
+        self._llm_task = None
+        await self.engine.store.archive_session(self.session_id)
+        self.engine.typing.stop(self.session_id)
+        log.info("conversation reset", extra={"session": self.label})
+
+
+def seconds_since(moment: datetime | None) -> float:
+    if moment is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - moment).total_seconds())

@@ -1,0 +1,189 @@
+"""What the engine needs from storage, as plain records and one protocol.
+
+`storage.repository.SqlStore` implements it; the engine never sees SQL. Every method is one
+short transaction, and every method that changes a session's state also writes the outbox
+row that change produces, so a crash can never separate them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from bot.events import ConversationKey, InboundMessage, ReplyKind
+from bot.llm import ToolCallRequest, Usage
+from bot.tools.runner import ToolOutcome, ToolStatus
+
+
+class SessionState:
+    IDLE = "idle"
+    LLM = "llm"
+    TOOLS = "tools"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    id: int
+    key: ConversationKey
+    state: str
+    language: str
+    turn: int
+    tool_rounds: int
+    is_private: bool
+    chat_title: str | None
+    reply_to_id: str | None
+    reply_to_user_id: str | None
+    turn_user_id: str | None
+    turn_is_admin: bool
+    last_error: str | None
+    archived: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    role: str
+    content: str | None
+    author_name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    id: int
+    text: str
+    platform_message_id: str | None
+    author_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallInfo:
+    id: int
+    call_id: str
+    name: str
+    arguments: str
+    status: ToolStatus
+    timeout_seconds: float
+    attempts: int
+    started_at: datetime | None
+    result: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCall:
+    request: ToolCallRequest
+    timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    session_id: int
+    key: ConversationKey
+    reply_to_id: str | None
+    reply_to_user_id: str | None
+    kind: ReplyKind
+    text: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    id: int
+    session_id: int
+    action: str
+
+
+class Store(Protocol):
+    # --- taking messages in ---
+    async def record_inbound(self, message: InboundMessage, language: str) -> int | None:
+        """Stores a message as queued in its conversation's active session (created on
+        first use). Returns the session id, or None if this platform message was seen."""
+        ...
+
+    async def record_notice(self, message: InboundMessage, text: str) -> int | None:
+        """Answers a message outside the conversation (text-only, denied, over a limit):
+        dedupes it and writes only an outbox row. Returns the session id or None."""
+        ...
+
+    async def get_session(self, session_id: int) -> SessionInfo: ...
+
+    async def active_session_id(self, key: ConversationKey) -> int | None: ...
+
+    async def queued_messages(self, session_id: int) -> list[QueuedMessage]: ...
+
+    # --- turns ---
+    async def begin_turn(self, session_id: int) -> SessionInfo | None:
+        """idle -> llm when messages are queued: they join the history. None otherwise
+        (nothing queued, or another worker took the turn)."""
+        ...
+
+    async def history(self, session_id: int) -> list[HistoryEntry]: ...
+
+    async def turn_interims(self, session_id: int, turn: int) -> list[str]: ...
+
+    async def last_interim(self, session_id: int) -> str | None: ...
+
+    async def record_answer(self, session_id: int, text: str, usage: Usage) -> int:
+        """llm -> idle with the answer in the history and in the outbox."""
+        ...
+
+    async def record_tool_calls(
+        self,
+        session_id: int,
+        content: str | None,
+        calls: Sequence[PlannedCall],
+        notice: str,
+        usage: Usage,
+    ) -> list[ToolCallInfo]:
+        """llm -> tools: the assistant message waits outside the history until every call
+        has its result; `notice` goes to the outbox."""
+        ...
+
+    async def record_llm_failure(
+        self, session_id: int, error: str, apology: str, usage: Usage | None = None
+    ) -> int:
+        """llm -> idle, keeping the history as it was; the apology goes to the outbox."""
+        ...
+
+    async def defer_with_interim(
+        self, session_id: int, message_id: int, text: str, kind: str, language: str
+    ) -> int:
+        """A message that arrived while tools run: deferred, answered with `text`."""
+        ...
+
+    # --- tools ---
+    async def open_tool_calls(self, session_id: int) -> list[ToolCallInfo]:
+        """Every call of the round in progress, finished or not, in the model's order."""
+        ...
+
+    async def mark_tool_running(self, tool_call_id: int) -> None: ...
+
+    async def finish_tool(self, tool_call_id: int, outcome: ToolOutcome) -> bool:
+        """Records the one result of a call; False if it already had one."""
+        ...
+
+    async def close_tool_round(self, session_id: int) -> bool:
+        """tools -> llm once every call has a result: the assistant message, its tool
+        results and then the deferred messages join the history, in one transaction."""
+        ...
+
+    async def archive_session(self, session_id: int) -> None:
+        """/reset: the conversation is kept but no longer active."""
+        ...
+
+    # --- outbox ---
+    async def undelivered(self, session_id: int) -> list[OutboxItem]: ...
+
+    async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None: ...
+
+    async def mark_delivery_failed(self, outbox_id: int, error: str, permanent: bool) -> None: ...
+
+    # --- recovery and operators ---
+    async def sessions_needing_work(self) -> list[int]: ...
+
+    async def pending_controls(self) -> list[Control]: ...
+
+    async def finish_control(self, control_id: int, result: str) -> None: ...

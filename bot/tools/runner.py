@@ -1,0 +1,121 @@
+"""Runs one tool call and always comes back with exactly one outcome.
+
+Whatever the model sent and whatever the tool does (bad JSON, unknown name, exception,
+hang), the caller gets a `ToolOutcome` whose text the model can read. Stack traces go to
+the log, never to the chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+
+from bot.tools.registry import Registry, ToolSpec
+
+log = logging.getLogger(__name__)
+
+MAX_RESULT_CHARS = 16_000
+
+
+class ToolStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (ToolStatus.PENDING, ToolStatus.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    status: ToolStatus
+    result: str
+
+
+CANCELLED_BY_USER = ToolOutcome(ToolStatus.CANCELLED, "cancelled by the user")
+CANCELLED_BY_OPERATOR = ToolOutcome(ToolStatus.CANCELLED, "cancelled by an operator")
+INTERRUPTED = ToolOutcome(ToolStatus.INTERRUPTED, "interrupted by a restart")
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=str)
+        except (TypeError, ValueError):
+            text = repr(value)
+    if len(text) > MAX_RESULT_CHARS:
+        text = text[:MAX_RESULT_CHARS] + f"… [cut: {len(text)} characters in all]"
+    return text
+
+
+def _parse_arguments(spec: ToolSpec, raw: str) -> dict[str, Any] | ToolOutcome:
+    try:
+        decoded = json.loads(raw or "{}")
+    except json.JSONDecodeError as exc:
+        return ToolOutcome(
+            ToolStatus.FAILED, f"invalid arguments: not valid JSON ({exc.msg}); send a JSON object"
+        )
+    if not isinstance(decoded, dict):
+        return ToolOutcome(ToolStatus.FAILED, "invalid arguments: expected a JSON object")
+    try:
+        model = spec.arguments.model_validate(decoded)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        return ToolOutcome(ToolStatus.FAILED, f"invalid arguments for {spec.name}: {problems}")
+    return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+class ToolRunner:
+    def __init__(self, registry: Registry, default_timeout: float) -> None:
+        self.registry = registry
+        self.default_timeout = default_timeout
+
+    def timeout_for(self, name: str) -> float:
+        spec = self.registry.get(name)
+        if spec is None or spec.timeout is None:
+            return self.default_timeout
+        return spec.timeout
+
+    async def run(self, name: str, raw_arguments: str) -> ToolOutcome:
+        """Runs the call. Cancelling the awaiting task cancels the tool (the caller decides
+        which cancellation text it records)."""
+        spec = self.registry.get(name)
+        if spec is None:
+            known = ", ".join(sorted(s.name for s in self.registry)) or "none"
+            return ToolOutcome(ToolStatus.FAILED, f"unknown tool {name!r}; available: {known}")
+        arguments = _parse_arguments(spec, raw_arguments)
+        if isinstance(arguments, ToolOutcome):
+            return arguments
+        timeout = self.timeout_for(name)
+        try:
+            async with asyncio.timeout(timeout):
+                if spec.is_async:
+                    value = await spec.function(**arguments)
+                else:
+                    # A sync tool must not block the loop; the thread cannot be killed on
+                    # timeout, but the turn stops waiting for it.
+                    value = await asyncio.to_thread(spec.function, **arguments)
+        except TimeoutError:
+            return ToolOutcome(ToolStatus.TIMED_OUT, f"timed out after {timeout:g} s")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("tool %s raised", name, extra={"tool": name})
+            return ToolOutcome(ToolStatus.FAILED, f"error: {type(exc).__name__}: {exc}")
+        return ToolOutcome(ToolStatus.DONE, _render(value))

@@ -1,0 +1,708 @@
+"""The engine's storage: the only module with SQL for the running bot.
+
+Concurrency: every state change is a compare-and-set on `sessions.state` inside the
+transaction that makes it (UPDATE ... WHERE state = expected), so two workers sharing a
+PostgreSQL database can never both start or close the same turn; the loser sees zero rows
+updated and leaves the session to the winner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncSession as Tx
+
+from bot.events import ConversationKey, InboundMessage, ReplyKind
+from bot.llm import Usage
+from bot.store import (
+    Control,
+    HistoryEntry,
+    OutboxItem,
+    PlannedCall,
+    QueuedMessage,
+    SessionInfo,
+    SessionState,
+    ToolCallInfo,
+)
+from bot.tools.runner import ToolOutcome, ToolStatus
+from storage.database import sessionmaker
+from storage.models import (
+    ControlRow,
+    LLMCallRow,
+    MessageRow,
+    OutboxRow,
+    ProcessedUpdateRow,
+    SessionRow,
+    ToolCallRow,
+)
+
+UNFINISHED = (ToolStatus.PENDING.value, ToolStatus.RUNNING.value)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def active_key(key: ConversationKey) -> str:
+    return f"{key.platform}:{key.chat_id}:{key.thread_id}"
+
+
+def _session_info(row: SessionRow) -> SessionInfo:
+    return SessionInfo(
+        id=row.id,
+        key=ConversationKey(row.platform, row.chat_id, row.thread_id),
+        state=row.state,
+        language=row.language,
+        turn=row.turn,
+        tool_rounds=row.tool_rounds,
+        is_private=row.is_private,
+        chat_title=row.chat_title,
+        reply_to_id=row.reply_to_id,
+        reply_to_user_id=row.reply_to_user_id,
+        turn_user_id=row.turn_user_id,
+        turn_is_admin=row.turn_is_admin,
+        last_error=row.last_error,
+        archived=row.active_key is None,
+    )
+
+
+def _tool_info(row: ToolCallRow) -> ToolCallInfo:
+    return ToolCallInfo(
+        id=row.id,
+        call_id=row.call_id,
+        name=row.name,
+        arguments=row.arguments,
+        status=ToolStatus(row.status),
+        timeout_seconds=row.timeout_seconds,
+        attempts=row.attempts,
+        started_at=row.started_at,
+        result=row.result,
+    )
+
+
+class SqlStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._tx = sessionmaker(engine)
+
+    # --- helpers -------------------------------------------------------------------
+
+    async def _session_row(self, tx: Tx, session_id: int) -> SessionRow:
+        row = await tx.get(SessionRow, session_id)
+        if row is None:
+            raise LookupError(f"no session {session_id}")
+        return row
+
+    async def _next_position(self, tx: Tx, session_id: int) -> int:
+        last = await tx.scalar(
+            select(func.max(MessageRow.position)).where(MessageRow.session_id == session_id)
+        )
+        return (last or 0) + 1
+
+    async def _claim(self, tx: Tx, session_id: int, expected: str, new: str, **values: Any) -> bool:
+        result = await tx.execute(
+            update(SessionRow)
+            .where(SessionRow.id == session_id, SessionRow.state == expected)
+            .values(state=new, updated_at=now(), **values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def _outbox(
+        self,
+        session: SessionRow,
+        kind: ReplyKind,
+        text: str,
+        reply_to: str | None,
+        user: str | None,
+    ) -> OutboxRow:
+        return OutboxRow(
+            session_id=session.id,
+            platform=session.platform,
+            chat_id=session.chat_id,
+            thread_id=session.thread_id,
+            reply_to_id=reply_to,
+            reply_to_user_id=user,
+            kind=kind.value,
+            text=text,
+            created_at=now(),
+        )
+
+    async def _get_or_create_session(self, tx: Tx, message: InboundMessage) -> SessionRow:
+        key = active_key(message.conversation)
+        row = await tx.scalar(select(SessionRow).where(SessionRow.active_key == key))
+        if row is not None:
+            if message.chat_title and row.chat_title != message.chat_title:
+                row.chat_title = message.chat_title
+            return row
+        c = message.conversation
+        stamp = now()
+        row = SessionRow(
+            platform=c.platform,
+            chat_id=c.chat_id,
+            thread_id=c.thread_id,
+            active_key=key,
+            chat_title=message.chat_title,
+            is_private=message.is_private,
+            state=SessionState.IDLE,
+            language="en",
+            turn=0,
+            tool_rounds=0,
+            turn_is_admin=False,
+            created_at=stamp,
+            updated_at=stamp,
+        )
+        tx.add(row)
+        await tx.flush()
+        return row
+
+    async def _take_in(self, tx: Tx, message: InboundMessage) -> SessionRow | None:
+        """Dedupe + session, in the caller's transaction; None for a seen message. A racing
+        duplicate fails the commit on the primary key, and the caller's retry lands here."""
+        seen = await tx.scalar(
+            select(ProcessedUpdateRow.key).where(ProcessedUpdateRow.key == message.dedupe_key)
+        )
+        if seen is not None:
+            return None
+        tx.add(ProcessedUpdateRow(key=message.dedupe_key, created_at=now()))
+        return await self._get_or_create_session(tx, message)
+
+    async def _with_retry_on_conflict(self, message: InboundMessage, work: Any) -> int | None:
+        # Two workers may take in the same message, or create the same conversation's
+        # session, at once; a unique key fails one commit and its retry sees the winner's row.
+        for attempt in range(2):
+            try:
+                async with self._tx() as tx, tx.begin():
+                    session = await self._take_in(tx, message)
+                    if session is None:
+                        return None
+                    await work(tx, session)
+                    return session.id
+            except IntegrityError:
+                if attempt:
+                    raise
+        return None
+
+    # --- taking messages in ------------------------------------------------------------
+
+    async def record_inbound(self, message: InboundMessage, language: str) -> int | None:
+        async def work(tx: Tx, session: SessionRow) -> None:
+            session.updated_at = now()
+            session.language = language
+            tx.add(
+                MessageRow(
+                    session_id=session.id,
+                    role="user",
+                    content=message.text,
+                    author_id=message.user_id,
+                    author_name=message.display_name,
+                    platform_message_id=message.message_id,
+                    status="queued",
+                    turn=session.turn,
+                    kind="admin" if message.is_admin else None,
+                    created_at=message.timestamp,
+                )
+            )
+
+        return await self._with_retry_on_conflict(message, work)
+
+    async def record_notice(self, message: InboundMessage, text: str) -> int | None:
+        async def work(tx: Tx, session: SessionRow) -> None:
+            tx.add(
+                self._outbox(session, ReplyKind.NOTICE, text, message.message_id, message.user_id)
+            )
+
+        return await self._with_retry_on_conflict(message, work)
+
+    async def get_session(self, session_id: int) -> SessionInfo:
+        async with self._tx() as tx:
+            return _session_info(await self._session_row(tx, session_id))
+
+    async def active_session_id(self, key: ConversationKey) -> int | None:
+        async with self._tx() as tx:
+            found: int | None = await tx.scalar(
+                select(SessionRow.id).where(SessionRow.active_key == active_key(key))
+            )
+            return found
+
+    async def queued_messages(self, session_id: int) -> list[QueuedMessage]:
+        async with self._tx() as tx:
+            rows = await tx.scalars(
+                select(MessageRow)
+                .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
+                .order_by(MessageRow.id)
+            )
+            return [
+                QueuedMessage(r.id, r.content or "", r.platform_message_id, r.author_id)
+                for r in rows
+            ]
+
+    # --- turns ---------------------------------------------------------------------------
+
+    async def begin_turn(self, session_id: int) -> SessionInfo | None:
+        async with self._tx() as tx, tx.begin():
+            queued = list(
+                await tx.scalars(
+                    select(MessageRow)
+                    .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
+                    .order_by(MessageRow.id)
+                )
+            )
+            if not queued:
+                return None
+            last = queued[-1]
+            session = await self._session_row(tx, session_id)
+            turn = session.turn + 1
+            claimed = await self._claim(
+                tx,
+                session_id,
+                SessionState.IDLE,
+                SessionState.LLM,
+                turn=turn,
+                tool_rounds=0,
+                reply_to_id=last.platform_message_id,
+                reply_to_user_id=last.author_id,
+                turn_user_id=last.author_id,
+                turn_is_admin=last.kind == "admin",
+            )
+            if not claimed:
+                return None
+            position = await self._next_position(tx, session_id)
+            for offset, row in enumerate(queued):
+                row.status = "history"
+                row.position = position + offset
+                row.turn = turn
+            await tx.refresh(session)
+            return _session_info(session)
+
+    async def history(self, session_id: int) -> list[HistoryEntry]:
+        async with self._tx() as tx:
+            rows = await tx.scalars(
+                select(MessageRow)
+                .where(MessageRow.session_id == session_id, MessageRow.position.is_not(None))
+                .order_by(MessageRow.position)
+            )
+            return [
+                HistoryEntry(r.role, r.content, r.author_name, r.tool_calls, r.tool_call_id)
+                for r in rows
+            ]
+
+    async def turn_interims(self, session_id: int, turn: int) -> list[str]:
+        async with self._tx() as tx:
+            rows = await tx.scalars(
+                select(MessageRow.content)
+                .where(
+                    MessageRow.session_id == session_id,
+                    MessageRow.status == "interim",
+                    MessageRow.turn == turn,
+                )
+                .order_by(MessageRow.id)
+            )
+            return [r or "" for r in rows]
+
+    async def last_interim(self, session_id: int) -> str | None:
+        async with self._tx() as tx:
+            found: str | None = await tx.scalar(
+                select(MessageRow.content)
+                .where(MessageRow.session_id == session_id, MessageRow.status == "interim")
+                .order_by(MessageRow.id.desc())
+                .limit(1)
+            )
+            return found
+
+    def _llm_call(
+        self, session: SessionRow, usage: Usage | None, error: str | None = None
+    ) -> LLMCallRow:
+        return LLMCallRow(
+            session_id=session.id,
+            user_id=session.turn_user_id,
+            chat_key=f"{session.platform}:{session.chat_id}",
+            ok=error is None,
+            error=error,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            created_at=now(),
+        )
+
+    async def record_answer(self, session_id: int, text: str, usage: Usage) -> int:
+        async with self._tx() as tx, tx.begin():
+            session = await self._session_row(tx, session_id)
+            if not await self._claim(
+                tx, session_id, SessionState.LLM, SessionState.IDLE, last_error=None
+            ):
+                raise RuntimeError(f"session {session_id} is not waiting for an answer")
+            tx.add(
+                MessageRow(
+                    session_id=session_id,
+                    role="assistant",
+                    content=text,
+                    status="history",
+                    position=await self._next_position(tx, session_id),
+                    turn=session.turn,
+                    kind=ReplyKind.ANSWER.value,
+                    created_at=now(),
+                )
+            )
+            tx.add(self._llm_call(session, usage))
+            outbox = self._outbox(
+                session, ReplyKind.ANSWER, text, session.reply_to_id, session.reply_to_user_id
+            )
+            tx.add(outbox)
+            await tx.flush()
+            return outbox.id
+
+    async def record_tool_calls(
+        self,
+        session_id: int,
+        content: str | None,
+        calls: Sequence[PlannedCall],
+        notice: str,
+        usage: Usage,
+    ) -> list[ToolCallInfo]:
+        async with self._tx() as tx, tx.begin():
+            session = await self._session_row(tx, session_id)
+            if not await self._claim(
+                tx,
+                session_id,
+                SessionState.LLM,
+                SessionState.TOOLS,
+                tool_rounds=session.tool_rounds + 1,
+                last_error=None,
+            ):
+                raise RuntimeError(f"session {session_id} is not waiting for the model")
+            message = MessageRow(
+                session_id=session_id,
+                role="assistant",
+                content=content,
+                tool_calls=[c.request.as_openai() for c in calls],
+                status="pending_calls",
+                turn=session.turn,
+                created_at=now(),
+            )
+            tx.add(message)
+            await tx.flush()
+            rows = [
+                ToolCallRow(
+                    session_id=session_id,
+                    message_id=message.id,
+                    seq=seq,
+                    call_id=call.request.call_id,
+                    name=call.request.name,
+                    arguments=call.request.arguments,
+                    status=ToolStatus.PENDING.value,
+                    attempts=0,
+                    timeout_seconds=call.timeout_seconds,
+                    created_at=now(),
+                )
+                for seq, call in enumerate(calls)
+            ]
+            tx.add_all(rows)
+            tx.add(self._llm_call(session, usage))
+            tx.add(
+                self._outbox(
+                    session,
+                    ReplyKind.WORKING,
+                    notice,
+                    session.reply_to_id,
+                    session.reply_to_user_id,
+                )
+            )
+            await tx.flush()
+            return [_tool_info(r) for r in rows]
+
+    async def record_llm_failure(
+        self, session_id: int, error: str, apology: str, usage: Usage | None = None
+    ) -> int:
+        async with self._tx() as tx, tx.begin():
+            session = await self._session_row(tx, session_id)
+            if not await self._claim(
+                tx,
+                session_id,
+                SessionState.LLM,
+                SessionState.IDLE,
+                last_error=error,
+                last_error_at=now(),
+            ):
+                raise RuntimeError(f"session {session_id} is not waiting for the model")
+            tx.add(self._llm_call(session, usage, error))
+            outbox = self._outbox(
+                session, ReplyKind.ERROR, apology, session.reply_to_id, session.reply_to_user_id
+            )
+            tx.add(outbox)
+            await tx.flush()
+            return outbox.id
+
+    async def defer_with_interim(
+        self, session_id: int, message_id: int, text: str, kind: str, language: str
+    ) -> int:
+        async with self._tx() as tx, tx.begin():
+            session = await self._session_row(tx, session_id)
+            message = await tx.get(MessageRow, message_id)
+            if message is None or message.session_id != session_id:
+                raise LookupError(f"no message {message_id} in session {session_id}")
+            message.status = "deferred"
+            message.turn = session.turn
+            session.language = language
+            session.updated_at = now()
+            tx.add(
+                MessageRow(
+                    session_id=session_id,
+                    role="assistant",
+                    content=text,
+                    status="interim",
+                    turn=session.turn,
+                    kind=kind,
+                    created_at=now(),
+                )
+            )
+            outbox = self._outbox(
+                session, ReplyKind.INTERIM, text, message.platform_message_id, message.author_id
+            )
+            tx.add(outbox)
+            await tx.flush()
+            return outbox.id
+
+    # --- tools ---------------------------------------------------------------------------
+
+    async def _open_round(self, tx: Tx, session_id: int) -> MessageRow | None:
+        found: MessageRow | None = await tx.scalar(
+            select(MessageRow)
+            .where(MessageRow.session_id == session_id, MessageRow.status == "pending_calls")
+            .order_by(MessageRow.id)
+            .limit(1)
+        )
+        return found
+
+    async def open_tool_calls(self, session_id: int) -> list[ToolCallInfo]:
+        async with self._tx() as tx:
+            message = await self._open_round(tx, session_id)
+            if message is None:
+                return []
+            rows = await tx.scalars(
+                select(ToolCallRow)
+                .where(ToolCallRow.message_id == message.id)
+                .order_by(ToolCallRow.seq)
+            )
+            return [_tool_info(r) for r in rows]
+
+    async def mark_tool_running(self, tool_call_id: int) -> None:
+        async with self._tx() as tx, tx.begin():
+            await tx.execute(
+                update(ToolCallRow)
+                .where(ToolCallRow.id == tool_call_id, ToolCallRow.status.in_(UNFINISHED))
+                .values(
+                    status=ToolStatus.RUNNING.value,
+                    attempts=ToolCallRow.attempts + 1,
+                    started_at=now(),
+                )
+            )
+
+    async def finish_tool(self, tool_call_id: int, outcome: ToolOutcome) -> bool:
+        async with self._tx() as tx, tx.begin():
+            result = await tx.execute(
+                update(ToolCallRow)
+                .where(ToolCallRow.id == tool_call_id, ToolCallRow.status.in_(UNFINISHED))
+                .values(status=outcome.status.value, result=outcome.result, finished_at=now())
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def close_tool_round(self, session_id: int) -> bool:
+        async with self._tx() as tx, tx.begin():
+            message = await self._open_round(tx, session_id)
+            if message is None:
+                return False
+            calls = list(
+                await tx.scalars(
+                    select(ToolCallRow)
+                    .where(ToolCallRow.message_id == message.id)
+                    .order_by(ToolCallRow.seq)
+                )
+            )
+            if any(c.status in UNFINISHED for c in calls):
+                return False
+            if not await self._claim(tx, session_id, SessionState.TOOLS, SessionState.LLM):
+                return False
+            await self._place_round(tx, session_id, message, calls)
+            return True
+
+    async def _place_round(
+        self, tx: Tx, session_id: int, message: MessageRow, calls: Sequence[ToolCallRow]
+    ) -> None:
+        # The whole block enters the history at once: the assistant message, one tool
+        # message per call in the model's order, then what users said meanwhile.
+        position = await self._next_position(tx, session_id)
+        message.status = "history"
+        message.position = position
+        for call in calls:
+            position += 1
+            tx.add(
+                MessageRow(
+                    session_id=session_id,
+                    role="tool",
+                    content=call.result or "",
+                    tool_call_id=call.call_id,
+                    status="history",
+                    position=position,
+                    turn=message.turn,
+                    created_at=now(),
+                )
+            )
+        deferred = await tx.scalars(
+            select(MessageRow)
+            .where(MessageRow.session_id == session_id, MessageRow.status == "deferred")
+            .order_by(MessageRow.id)
+        )
+        for row in deferred:
+            position += 1
+            row.status = "history"
+            row.position = position
+
+    async def archive_session(self, session_id: int) -> None:
+        async with self._tx() as tx, tx.begin():
+            session = await self._session_row(tx, session_id)
+            message = await self._open_round(tx, session_id)
+            if message is not None:
+                # Never leave an unanswered block behind, even in an archived history.
+                await tx.execute(
+                    update(ToolCallRow)
+                    .where(
+                        ToolCallRow.message_id == message.id,
+                        ToolCallRow.status.in_(UNFINISHED),
+                    )
+                    .values(
+                        status=ToolStatus.CANCELLED.value,
+                        result="cancelled: the conversation was reset",
+                        finished_at=now(),
+                    )
+                )
+                calls = list(
+                    await tx.scalars(
+                        select(ToolCallRow)
+                        .where(ToolCallRow.message_id == message.id)
+                        .order_by(ToolCallRow.seq)
+                    )
+                )
+                await self._place_round(tx, session_id, message, calls)
+            position = await self._next_position(tx, session_id)
+            queued = await tx.scalars(
+                select(MessageRow)
+                .where(
+                    MessageRow.session_id == session_id,
+                    MessageRow.status.in_(("queued", "deferred")),
+                )
+                .order_by(MessageRow.id)
+            )
+            for offset, row in enumerate(queued):
+                row.status = "history"
+                row.position = position + offset
+            session.active_key = None
+            session.archived_at = now()
+            session.state = SessionState.IDLE
+            session.updated_at = now()
+
+    # --- outbox --------------------------------------------------------------------------
+
+    async def undelivered(self, session_id: int) -> list[OutboxItem]:
+        async with self._tx() as tx:
+            rows = await tx.scalars(
+                select(OutboxRow)
+                .where(
+                    OutboxRow.session_id == session_id,
+                    OutboxRow.delivered_at.is_(None),
+                    OutboxRow.failed.is_(False),
+                )
+                .order_by(OutboxRow.id)
+            )
+            return [
+                OutboxItem(
+                    id=r.id,
+                    session_id=r.session_id,
+                    key=ConversationKey(r.platform, r.chat_id, r.thread_id),
+                    reply_to_id=r.reply_to_id,
+                    reply_to_user_id=r.reply_to_user_id,
+                    kind=ReplyKind(r.kind),
+                    text=r.text,
+                    attempts=r.attempts,
+                )
+                for r in rows
+            ]
+
+    async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None:
+        async with self._tx() as tx, tx.begin():
+            await tx.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == outbox_id)
+                .values(
+                    delivered_at=now(),
+                    platform_message_id=platform_message_id,
+                    attempts=OutboxRow.attempts + 1,
+                    last_attempt_at=now(),
+                )
+            )
+
+    async def mark_delivery_failed(self, outbox_id: int, error: str, permanent: bool) -> None:
+        async with self._tx() as tx, tx.begin():
+            await tx.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id == outbox_id)
+                .values(
+                    attempts=OutboxRow.attempts + 1,
+                    last_attempt_at=now(),
+                    last_error=error[:2000],
+                    failed=permanent,
+                )
+            )
+
+    # --- recovery and operators --------------------------------------------------------
+
+    async def sessions_needing_work(self) -> list[int]:
+        async with self._tx() as tx:
+            waiting = exists().where(
+                MessageRow.session_id == SessionRow.id,
+                MessageRow.status.in_(("queued", "deferred")),
+            )
+            unsent = exists().where(
+                OutboxRow.session_id == SessionRow.id,
+                OutboxRow.delivered_at.is_(None),
+                OutboxRow.failed.is_(False),
+            )
+            rows = await tx.scalars(
+                select(SessionRow.id)
+                .where(
+                    or_(
+                        and_(
+                            SessionRow.active_key.is_not(None),
+                            or_(SessionRow.state != SessionState.IDLE, waiting),
+                        ),
+                        unsent,
+                    )
+                )
+                .order_by(SessionRow.id)
+            )
+            return list(rows)
+
+    async def pending_controls(self) -> list[Control]:
+        async with self._tx() as tx:
+            rows = await tx.scalars(
+                select(ControlRow).where(ControlRow.done_at.is_(None)).order_by(ControlRow.id)
+            )
+            return [Control(r.id, r.session_id, r.action) for r in rows]
+
+    async def add_control(self, session_id: int, action: str) -> int:
+        async with self._tx() as tx, tx.begin():
+            row = ControlRow(session_id=session_id, action=action, created_at=now())
+            tx.add(row)
+            await tx.flush()
+            return row.id
+
+    async def finish_control(self, control_id: int, result: str) -> None:
+        async with self._tx() as tx, tx.begin():
+            await tx.execute(
+                update(ControlRow)
+                .where(ControlRow.id == control_id)
+                .values(done_at=now(), result=result)
+            )

@@ -1,0 +1,321 @@
+"""The engine end to end: memory adapter -> engine -> storage -> real openai SDK -> strict
+fake OpenAI. Runs on SQLite and on PostgreSQL (see conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from bot.offline import FakeOpenAI
+from sqlalchemy import select
+
+from bot.core_api import SubmitOutcome
+from bot.events import CommandName, DeliveryError, ReplyKind
+from bot.history import validate
+from storage.models import MessageRow, OutboxRow, ToolCallRow
+from tests.conftest import CoreFactory
+from tests.support import slow_tools
+
+
+def chat_requests(fake: FakeOpenAI) -> list[dict[str, Any]]:
+    return [r for r in fake.requests if "messages" in r]
+
+
+def kinds(sent: list[Any]) -> list[ReplyKind]:
+    return [s.message.kind for s in sent]
+
+
+async def rows(runtime: Any, model: Any, **where: Any) -> list[Any]:
+    async with runtime.engine.store._tx() as tx:
+        query = select(model)
+        for name, value in where.items():
+            query = query.where(getattr(model, name) == value)
+        return list(await tx.scalars(query.order_by(model.id)))
+
+
+async def test_scenario_1_status_while_tool_runs(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 0.6)
+    async with make_core() as (runtime, chat):
+        first, outcome = await chat.say("Dame la hora actual")
+        assert outcome is SubmitOutcome.ACCEPTED
+        await chat.wait_for(1)  # "working on it" once the tool starts
+        await chat.say("¿Sigues ahí?")
+        sent = await chat.wait_for(3)
+        await runtime.engine.wait_idle()
+    assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.INTERIM, ReplyKind.ANSWER]
+    status = sent[1].message.text
+    assert "1 herramienta" in status
+    assert "consultar la hora" in status
+    final = sent[2].message
+    assert final.reply_to_id == first
+    assert "Son las" in final.text
+    assert fake_openai.rejected == []
+    requests = chat_requests(fake_openai)
+    assert len(requests) == 2
+    # The deferred message joins the history after the tool result, never before it.
+    roles = [m["role"] for m in requests[1]["messages"]]
+    assert roles[-3:] == ["assistant", "tool", "user"] or roles[-4:-1] == [
+        "assistant",
+        "tool",
+        "user",
+    ]
+    assert validate(requests[1]["messages"]) == []
+
+
+async def test_scenario_2_greeting_and_question_get_different_replies(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 0.8)
+    async with make_core() as (runtime, chat):
+        await chat.say("Dame la hora actual")
+        await chat.wait_for(1)
+        await chat.say("Hola")
+        await chat.wait_for(2)
+        await chat.say("¿Cómo estás?")
+        sent = await chat.wait_for(4)
+        await runtime.engine.wait_idle()
+        messages = await rows(runtime, MessageRow, status="interim")
+    assert kinds(sent) == [
+        ReplyKind.WORKING,
+        ReplyKind.INTERIM,
+        ReplyKind.INTERIM,
+        ReplyKind.ANSWER,
+    ]
+    assert [m.kind for m in messages] == ["greeting", "question"]
+    assert sent[1].message.text != sent[2].message.text
+    final = sent[3].message.text
+    assert "Son las" in final and "Hola" in final and "¿Cómo estás?" in final
+    assert fake_openai.rejected == []
+
+
+async def test_scenario_3_four_instant_replies_no_llm_call(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 1.0)
+    async with make_core() as (runtime, chat):
+        await chat.say("Dame la hora actual")
+        await chat.wait_for(1)
+        for text in ["¿Sigues ahí?", "Hola", "¿Qué tal?", "Ok"]:
+            await chat.say(text)
+        await chat.wait_for(5)
+        calls_during_tool = len(chat_requests(fake_openai))
+        sent = await chat.wait_for(6)
+        await runtime.engine.wait_idle()
+        interims = await rows(runtime, MessageRow, status="interim")
+    assert calls_during_tool == 1
+    assert [m.kind for m in interims] == ["status", "greeting", "question", "default"]
+    texts = [s.message.text for s in sent if s.message.kind is ReplyKind.INTERIM]
+    assert len(texts) == 4 and len(set(texts)) == 4
+    assert len(chat_requests(fake_openai)) == 2
+    assert fake_openai.rejected == []
+
+
+async def test_messages_during_llm_call_become_one_follow_up_turn(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.think_seconds = 0.4
+    async with make_core() as (runtime, chat):
+        await chat.say("hello there")
+        await asyncio.sleep(0.1)
+        await chat.say("second thing")
+        await chat.say("third thing")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    requests = chat_requests(fake_openai)
+    assert len(requests) == 2
+    last_users = [m["content"] for m in requests[1]["messages"] if m["role"] == "user"]
+    assert last_users[-2:] == ["second thing", "third thing"]
+    assert kinds(sent) == [ReplyKind.ANSWER, ReplyKind.ANSWER]
+    assert fake_openai.rejected == []
+
+
+async def test_cancel_word_cancels_tools_and_answer_says_so(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    async with make_core() as (runtime, chat):
+        await chat.say("Dame la hora actual")
+        await chat.wait_for(1)
+        await chat.say("cancela")
+        sent = await chat.wait_for(3)
+        await runtime.engine.wait_idle()
+        calls = await rows(runtime, ToolCallRow)
+    assert [c.status for c in calls] == ["cancelled"]
+    assert calls[0].result == "cancelled by the user"
+    assert sent[1].message.kind is ReplyKind.INTERIM
+    assert "cancelled by the user" in sent[2].message.text
+    assert fake_openai.rejected == []
+
+
+async def test_cancel_command_and_status_command(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    async with make_core() as (runtime, chat):
+        assert await chat.command(CommandName.CANCEL)  # nothing running: still an answer
+        await chat.say("what time is it?")
+        await chat.wait_for(1)
+        status = await chat.command(CommandName.STATUS)
+        assert "checking the time" in status
+        answer = await chat.command(CommandName.CANCEL)
+        assert "1" in answer
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert "cancelled by the user" in sent[-1].message.text
+    assert fake_openai.rejected == []
+
+
+async def test_every_bad_tool_call_gets_exactly_one_result(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_tool_calls(
+        [
+            ("no_such_tool", {}),
+            ("get_current_time", "{not json"),
+            ("get_current_time", {"timezone": 5, "extra": 1}),
+            ("explode", {"reason": "boom"}),
+            ("never_finishes", {}),
+        ]
+    )
+    fake_openai.script_reply("done")
+    async with make_core(tool_timeout_seconds=0.3) as (runtime, chat):
+        await chat.say("do things")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+        calls = await rows(runtime, ToolCallRow)
+    results = {c.name + ":" + c.arguments[:5]: (c.status, c.result or "") for c in calls}
+    assert len(calls) == 5
+    assert results["no_such_tool:{}"][0] == "failed"
+    assert "unknown tool" in results["no_such_tool:{}"][1]
+    assert "not valid JSON" in results["get_current_time:{not "][1]
+    assert "invalid arguments" in results['get_current_time:{"tim'][1]
+    assert results['explode:{"rea'] == ("failed", "error: RuntimeError: boom")
+    assert results["never_finishes:{}"] == ("timed_out", "timed out after 0.3 s")
+    second = chat_requests(fake_openai)[1]["messages"]
+    assert [m["role"] for m in second[-5:]] == ["tool"] * 5
+    assert validate(second) == []
+    assert fake_openai.rejected == []
+
+
+async def test_llm_failure_apologizes_keeps_message_and_recovers(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_error(500, "upstream exploded")
+    async with make_core() as (runtime, chat):
+        await chat.say("first question")
+        sent = await chat.wait_for(1)
+        assert sent[0].message.kind is ReplyKind.ERROR
+        session = await runtime.engine.store.get_session(1)
+        assert session.state == "idle" and "upstream exploded" in (session.last_error or "")
+        await chat.say("second question")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert sent[1].message.kind is ReplyKind.ANSWER
+    users = [
+        m["content"] for m in chat_requests(fake_openai)[-1]["messages"] if m["role"] == "user"
+    ]
+    assert users == ["first question", "second question"]
+
+
+async def test_max_tool_rounds_then_a_last_call_without_tools(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_tool_calls([("get_current_time", {})])
+    fake_openai.script_tool_calls([("get_current_time", {})])
+    async with make_core(max_tool_rounds=1) as (runtime, chat):
+        await chat.say("loop please")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    requests = chat_requests(fake_openai)
+    assert len(requests) == 2
+    assert requests[1]["tool_choice"] == "none"
+    assert sent[-1].message.kind in (ReplyKind.ANSWER, ReplyKind.ERROR)
+    assert fake_openai.rejected == []
+
+
+async def test_duplicate_and_unaddressed_and_non_text(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with make_core() as (runtime, chat):
+        _, first = await chat.say("hi", message_id="42")
+        _, again = await chat.say("hi", message_id="42")
+        _, chatter = await chat.say("just chatting", private=False, addressed=False, chat="g")
+        _, sticker = await chat.say("", unsupported="sticker", message_id="43")
+        _, group_sticker = await chat.say(
+            "", unsupported="sticker", private=False, addressed=False, chat="g"
+        )
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert (first, again, chatter) == (
+        SubmitOutcome.ACCEPTED,
+        SubmitOutcome.DUPLICATE,
+        SubmitOutcome.IGNORED,
+    )
+    assert sticker is SubmitOutcome.IGNORED and group_sticker is SubmitOutcome.IGNORED
+    assert sorted(k.value for k in kinds(chat.sent)) == ["answer", "notice"]
+    assert len(chat_requests(fake_openai)) == 1
+
+
+async def test_group_messages_carry_author_names(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hola a todos", private=False, name="Ana", chat="g")
+        await chat.wait_for(1)
+        await chat.say("y yo", private=False, name="Luis", user="u2", chat="g")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    users = [
+        m["content"] for m in chat_requests(fake_openai)[-1]["messages"] if m["role"] == "user"
+    ]
+    assert users == ["Ana: hola a todos", "Luis: y yo"]
+
+
+async def test_delivery_retried_and_never_doubled(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with make_core() as (runtime, chat):
+        runtime.engine.courier.base_backoff = 0.01
+        chat.fail_next = [DeliveryError("flood", retry_after=0.05), DeliveryError("net")]
+        await chat.say("hi")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+        outbox = await rows(runtime, OutboxRow)
+    assert len(chat.sent) == 1
+    assert outbox[0].attempts == 3 and outbox[0].delivered_at is not None
+
+
+async def test_reset_starts_a_new_conversation_and_keeps_the_old(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    async with make_core() as (runtime, chat):
+        await chat.say("what time is it")
+        await chat.wait_for(1)
+        await chat.command(CommandName.RESET)
+        await chat.say("fresh start")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+        old = await runtime.engine.store.history(1)
+    last = chat_requests(fake_openai)[-1]["messages"]
+    assert [m["content"] for m in last if m["role"] == "user"] == ["fresh start"]
+    assert [e.role for e in old] == ["user", "assistant", "tool"]
+    assert fake_openai.rejected == []
+
+
+async def test_sessions_are_independent(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    async with make_core() as (runtime, chat):
+        await chat.say("what time is it", chat="slow")
+        await chat.wait_for(1)
+        await chat.say("hello", chat="fast")
+        sent = await chat.wait_for(2)
+        assert sent[1].message.conversation.chat_id == "fast"
+        assert sent[1].message.kind is ReplyKind.ANSWER
+        await chat.command(CommandName.CANCEL, chat="slow")
+        await runtime.engine.wait_idle()

@@ -1,0 +1,85 @@
+"""Shared fixtures: the strict fake OpenAI, databases (SQLite always, PostgreSQL when
+configured), and a running core with the in-memory adapter."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bot.offline import FakeOpenAI
+
+from adapters.memory import MemoryAdapter
+from bot.runtime import Runtime
+from bot.settings import Settings
+
+POSTGRES_URL_VARIABLE = "STILLHERE_TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+async def _reset_postgres(url: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every engine test runs on both databases; PostgreSQL skips (loudly) when no server
+    is configured. CI sets STILLHERE_TEST_POSTGRES_URL to a server it starts itself."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/stillhere.db"
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"PostgreSQL not configured: set {POSTGRES_URL_VARIABLE} to run this test")
+    await _reset_postgres(url)
+    return url
+
+
+def core_settings(database_url: str, fake: FakeOpenAI, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "openai_api_key": "test-key",
+        "openai_base_url": fake.base_url,
+        "openai_max_retries": 0,
+        "tool_modules": ["tests.support.slow_tools"],
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+CoreFactory = Callable[..., AbstractAsyncContextManager[tuple[Runtime, MemoryAdapter]]]
+
+
+@pytest.fixture
+def make_core(database_url: str, fake_openai: FakeOpenAI) -> CoreFactory:
+    """`async with make_core(**setting_overrides) as (runtime, chat):` a started core."""
+
+    @asynccontextmanager
+    async def factory(**overrides: Any) -> AsyncIterator[tuple[Runtime, MemoryAdapter]]:
+        settings = core_settings(database_url, fake_openai, **overrides)
+        async with Runtime(settings) as runtime:
+            chat = MemoryAdapter(runtime.engine)
+            await chat.start()
+            await runtime.engine.start()
+            yield runtime, chat
+
+    return factory

@@ -1,0 +1,31 @@
+"""A TOOL_MODULES module for tests: the time tool, slowed down so messages arrive meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.tools import tool
+from bot.tools.builtin import get_current_time as real_get_current_time
+
+DELAY = 0.5
+
+
+@tool(rerun_safe=False, labels={"en": "checking the time", "es": "consultar la hora"})
+async def get_current_time(timezone: str = "UTC") -> str:
+    """Returns the current date and time in an IANA time zone such as "Europe/Madrid"."""
+    await asyncio.sleep(DELAY)
+    result: str = await real_get_current_time(timezone)
+    return result
+
+
+@tool
+async def never_finishes() -> str:
+    """A tool that hangs until cancelled or timed out."""
+    await asyncio.Event().wait()
+    return "unreachable"
+
+
+@tool
+def explode(reason: str) -> str:
+    """Raises an exception (a sync tool, so it runs in a thread)."""
+    raise RuntimeError(reason)
