@@ -211,6 +211,7 @@ def route(message: Message, bot: BotIdentity) -> Route:
         timestamp=message.date,
         reply_to_id=str(replied.message_id) if replied is not None else None,
         chat_title=message.chat.title,
-        unsupported=unsupported_kind(message),
+        # A caption is text the model can read; only content with no text is unsupported.
+        unsupported=None if text.strip() else unsupported_kind(message),
     )
     return Submit(inbound)

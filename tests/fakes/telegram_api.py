@@ -228,6 +228,7 @@ class _Failure:
     description: str
     retry_after: int | None
     count: int
+    after: int
 
 
 class ApiError(Exception):
@@ -331,9 +332,13 @@ class FakeTelegram:
         description: str,
         retry_after: int | None = None,
         count: int = 1,
+        *,
+        after: int = 0,
     ) -> None:
-        """The next `count` calls of `method` answer this error instead of working."""
-        self._failures[method].append(_Failure(error_code, description, retry_after, count))
+        """The next `count` calls of `method` (once `after` calls went through) answer this
+        error instead of working."""
+        failure = _Failure(error_code, description, retry_after, count, after)
+        self._failures[method].append(failure)
 
     def hang_next(self, method: str) -> None:
         """The next call of `method` stays open until the fake stops (or release_hangs())."""
@@ -361,12 +366,13 @@ class FakeTelegram:
         return [c["command"] for c in self._state.commands.get(key, [])]
 
     @property
-    def pending_updates(self) -> int:
-        return len(self._state.updates)
+    def queued_updates(self) -> list[dict[str, Any]]:
+        """Updates pushed and not yet confirmed by a getUpdates offset."""
+        return list(self._state.updates)
 
-    # A timeout argument reads better in tests than wrapping every wait in asyncio.timeout.
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        """Waits until predicate() holds, re-checking after every call and push."""
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Waits until predicate() holds, re-checking after every call and push (and every
+        few milliseconds, for conditions on the client's side such as a core double)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate():
@@ -376,8 +382,7 @@ class FakeTelegram:
                 raise AssertionError(f"condition not met within {timeout}s; last calls {recent}")
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, remaining)
+            await self._wait(waiter, min(remaining, 0.02))
 
     # --- pushing updates -------------------------------------------------------------
 
@@ -556,6 +561,14 @@ class FakeTelegram:
         self._notify()
         return int(update["update_id"])
 
+    async def _wait(self, waiter: asyncio.Future[None], seconds: float) -> None:
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, seconds)
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
     def _notify(self) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -644,6 +657,9 @@ class FakeTelegram:
         if not queue:
             return
         failure = queue[0]
+        if failure.after > 0:
+            failure.after -= 1
+            return
         failure.count -= 1
         if failure.count <= 0:
             queue.popleft()
@@ -717,8 +733,7 @@ class FakeTelegram:
                 break
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter, remaining)
+            await self._wait(waiter, remaining)
         return self._state.updates[:limit]
 
     async def _api_sendMessage(self, params: dict[str, Any]) -> dict[str, Any]:

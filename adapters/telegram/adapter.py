@@ -1,0 +1,211 @@
+"""The Telegram adapter: python-telegram-bot's Application in, the core's shapes out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from telegram import BotCommand, BotCommandScopeAllGroupChats, Update
+from telegram.constants import ChatAction
+from telegram.error import TelegramError
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
+
+from adapters.telegram.convert import (
+    PLATFORM,
+    BotIdentity,
+    Command,
+    Ignore,
+    Submit,
+    route,
+)
+from adapters.telegram.delivery import DEFAULT_RETRY_DELAYS, Delivery
+from adapters.telegram.processor import PerChatUpdateProcessor
+from adapters.telegram.transport import ChatActionExemptRateLimiter, UpdateGuardRequest
+from bot.core_api import ChatCore
+from bot.events import ConversationKey, DeliveryError, OutgoingMessage
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Telegram drops "typing..." after about 5 seconds.
+TYPING_INTERVAL = 4.5
+# 429s are waited out and retried this many times before the core hears about them.
+RATE_LIMIT_RETRIES = 3
+_ALLOWED_UPDATES = (Update.MESSAGE, Update.EDITED_MESSAGE)
+_COMMANDS = (
+    BotCommand("start", "Start talking with me"),
+    BotCommand("help", "What I can do"),
+    BotCommand("cancel", "Stop what I am working on"),
+    BotCommand("status", "What I am doing right now"),
+    BotCommand("reset", "Forget this conversation"),
+)
+_GROUP_COMMANDS = (*_COMMANDS, BotCommand("ask", "Ask me something: /ask <question>"))
+
+_Context = ContextTypes.DEFAULT_TYPE
+
+
+def file_url_for(base_url: str) -> str:
+    """The file download base matching a Bot API base (".../bot" -> ".../file/bot")."""
+    head, _, last = base_url.rstrip("/").rpartition("/")
+    return f"{head}/file/{last}"
+
+
+class TelegramAdapter:
+    """Receives Telegram updates for the core and posts its replies (a ReplySink)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        core: ChatCore,
+        *,
+        retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
+        poll_timeout: float = 10.0,
+    ) -> None:
+        if settings.telegram_bot_token is None:
+            raise ValueError("TELEGRAM_BOT_TOKEN is required for the Telegram adapter")
+        self._settings = settings
+        self._core = core
+        self._poll_timeout = poll_timeout
+        self._app: Application = (  # type: ignore[type-arg]
+            ApplicationBuilder()
+            .token(settings.telegram_bot_token.get_secret_value())
+            .base_url(settings.telegram_base_url)
+            .base_file_url(file_url_for(settings.telegram_base_url))
+            .rate_limiter(ChatActionExemptRateLimiter(max_retries=RATE_LIMIT_RETRIES))
+            .concurrent_updates(PerChatUpdateProcessor())
+            .get_updates_request(UpdateGuardRequest(connection_pool_size=1))
+            .job_queue(None)
+            .build()
+        )
+        self._app.add_handler(TypeHandler(Update, self._on_update))
+        self._app.add_error_handler(self._on_error)
+        self._delivery = Delivery(self._app.bot, retry_delays)
+        self._identity: BotIdentity | None = None
+        self._running = False
+
+    # --- ReplySink ---------------------------------------------------------------------
+
+    @property
+    def platform(self) -> str:
+        return PLATFORM
+
+    @property
+    def typing_interval(self) -> float:
+        return TYPING_INTERVAL
+
+    async def send(self, message: OutgoingMessage) -> str | None:
+        if not self._running:
+            raise DeliveryError("the Telegram adapter is not running")
+        return await self._delivery.post(
+            message.conversation,
+            message.text,
+            message.reply_to_id,
+            progress_key=message.outbox_id,
+        )
+
+    async def typing(self, conversation: ConversationKey) -> None:
+        if not self._running:
+            return
+        thread = int(conversation.thread_id) if conversation.thread_id else None
+        try:
+            await self._app.bot.send_chat_action(
+                int(conversation.chat_id), ChatAction.TYPING, message_thread_id=thread
+            )
+        except TelegramError as error:
+            # Best effort: a lost indicator is not worth a retry.
+            log.debug("typing in %s failed: %s", conversation, error)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def identity(self) -> BotIdentity:
+        if self._identity is None:
+            raise RuntimeError("the adapter has not started")
+        return self._identity
+
+    async def start(self) -> None:
+        self._core.attach(self)
+        try:
+            await self._app.initialize()  # getMe: who we are, and a token check
+            bot = self._app.bot
+            self._identity = BotIdentity(bot.id, bot.username)
+            await self._register_commands()
+            self._running = True
+            await self._start_updates()
+            await self._app.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("Telegram adapter running as @%s", self._identity.username)
+
+    async def _start_updates(self) -> None:
+        updater = self._app.updater
+        assert updater is not None  # the builder always makes one
+        webhook_url = self._settings.telegram_webhook_url
+        if webhook_url:
+            secret = self._settings.telegram_webhook_secret
+            await updater.start_webhook(
+                listen=self._settings.telegram_webhook_listen,
+                port=self._settings.telegram_webhook_port,
+                url_path=urlsplit(webhook_url).path.lstrip("/"),
+                webhook_url=webhook_url,
+                secret_token=secret.get_secret_value() if secret else None,
+                allowed_updates=_ALLOWED_UPDATES,
+            )
+        else:
+            await updater.start_polling(
+                timeout=int(self._poll_timeout), allowed_updates=_ALLOWED_UPDATES
+            )
+
+    async def _register_commands(self) -> None:
+        bot = self._app.bot
+        try:
+            await bot.set_my_commands(_COMMANDS)
+            await bot.set_my_commands(_GROUP_COMMANDS, scope=BotCommandScopeAllGroupChats())
+        except TelegramError as error:
+            # The menu is a convenience: typed commands work without it.
+            log.warning("could not register the command menu: %s", error)
+
+    async def stop(self) -> None:
+        """Stops fetching, lets in-flight updates finish, closes the HTTP clients."""
+        self._running = False
+        updater = self._app.updater
+        if updater is not None and updater.running:
+            await updater.stop()
+        if self._app.running:
+            await self._app.stop()
+        await self._app.shutdown()
+
+    # --- updates -----------------------------------------------------------------------
+
+    async def _on_update(self, update: Update, context: _Context) -> None:
+        if update.edited_message is not None:
+            message = update.edited_message
+            log.info(
+                "ignoring an edit of message %s in chat %s", message.message_id, message.chat.id
+            )
+            return
+        if update.message is None:
+            log.debug("ignoring update %s: no new message", update.update_id)
+            return
+        decision = route(update.message, self.identity)
+        if isinstance(decision, Ignore):
+            log.debug("ignoring message %s: %s", update.message.message_id, decision.reason)
+        elif isinstance(decision, Submit):
+            outcome = await self._core.submit(decision.message)
+            log.debug("message %s: %s", decision.message.dedupe_key, outcome)
+        elif isinstance(decision, Command):
+            await self._answer_command(decision)
+
+    async def _answer_command(self, command: Command) -> None:
+        request = command.request
+        answer = await self._core.command(request)
+        try:
+            await self._delivery.post(request.conversation, answer, str(command.message_id))
+        except DeliveryError as error:
+            log.warning("could not answer /%s in %s: %s", request.name, request.conversation, error)
+
+    async def _on_error(self, update: object, context: _Context) -> None:
+        update_id = update.update_id if isinstance(update, Update) else None
+        log.error("update %s failed; going on", update_id, exc_info=context.error)

@@ -1,0 +1,73 @@
+"""HTTP-level guards around python-telegram-bot: bad updates and rate limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from telegram import Update
+from telegram.ext import AIORateLimiter
+from telegram.request import HTTPXRequest
+
+log = logging.getLogger(__name__)
+
+JSONDict = dict[str, Any]
+ApiResult = bool | JSONDict | list[JSONDict]
+
+
+def sanitize_updates(payload: JSONDict) -> JSONDict:
+    """Replaces each update the library cannot parse by an empty one with the same id.
+
+    python-telegram-bot parses a whole getUpdates batch at once; one malformed update makes
+    the batch fail without confirming it, and polling would fetch the same batch forever.
+    An empty update keeps the id (so the offset moves past it) and is ignored by handlers.
+    """
+    result = payload.get("result")
+    if not payload.get("ok") or not isinstance(result, list):
+        return payload
+    cleaned: list[Any] = []
+    for raw in result:
+        update_id = raw.get("update_id") if isinstance(raw, dict) else None
+        if not isinstance(update_id, int):
+            log.error("dropping an update without a usable update_id: %.500r", raw)
+            continue
+        try:
+            Update.de_json(raw, None)
+        except Exception:
+            log.exception("skipping malformed update %s: %.500r", update_id, raw)
+            cleaned.append({"update_id": update_id})
+        else:
+            cleaned.append(raw)
+    return {**payload, "result": cleaned}
+
+
+class UpdateGuardRequest(HTTPXRequest):
+    """The request object used for getUpdates only (see sanitize_updates)."""
+
+    @staticmethod
+    def parse_json_payload(payload: bytes) -> JSONDict:
+        return sanitize_updates(HTTPXRequest.parse_json_payload(payload))
+
+
+class ChatActionExemptRateLimiter(AIORateLimiter):
+    """AIORateLimiter that lets typing indicators through untouched.
+
+    Telegram's 20-per-minute group limit counts messages; typing every few seconds would
+    otherwise use up that budget and delay the replies themselves.
+    """
+
+    async def process_request(
+        self,
+        callback: Callable[..., Coroutine[Any, Any, ApiResult]],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> ApiResult:
+        if endpoint == "sendChatAction":
+            return await callback(*args, **kwargs)
+        return await super().process_request(
+            callback, args, kwargs, endpoint, data, rate_limit_args
+        )
