@@ -1,0 +1,368 @@
+"""The real python-telegram-bot Application against the fake Bot API, with a recording
+double of the core (the end-to-end tests with the real core live in test_end_to_end.py)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from adapters.telegram import TelegramAdapter
+from bot.core_api import SubmitOutcome
+from bot.events import (
+    CommandRequest,
+    ConversationKey,
+    DeliveryError,
+    InboundMessage,
+    OutgoingMessage,
+    ReplyKind,
+    ReplySink,
+)
+from bot.settings import Settings
+from tests.fakes.telegram_api import FakeTelegram, TgUser
+
+ANA = TgUser(1001, "Ana", "Pérez", username="ana")
+BEN = TgUser(1002, "Ben")
+GROUP = -100777
+
+
+class RecordingCore:
+    """Stands in for the engine: records what the adapter hands over."""
+
+    def __init__(self) -> None:
+        self.sinks: list[ReplySink] = []
+        self.submitted: list[InboundMessage] = []
+        self.commands: list[CommandRequest] = []
+        self.answer = "Idle."
+        self.crash_next = 0
+
+    def attach(self, sink: ReplySink) -> None:
+        self.sinks.append(sink)
+
+    async def submit(self, message: InboundMessage) -> SubmitOutcome:
+        if self.crash_next:
+            self.crash_next -= 1
+            raise RuntimeError("core exploded")
+        self.submitted.append(message)
+        return SubmitOutcome.ACCEPTED
+
+    async def command(self, request: CommandRequest) -> str:
+        self.commands.append(request)
+        return self.answer
+
+    def texts(self) -> list[str]:
+        return [m.text for m in self.submitted]
+
+
+def settings_for(tg: FakeTelegram, **overrides: Any) -> Settings:
+    return Settings(
+        _env_file=None,
+        telegram_bot_token=tg.token,
+        telegram_base_url=tg.base_url,
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def tg() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+def core() -> RecordingCore:
+    return RecordingCore()
+
+
+@pytest.fixture
+async def adapter(tg: FakeTelegram, core: RecordingCore) -> AsyncIterator[TelegramAdapter]:
+    adapter = TelegramAdapter(settings_for(tg), core, retry_delays=(0.01, 0.01), poll_timeout=1)
+    await adapter.start()
+    try:
+        yield adapter
+    finally:
+        await adapter.stop()
+
+
+def reply(
+    chat: int, text: str, *, reply_to: int | None = None, thread: str = "", outbox_id: int = 1
+) -> OutgoingMessage:
+    return OutgoingMessage(
+        conversation=ConversationKey("telegram", str(chat), thread),
+        text=text,
+        reply_to_id=str(reply_to) if reply_to is not None else None,
+        kind=ReplyKind.ANSWER,
+        outbox_id=outbox_id,
+    )
+
+
+# --- start-up ------------------------------------------------------------------------------
+
+
+async def test_start_attaches_checks_identity_and_registers_commands(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    assert core.sinks == [adapter]
+    assert adapter.platform == "telegram" and adapter.typing_interval == 4.5
+    assert tg.calls[0].method == "getMe"
+    assert adapter.identity.username == "stillhere_bot"
+    assert tg.commands() == ["start", "help", "cancel", "status", "reset"]
+    assert tg.commands({"type": "all_group_chats"}) == [
+        "start",
+        "help",
+        "cancel",
+        "status",
+        "reset",
+        "ask",
+    ]
+    await tg.wait_for(lambda: bool(tg.calls_to("getUpdates")))
+
+
+async def test_missing_token_is_refused(core: RecordingCore) -> None:
+    with pytest.raises(ValueError, match="TELEGRAM_BOT_TOKEN"):
+        TelegramAdapter(Settings(_env_file=None), core)
+
+
+# --- updates in ----------------------------------------------------------------------------
+
+
+async def test_private_message_reaches_the_core(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    message_id = tg.push_text(ANA.id, ANA, "Dame la hora actual")
+    await tg.wait_for(lambda: bool(core.submitted))
+    inbound = core.submitted[0]
+    assert inbound.conversation == ConversationKey("telegram", str(ANA.id), "")
+    assert inbound.text == "Dame la hora actual"
+    assert inbound.message_id == str(message_id)
+    assert inbound.is_private and inbound.addresses_bot
+
+
+async def test_group_messages_keep_order_and_say_who_is_addressed(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    tg.push_text(GROUP, ANA, "lunch?", chat_type="group")
+    tg.push_text(GROUP, BEN, "@stillhere_bot what time is it?", chat_type="group")
+    tg.push_text(GROUP, ANA, "/ask and the weather?", chat_type="group")
+    await tg.wait_for(lambda: len(core.submitted) == 3)
+    assert core.texts() == ["lunch?", "what time is it?", "and the weather?"]
+    assert [m.addresses_bot for m in core.submitted] == [False, True, True]
+    ana = "Ana Pérez (@ana)"
+    assert [m.display_name for m in core.submitted] == [ana, "Ben", ana]
+    assert tg.calls_to("sendMessage") == []
+
+
+async def test_command_is_answered_as_a_reply_in_its_topic(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    core.answer = "Working on **get_current_time** for 3 s."
+    command_id = tg.push_text(GROUP, ANA, "/status", chat_type="supergroup", thread_id=7)
+    await tg.wait_for(lambda: bool(tg.sent_messages(GROUP)))
+    [sent] = tg.sent_messages(GROUP)
+    assert (sent.thread_id, sent.reply_to) == (7, command_id)
+    assert sent.plain_text == "Working on get_current_time for 3 s."
+    assert core.commands[0].conversation == ConversationKey("telegram", str(GROUP), "7")
+
+
+async def test_command_for_another_bot_edits_and_bot_senders_are_ignored(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    first = tg.push_text(GROUP, ANA, "first", chat_type="group")
+    tg.push_text(GROUP, ANA, "/status@other_bot", chat_type="group")
+    tg.push_edited(GROUP, ANA, first, "first (edited)", chat_type="group")
+    tg.push_text(
+        GROUP, TgUser(555, "Other", username="other_bot", is_bot=True), "beep", chat_type="group"
+    )
+    tg.push_text(GROUP, BEN, "last", chat_type="group")
+    await tg.wait_for(lambda: "last" in core.texts())
+    assert core.texts() == ["first", "last"]
+    assert core.commands == []
+
+
+async def test_malformed_update_and_a_crashing_handler_do_not_stop_the_app(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    tg.push_raw({"message": {"message_id": "not a number", "chat": "nope"}})
+    core.crash_next = 1
+    tg.push_text(ANA.id, ANA, "this one crashes the core")
+    tg.push_text(ANA.id, ANA, "still there?")
+    await tg.wait_for(lambda: "still there?" in core.texts())
+    assert core.texts() == ["still there?"]
+    # The bad update was confirmed, not fetched again and again.
+    await tg.wait_for(lambda: tg.queued_updates == [])
+
+
+async def test_sticker_is_submitted_as_unsupported(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    tg.push_sticker(ANA.id, ANA)
+    await tg.wait_for(lambda: bool(core.submitted))
+    assert (core.submitted[0].text, core.submitted[0].unsupported) == ("", "sticker")
+
+
+# --- replies out ---------------------------------------------------------------------------
+
+
+async def test_send_replies_in_html_to_the_trigger(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    trigger = tg.push_text(ANA.id, ANA, "hora?")
+    platform_id = await adapter.send(
+        reply(ANA.id, "Son las **12:00** (UTC) & <nada>", reply_to=trigger)
+    )
+    [sent] = tg.sent_messages(ANA.id)
+    assert platform_id == str(sent.message_id)
+    assert sent.parse_mode == "HTML"
+    assert sent.text == "Son las <b>12:00</b> (UTC) &amp; &lt;nada&gt;"
+    assert sent.reply_to == trigger
+
+
+async def test_send_to_a_topic_and_to_a_deleted_trigger(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    tg.push_text(GROUP, ANA, "hi", chat_type="supergroup", thread_id=40)
+    await adapter.send(reply(GROUP, "hello topic", thread="40", reply_to=99999))
+    [sent] = tg.sent_messages(GROUP, thread_id=40)
+    assert sent.plain_text == "hello topic"
+    assert sent.reply_to is None  # the trigger is gone: posted anyway
+
+
+async def test_long_answer_is_split_under_the_limit(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    tg.push_text(ANA.id, ANA, "tell me a lot")
+    paragraph = "Line with **bold** & <angle> brackets and `code` in it. " * 6
+    text = "\n\n".join(f"{i}: {paragraph}" for i in range(40))
+    last_id = await adapter.send(reply(ANA.id, text))
+    sent = tg.sent_messages(ANA.id)
+    assert len(sent) >= 3
+    assert all(len(m.text) <= 4096 for m in sent)
+    assert last_id == str(sent[-1].message_id)
+    visible = "\n".join(m.plain_text for m in sent)
+    assert visible.count("Line with bold & <angle> brackets and code in it.") == 40 * 6
+
+
+async def test_refused_html_falls_back_to_plain_text(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    tg.push_text(ANA.id, ANA, "hi")
+    tg.fail_next("sendMessage", 400, "Bad Request: can't parse entities: Unsupported start tag")
+    await adapter.send(reply(ANA.id, "Son las **12:00**"))
+    [sent] = tg.sent_messages(ANA.id)
+    assert (sent.text, sent.parse_mode) == ("Son las **12:00**", None)
+
+
+async def test_429_is_waited_out_and_delivered_once(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    tg.push_text(ANA.id, ANA, "hi")
+    tg.fail_next("sendMessage", 429, "Too Many Requests: retry after 1", retry_after=1)
+    await adapter.send(reply(ANA.id, "hello"))
+    assert [c.status for c in tg.calls_to("sendMessage")] == [429, 200]
+    assert [m.plain_text for m in tg.sent_messages(ANA.id)] == ["hello"]
+
+
+async def test_server_errors_are_retried(tg: FakeTelegram, adapter: TelegramAdapter) -> None:
+    tg.push_text(ANA.id, ANA, "hi")
+    tg.fail_next("sendMessage", 502, "Bad Gateway", count=2)
+    await adapter.send(reply(ANA.id, "hello"))
+    assert [c.status for c in tg.calls_to("sendMessage")] == [502, 502, 200]
+
+
+async def test_lasting_server_errors_are_a_temporary_delivery_error(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    tg.push_text(ANA.id, ANA, "hi")
+    tg.fail_next("sendMessage", 500, "Internal Server Error", count=10)
+    with pytest.raises(DeliveryError) as caught:
+        await adapter.send(reply(ANA.id, "hello"))
+    assert not caught.value.permanent
+    assert len(tg.calls_to("sendMessage")) == 3
+
+
+@pytest.mark.parametrize(
+    ("code", "description"),
+    [(403, "Forbidden: bot was blocked by the user"), (400, "Bad Request: chat not found")],
+)
+async def test_forbidden_and_missing_chats_are_permanent(
+    tg: FakeTelegram, adapter: TelegramAdapter, code: int, description: str
+) -> None:
+    tg.push_text(ANA.id, ANA, "hi")
+    tg.fail_next("sendMessage", code, description)
+    with pytest.raises(DeliveryError) as caught:
+        await adapter.send(reply(ANA.id, "hello"))
+    assert caught.value.permanent
+    assert len(tg.calls_to("sendMessage")) == 1
+
+
+async def test_retried_reply_does_not_repost_parts_already_delivered(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    tg.push_text(ANA.id, ANA, "hi")
+    text = "A" * 3000 + "\n\n" + "B" * 3000
+    tg.fail_next("sendMessage", 502, "Bad Gateway", count=3, after=1)
+    with pytest.raises(DeliveryError):
+        await adapter.send(reply(ANA.id, text, outbox_id=42))
+    await adapter.send(reply(ANA.id, text, outbox_id=42))
+    assert [m.plain_text[0] for m in tg.sent_messages(ANA.id)] == ["A", "B"]
+
+
+async def test_typing_goes_to_the_topic_and_never_raises(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    tg.push_text(GROUP, ANA, "hi", chat_type="supergroup", thread_id=3)
+    await adapter.typing(ConversationKey("telegram", str(GROUP), "3"))
+    tg.fail_next("sendChatAction", 500, "Internal Server Error")
+    await adapter.typing(ConversationKey("telegram", str(GROUP), "3"))
+    calls = tg.calls_to("sendChatAction")
+    assert [(c.params["action"], c.params["message_thread_id"], c.status) for c in calls] == [
+        ("typing", 3, 200),
+        ("typing", 3, 500),
+    ]
+
+
+async def test_send_after_stop_is_a_temporary_delivery_error(
+    tg: FakeTelegram, core: RecordingCore
+) -> None:
+    adapter = TelegramAdapter(settings_for(tg), core, poll_timeout=1)
+    await adapter.start()
+    await adapter.stop()
+    with pytest.raises(DeliveryError) as caught:
+        await adapter.send(reply(ANA.id, "late"))
+    assert not caught.value.permanent
+
+
+# --- webhook mode --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_webhook_mode_sets_the_webhook_and_receives_updates(
+    tg: FakeTelegram, core: RecordingCore
+) -> None:
+    port = free_port()
+    settings = settings_for(
+        tg,
+        telegram_webhook_url=f"http://127.0.0.1:{port}/tg-hook",
+        telegram_webhook_listen="127.0.0.1",
+        telegram_webhook_port=port,
+        telegram_webhook_secret="s3cret-Token",
+    )
+    adapter = TelegramAdapter(settings, core)
+    await adapter.start()
+    try:
+        [hook] = tg.calls_to("setWebhook")
+        assert hook.params["url"] == f"http://127.0.0.1:{port}/tg-hook"
+        assert hook.params["secret_token"] == "s3cret-Token"
+        tg.push_text(ANA.id, ANA, "via webhook")
+        await tg.wait_for(lambda: core.texts() == ["via webhook"])
+        assert tg.calls_to("getUpdates") == []
+        assert [status for _, status in tg.webhook_deliveries] == [200]
+    finally:
+        await adapter.stop()
