@@ -208,7 +208,8 @@ class TgUser:
 class ApiCall:
     method: str
     params: dict[str, Any]
-    status: int = 0  # the HTTP status answered (0 while the request is still open)
+    # The HTTP status answered: 0 while the request is open, -1 if the connection dropped.
+    status: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +297,8 @@ class FakeTelegram:
         self._webhook_task = asyncio.create_task(self._deliver_webhooks(), name="fake-tg-webhook")
 
     async def stop(self) -> None:
+        if self._closing:
+            return
         self._closing = True
         self._release.set()
         self._notify()
@@ -341,7 +344,8 @@ class FakeTelegram:
         self._failures[method].append(failure)
 
     def hang_next(self, method: str) -> None:
-        """The next call of `method` stays open until the fake stops (or release_hangs())."""
+        """The next call of `method` stays open: until release_hangs() (then it is answered),
+        or until the fake stops (then its connection drops unanswered, like a crash)."""
         self._hangs[method] += 1
 
     def release_hangs(self) -> None:
@@ -635,6 +639,11 @@ class FakeTelegram:
             if self._hangs[method]:
                 self._hangs[method] -= 1
                 await self._release.wait()
+                if self._closing and request.transport is not None:
+                    # The API went away mid-request: the client sees the connection drop.
+                    request.transport.abort()
+                    call.status = -1
+                    return web.Response(status=502)
             self._inject_failure(method)
             result = await handler(call.params)
         except ApiError as error:

@@ -3,11 +3,13 @@ double of the core (the end-to-end tests with the real core live in test_end_to_
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from telegram.error import InvalidToken
 
 from adapters.telegram import TelegramAdapter
 from bot.core_api import SubmitOutcome
@@ -366,3 +368,47 @@ async def test_webhook_mode_sets_the_webhook_and_receives_updates(
         assert [status for _, status in tg.webhook_deliveries] == [200]
     finally:
         await adapter.stop()
+
+
+# --- failures around the process -----------------------------------------------------------
+
+
+async def test_wrong_token_fails_start_and_leaves_nothing_running(
+    tg: FakeTelegram, core: RecordingCore
+) -> None:
+    settings = Settings(
+        _env_file=None,
+        telegram_bot_token="42:WrongTokenWrongTokenWrongToken",
+        telegram_base_url=tg.base_url,
+    )
+    adapter = TelegramAdapter(settings, core)
+    with pytest.raises(InvalidToken):
+        await adapter.start()
+    await adapter.stop()  # harmless a second time, as bot.app does after a failed start
+    assert tg.calls_to("getUpdates") == []
+
+
+async def test_api_dying_mid_send_is_a_temporary_delivery_error(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    tg.push_text(ANA.id, ANA, "hi")
+    tg.hang_next("sendMessage")
+    sending = asyncio.create_task(adapter.send(reply(ANA.id, "hello")))
+    await tg.wait_for(lambda: bool(tg.calls_to("sendMessage")))
+    await tg.stop()
+    with pytest.raises(DeliveryError) as caught:
+        await sending
+    assert not caught.value.permanent
+    assert tg.sent_messages(ANA.id) == []
+
+
+async def test_hung_request_answers_once_released(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    tg.push_text(ANA.id, ANA, "hi")
+    tg.hang_next("sendMessage")
+    sending = asyncio.create_task(adapter.send(reply(ANA.id, "hello")))
+    await tg.wait_for(lambda: bool(tg.calls_to("sendMessage")))
+    assert not sending.done()
+    tg.release_hangs()
+    assert await sending == str(tg.sent_messages(ANA.id)[0].message_id)
