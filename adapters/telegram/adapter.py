@@ -176,6 +176,9 @@ class TelegramAdapter:
         if self._app.running:
             await self._app.stop()
         await self._app.shutdown()
+        # After a failed start (bad token) the application never counted as initialized and
+        # leaves the bot's HTTP clients open; closing them again is a no-op otherwise.
+        await self._app.bot.shutdown()
 
     # --- updates -----------------------------------------------------------------------
 
