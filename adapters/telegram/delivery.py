@@ -116,7 +116,9 @@ class Delivery:
         if not parts:
             log.warning("not posting an empty reply to %s", conversation)
             return None
-        done, last_id = self._progress.pop(progress_key, (0, 0)) if progress_key else (0, 0)
+        done, last_id = (0, 0)
+        if progress_key is not None:
+            done, last_id = self._progress.pop(progress_key, (0, 0))
         chat_id = int(conversation.chat_id)
         thread_id = int(conversation.thread_id) if conversation.thread_id else None
         reply_to = int(reply_to_id) if reply_to_id and reply_to_id.isdigit() else None
