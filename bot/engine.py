@@ -11,11 +11,12 @@ import asyncio
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bot.core_api import SubmitOutcome
 from bot.courier import Courier
 from bot.events import CommandName, CommandRequest, InboundMessage, ReplySink
+from bot.guards.access import AccessGate
 from bot.interim.classify import detect_language
 from bot.interim.replies import ReplyBook, RunningTool
 from bot.llm import LLMClient
@@ -39,6 +40,8 @@ class EngineConfig:
     system_prompt: str
     context_budget_tokens: int
     max_tool_rounds: int
+    max_message_chars: int = 4000
+    max_deferred_messages: int = 10
     group_modes: Mapping[str, GroupMode] = field(default_factory=dict)
 
     @classmethod
@@ -47,6 +50,8 @@ class EngineConfig:
             system_prompt=settings.system_prompt,
             context_budget_tokens=settings.context_budget_tokens,
             max_tool_rounds=settings.max_tool_rounds,
+            max_message_chars=settings.max_message_chars,
+            max_deferred_messages=settings.max_deferred_messages,
             group_modes={
                 "telegram": settings.telegram_group_mode,
                 "discord": settings.discord_group_mode,
@@ -65,6 +70,7 @@ class Engine:
         book: ReplyBook,
         config: EngineConfig,
         gates: Sequence[Gate] = (),
+        access: AccessGate | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.store = store
@@ -74,6 +80,7 @@ class Engine:
         self.book = book
         self.config = config
         self.gates = list(gates)
+        self.access = access
         self.rng = rng or random.Random()
         self.tasks = TaskSet("engine")
         self.courier = Courier(store)
@@ -103,14 +110,25 @@ class Engine:
         if not self._addressed(message):
             return SubmitOutcome.IGNORED
         language = detect_language(message.text, default="en") if message.text else "en"
+        if (
+            not message.is_admin
+            and self.access
+            and self.access.is_admin(message.conversation.platform, message.user_id)
+        ):
+            message = replace(message, is_admin=True)
         for gate in self.gates:
             verdict = await gate.check(message)
             if verdict is not Verdict.ALLOW:
                 log.info("message refused: %s", verdict.reason, extra=extra)
-                if verdict.notice_key and message.is_private:
+                if verdict.notice_key and (message.is_private or verdict.notify_groups):
                     text = self.book.phrase(verdict.notice_key, language, **verdict.values)
                     await self._notice(message, text)
                 return SubmitOutcome.DENIED
+        limit = self.config.max_message_chars
+        if len(message.text) > limit:
+            # Never sent raw: the model gets the start and a note of what was cut.
+            cut = f"{message.text[:limit]}\n[message cut: {len(message.text)} characters in all]"
+            message = replace(message, text=cut)
         if message.unsupported is not None or not message.text.strip():
             if message.unsupported is None:
                 return SubmitOutcome.IGNORED
@@ -158,9 +176,9 @@ class Engine:
 
     async def _usage(self, request: CommandRequest, language: str) -> str:
         for gate in self.gates:
-            report = await gate.report(request.user_id, request.conversation)
-            if report:
-                return report
+            figures = await gate.usage(request.user_id, request.conversation)
+            if figures is not None:
+                return self.book.phrase("usage_report", language, **figures)
         return self.book.phrase("usage_unlimited", language)
 
     async def _status(self, session_id: int | None, language: str) -> str:

@@ -15,9 +15,11 @@ from bot.events import ConversationKey, InboundMessage
 @dataclass(frozen=True)
 class Verdict:
     reason: str = ""
-    # Phrase (bot/interim/locales) to answer with in private chats; None = silence.
+    # Phrase (bot/interim/locales) to answer with; None = silence.
     notice_key: str | None = None
     values: Mapping[str, object] = field(default_factory=dict)
+    # Private chats always get the notice; groups only when this says so.
+    notify_groups: bool = True
 
     ALLOW: ClassVar[Verdict]
 
@@ -28,6 +30,6 @@ Verdict.ALLOW = Verdict()
 class Gate(Protocol):
     async def check(self, message: InboundMessage) -> Verdict: ...
 
-    async def report(self, user_id: str, conversation: ConversationKey) -> str | None:
-        """What /usage shows this user, if the gate counts anything."""
+    async def usage(self, user_id: str, conversation: ConversationKey) -> dict[str, object] | None:
+        """Figures /usage shows this user, if the gate counts anything."""
         ...

@@ -41,6 +41,40 @@ def to_openai(entry: HistoryEntry, *, name_authors: bool) -> dict[str, Any]:
     return message
 
 
+SUMMARY_CHARS = 1000
+
+
+def collapse_user_runs(messages: list[dict[str, Any]], cap: int) -> list[dict[str, Any]]:
+    """A run of more than `cap` user messages in a row (a crowd writing while tools ran)
+    keeps its newest `cap - 1` messages and one line summarizing the older ones. Only the
+    request is shortened; the stored transcript keeps every message."""
+    out: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if len(run) > cap:
+            older, newer = run[: len(run) - cap + 1], run[len(run) - cap + 1 :]
+            joined = " · ".join(str(m.get("content") or "") for m in older)
+            if len(joined) > SUMMARY_CHARS:
+                joined = joined[:SUMMARY_CHARS] + "…"
+            out.append(
+                {"role": "user", "content": f"[{len(older)} earlier messages, in short] {joined}"}
+            )
+            out.extend(newer)
+        else:
+            out.extend(run)
+        run.clear()
+
+    for message in messages:
+        if message.get("role") == "user":
+            run.append(message)
+            continue
+        flush()
+        out.append(message)
+    flush()
+    return out
+
+
 def build_request(
     *,
     system_prompt: str,
@@ -48,11 +82,14 @@ def build_request(
     name_authors: bool,
     note: str | None,
     budget_tokens: int,
+    max_user_run: int,
     stats: PromptStats,
     session_label: str,
 ) -> list[dict[str, Any]]:
     messages = [{"role": "system", "content": system_prompt}]
-    messages.extend(to_openai(e, name_authors=name_authors) for e in entries)
+    messages.extend(
+        collapse_user_runs([to_openai(e, name_authors=name_authors) for e in entries], max_user_run)
+    )
     if note:
         messages.append({"role": "system", "content": note})
     problems = history_rules.validate(messages)

@@ -10,6 +10,7 @@ import logging
 from types import TracebackType
 
 from bot.engine import Engine, EngineConfig
+from bot.guards import AccessGate, build_gates
 from bot.interim.replies import ReplyBook
 from bot.llm import LLMClient
 from bot.offline import FakeOpenAI
@@ -56,6 +57,7 @@ class Runtime:
             max_retries=settings.openai_max_retries,
         )
         registry = default_registry(settings.tool_modules)
+        gates = build_gates(settings, store)
         self._engine = Engine(
             store=store,
             llm=self.llm,
@@ -63,6 +65,8 @@ class Runtime:
             runner=ToolRunner(registry, settings.tool_timeout_seconds),
             book=ReplyBook.load(),
             config=EngineConfig.from_settings(settings),
+            gates=gates,
+            access=next(g for g in gates if isinstance(g, AccessGate)),
         )
         return self
 

@@ -204,6 +204,7 @@ class SessionActor:
                 name_authors=not info.is_private,
                 note=note,
                 budget_tokens=engine.config.context_budget_tokens,
+                max_user_run=engine.config.max_deferred_messages,
                 stats=engine.prompt_stats,
                 session_label=self.label,
             )

@@ -112,9 +112,7 @@ class Settings(BaseSettings):
         "sqlite+aiosqlite:///./data/stillhere.db",
         description="SQLAlchemy async URL (sqlite+aiosqlite:///... or postgresql+asyncpg://...)",
     )
-    db_auto_upgrade: bool = Field(
-        True, description="Apply database migrations when the bot starts"
-    )
+    db_auto_upgrade: bool = Field(True, description="Apply database migrations when the bot starts")
 
     # --- tools and turns ---
     tool_modules: CsvList = Field(
@@ -128,9 +126,73 @@ class Settings(BaseSettings):
         8, ge=1, description="Tool rounds per turn before a last call without tools"
     )
 
+    # --- guardrails ---
+    admin_users: CsvList = Field(
+        default_factory=list,
+        description="Admin user ids (id or platform:id), comma-separated; admins may use all",
+    )
+    allowed_users: CsvList = Field(
+        default_factory=list, description="Only these user ids may talk to the bot; empty = all"
+    )
+    blocked_users: CsvList = Field(
+        default_factory=list, description="User ids the bot ignores (private: one short reply)"
+    )
+    allowed_chats: CsvList = Field(
+        default_factory=list,
+        description="Only these chat/group/channel ids are served; empty = all",
+    )
+    blocked_chats: CsvList = Field(
+        default_factory=list, description="Chat/group/channel ids the bot never answers in"
+    )
+    allowed_guilds: CsvList = Field(
+        default_factory=list, description="Discord server (guild) ids served; empty = all"
+    )
+    allowed_roles: CsvList = Field(
+        default_factory=list,
+        description="Discord role ids allowed to talk to the bot in servers; empty = all",
+    )
+    rate_limit_user_per_minute: int = Field(
+        20, ge=0, description="Messages per user per minute before a pause; 0 = no limit"
+    )
+    rate_limit_chat_per_minute: int = Field(
+        60, ge=0, description="Messages per chat per minute before a pause; 0 = no limit"
+    )
+    token_budget_user_daily: int = Field(
+        0, ge=0, description="LLM tokens one user may use per day (UTC); 0 = no limit"
+    )
+    token_budget_user_monthly: int = Field(
+        0, ge=0, description="LLM tokens one user may use per month (UTC); 0 = no limit"
+    )
+    token_budget_chat_daily: int = Field(
+        0, ge=0, description="LLM tokens one chat may use per day (UTC); 0 = no limit"
+    )
+    token_budget_chat_monthly: int = Field(
+        0, ge=0, description="LLM tokens one chat may use per month (UTC); 0 = no limit"
+    )
+    token_budget_global_daily: int = Field(
+        0, ge=0, description="LLM tokens the whole bot may use per day (UTC); 0 = no limit"
+    )
+    max_message_chars: int = Field(
+        4000, gt=0, description="Longer messages are cut (with a note to the model)"
+    )
+    max_deferred_messages: int = Field(
+        10, gt=0, description="Deferred messages sent in full per turn; older ones summarized"
+    )
+
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR")
 
-    @field_validator("platforms", "tool_modules", mode="before")
+    @field_validator(
+        "platforms",
+        "tool_modules",
+        "admin_users",
+        "allowed_users",
+        "blocked_users",
+        "allowed_chats",
+        "blocked_chats",
+        "allowed_guilds",
+        "allowed_roles",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession as Tx
 
 from bot.events import ConversationKey, InboundMessage, ReplyKind
+from bot.guards.budget import TokenTotals
 from bot.llm import Usage
 from bot.store import (
     Control,
@@ -706,3 +707,31 @@ class SqlStore:
                 .where(ControlRow.id == control_id)
                 .values(done_at=now(), result=result)
             )
+
+    # --- usage (token budgets) ---------------------------------------------------------
+
+    async def token_totals(
+        self, user_id: str, chat_key: str, day_start: datetime, month_start: datetime
+    ) -> TokenTotals:
+        tokens = LLMCallRow.prompt_tokens + LLMCallRow.completion_tokens
+
+        def total(*conditions: Any) -> Any:
+            return select(func.coalesce(func.sum(tokens), 0)).where(*conditions).scalar_subquery()
+
+        in_day = LLMCallRow.created_at >= day_start
+        in_month = LLMCallRow.created_at >= month_start
+        by_user = LLMCallRow.user_id == user_id
+        by_chat = LLMCallRow.chat_key == chat_key
+        async with self._tx() as tx:
+            row = (
+                await tx.execute(
+                    select(
+                        total(by_user, in_day),
+                        total(by_user, in_month),
+                        total(by_chat, in_day),
+                        total(by_chat, in_month),
+                        total(in_day),
+                    )
+                )
+            ).one()
+            return TokenTotals(*(int(v) for v in row))

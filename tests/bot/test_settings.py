@@ -1,0 +1,109 @@
+"""Settings are a contract: every name documented, every mistake one clear line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bot.settings import Settings, SettingsError, check_startup, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACT = [
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_MODEL",
+    "SYSTEM_PROMPT",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_BASE_URL",
+    "TELEGRAM_WEBHOOK_URL",
+    "TELEGRAM_GROUP_MODE",
+    "DISCORD_BOT_TOKEN",
+    "DISCORD_API_BASE_URL",
+    "DISCORD_GATEWAY_URL",
+    "DISCORD_GROUP_MODE",
+    "DATABASE_URL",
+    "TOOL_MODULES",
+    "TOOL_TIMEOUT_SECONDS",
+    "MAX_TOOL_ROUNDS",
+    "LOG_LEVEL",
+]
+TELEGRAM_TOKEN = "123456:" + "A" * 35
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+def test_contract_names_exist() -> None:
+    fields = {name.upper() for name in Settings.model_fields}
+    assert set(CONTRACT) <= fields
+
+
+def test_every_setting_is_in_env_example_and_readme() -> None:
+    example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert re.search(rf"^{name.upper()}=", example, re.M), f"{name.upper()} not in .env.example"
+        assert f"`{name.upper()}`" in readme, f"{name.upper()} not in the README table"
+
+
+def test_env_example_parses_as_is(tmp_path: Path) -> None:
+    settings = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
+    assert settings.enabled_platforms() == ["console"]
+    assert settings.uses_offline_model()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("OPENAI_BASE_URL", "not a url", "OPENAI_BASE_URL"),
+        ("PLATFORMS", "telegram,irc", "PLATFORMS"),
+        ("TELEGRAM_BOT_TOKEN", "nonsense", "TELEGRAM_BOT_TOKEN"),
+        ("DISCORD_BOT_TOKEN", "short", "DISCORD_BOT_TOKEN"),
+        ("MAX_TOOL_ROUNDS", "0", "MAX_TOOL_ROUNDS"),
+        ("TELEGRAM_GROUP_MODE", "sometimes", "TELEGRAM_GROUP_MODE"),
+        ("LOG_LEVEL", "loud", "LOG_LEVEL"),
+    ],
+)
+def test_wrong_setting_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith(f"setting {named}:")
+    assert "\n" not in message
+
+
+def test_platform_token_without_api_key_names_the_missing_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
+    settings = load_settings()
+    with pytest.raises(SettingsError, match="OPENAI_API_KEY"):
+        check_startup(settings)
+    monkeypatch.setenv("OFFLINE_MODEL", "true")
+    check_startup(load_settings())  # chosen explicitly: allowed
+
+
+def test_platforms_follow_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().enabled_platforms() == ["console"]
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", "x" * 59)
+    assert load_settings().enabled_platforms() == ["telegram", "discord"]
+    monkeypatch.setenv("PLATFORMS", "discord")
+    with pytest.raises(SettingsError, match="OPENAI_API_KEY"):
+        check_startup(load_settings())
+
+
+def test_secrets_are_hidden_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-very-secret-value")
+    settings = load_settings()
+    assert "sk-very-secret-value" not in repr(settings)
+    assert settings.secrets() == ["sk-very-secret-value"]
