@@ -9,6 +9,7 @@ recorded and left for the operator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from bot.events import DeliveryError, OutgoingMessage, ReplySink
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 6
 MAX_BACKOFF_SECONDS = 60.0
+STOP_GRACE_SECONDS = 5.0
 
 
 class Courier:
@@ -29,6 +31,7 @@ class Courier:
         self._tasks = TaskSet("courier")
         self._running: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
+        self._closing = asyncio.Event()
 
     def attach(self, sink: ReplySink) -> None:
         self.sinks[sink.platform] = sink
@@ -50,7 +53,7 @@ class Courier:
             while True:
                 self._again.discard(session_id)
                 for item in await self.store.undelivered(session_id):
-                    if not await self._deliver(item):
+                    if self._closing.is_set() or not await self._deliver(item):
                         return
                 if session_id not in self._again:
                     return
@@ -103,8 +106,17 @@ class Courier:
             if give_up:
                 return False
             delay = retry_after if retry_after is not None else self.base_backoff * 2**attempts
-            await asyncio.sleep(min(delay, MAX_BACKOFF_SECONDS))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), min(delay, MAX_BACKOFF_SECONDS))
+            if self._closing.is_set():
+                return False
 
     async def stop(self) -> None:
+        """Lets a send in flight record its delivery (so a restart does not post it again),
+        starts no new one, and cancels what is still running after a grace period."""
+        self._closing.set()
+        running = list(self._running.values())
+        if running:
+            await asyncio.wait(running, timeout=STOP_GRACE_SECONDS)
         await self._tasks.cancel_all()
         self._running.clear()

@@ -45,7 +45,7 @@ class Runtime:
         base_url = settings.openai_base_url
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
         if settings.uses_offline_model():
-            self.offline = FakeOpenAI()
+            self.offline = FakeOpenAI(record=False)
             await self.offline.start()
             base_url, api_key = self.offline.base_url, "offline"
             log.info("using the built-in offline model at %s", base_url)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bot.offline import FakeOpenAI
 
 from adapters.memory import MemoryAdapter
+from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
 from bot.settings import Settings
 

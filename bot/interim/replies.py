@@ -92,19 +92,11 @@ class ReplyBook:
         }
         return self._pick(locale.interim[kind.value], values, avoid, rng or self.rng)
 
-    def phrase(
-        self,
-        key: str,
-        language: str,
-        *,
-        avoid: Collection[str] = (),
-        rng: random.Random | None = None,
-        **values: object,
-    ) -> str:
+    def phrase(self, key: str, language: str, **values: object) -> str:
         locale = self._locale(language)
         if "count" in values and "tools" not in values:
             values["tools"] = self.plural(locale.code, "tools", int(str(values["count"])))
-        return self._pick(locale.phrases[key], dict(values), avoid, rng or self.rng)
+        return self._pick(locale.phrases[key], dict(values), (), self.rng)
 
     def status(self, language: str, running: Sequence[RunningTool]) -> str:
         return self.phrase(

@@ -12,7 +12,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, create_model
 
@@ -63,7 +63,7 @@ def _arguments_model(function: ToolFunction) -> type[BaseModel]:
         annotation = hints.get(name, Any)
         default = ... if parameter.default is parameter.empty else parameter.default
         fields[name] = (annotation, default)
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    model: type[BaseModel] = create_model(
         f"{function.__name__}_arguments",
         __config__=ConfigDict(extra="forbid"),
         **fields,
@@ -75,18 +75,36 @@ def _arguments_model(function: ToolFunction) -> type[BaseModel]:
 _declared: dict[str, ToolSpec] = {}
 
 
+F = TypeVar("F", bound=ToolFunction)
+
+
+@overload
+def tool(function: F) -> F: ...
+
+
+@overload
 def tool(
-    function: ToolFunction | None = None,
     *,
     name: str | None = None,
     timeout: float | None = None,
     rerun_safe: bool = False,
     admin_only: bool = False,
     labels: Mapping[str, str] | None = None,
-) -> Any:
+) -> Callable[[F], F]: ...
+
+
+def tool(
+    function: F | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    rerun_safe: bool = False,
+    admin_only: bool = False,
+    labels: Mapping[str, str] | None = None,
+) -> F | Callable[[F], F]:
     """Declares a tool: `@tool` or `@tool(timeout=30, rerun_safe=True, labels={"es": ...})`."""
 
-    def declare(fn: ToolFunction) -> ToolFunction:
+    def declare(fn: F) -> F:
         description = inspect.cleandoc(fn.__doc__ or "").strip()
         if not description:
             raise TypeError(f"tool {fn.__name__}: a docstring is required (the model reads it)")

@@ -7,12 +7,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from bot.offline import FakeOpenAI
 from sqlalchemy import select
 
 from bot.core_api import SubmitOutcome
 from bot.events import CommandName, DeliveryError, ReplyKind
 from bot.history import validate
+from bot.offline import FakeOpenAI
 from storage.models import MessageRow, OutboxRow, ToolCallRow
 from tests.conftest import CoreFactory
 from tests.support import slow_tools

@@ -1,0 +1,93 @@
+"""LLM faults: whatever the model's server does, the user is told, nothing is lost, the
+history stays valid, and the next message works."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from bot.events import ReplyKind
+from bot.history import validate
+from bot.offline import FakeOpenAI
+from tests.conftest import CoreFactory
+
+
+def chat_requests(fake: FakeOpenAI) -> list[dict[str, object]]:
+    return [r for r in fake.requests if "messages" in r]
+
+
+async def test_429_with_retry_after_is_retried_by_the_sdk(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_error(429, retry_after_ms=10)
+    async with make_core(openai_max_retries=2) as (runtime, chat):
+        await chat.say("hello")
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert sent[0].message.kind is ReplyKind.ANSWER
+    assert len(chat_requests(fake_openai)) == 2
+
+
+FAULTS: dict[str, Callable[[FakeOpenAI], None]] = {
+    "500": lambda fake: fake.script_error(500),
+    "timeout": lambda fake: fake.script_delay(5),
+    "truncated JSON": lambda fake: fake.script_truncated_json(),
+    "dropped connection": lambda fake: fake.script_disconnect(),
+    "400": lambda fake: fake.script_error(400, "Invalid value for 'model'."),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_fault_ends_with_apology_and_valid_history(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, fault: str
+) -> None:
+    FAULTS[fault](fake_openai)
+    async with make_core(openai_max_retries=0, openai_timeout_seconds=0.5) as (runtime, chat):
+        await chat.say("first")
+        sent = await chat.wait_for(1)
+        assert sent[0].message.kind is ReplyKind.ERROR
+        assert sent[0].message.text.strip()
+        info = await runtime.engine.store.get_session(1)
+        assert info.state == "idle" and info.last_error
+        await chat.say("second")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert sent[1].message.kind is ReplyKind.ANSWER
+    last = chat_requests(fake_openai)[-1]["messages"]
+    assert isinstance(last, list)
+    assert [m["content"] for m in last if m["role"] == "user"] == ["first", "second"]
+    assert validate(last) == []
+    assert fake_openai.rejected == []
+
+
+async def test_fault_after_tools_keeps_the_tool_block_whole(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_tool_calls([("get_current_time", {"timezone": "UTC"})])
+    fake_openai.script_error(500)
+    async with make_core(openai_max_retries=0) as (runtime, chat):
+        await chat.say("what time is it")
+        sent = await chat.wait_for(2)
+        assert [s.message.kind for s in sent] == [ReplyKind.WORKING, ReplyKind.ERROR]
+        await chat.say("try again please")
+        await chat.wait_for(3)
+        await runtime.engine.wait_idle()
+    last = chat_requests(fake_openai)[-1]["messages"]
+    assert isinstance(last, list)
+    assert [m["role"] for m in last][1:] == ["user", "assistant", "tool", "user"]
+    assert validate(last) == []
+    assert fake_openai.rejected == []
+
+
+async def test_invalid_tool_arguments_reach_the_model_as_a_validation_error(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_tool_calls([("wait_seconds", '{"seconds": "soon"')])
+    async with make_core() as (runtime, chat):
+        await chat.say("wait a bit")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    tool_message = chat_requests(fake_openai)[1]["messages"][-1]  # type: ignore[index]
+    assert tool_message["role"] == "tool"
+    assert "invalid arguments" in tool_message["content"]
