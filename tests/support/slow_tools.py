@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from bot.tools import tool
 from bot.tools.builtin import get_current_time as real_get_current_time
 
-DELAY = 0.5
+# Subprocess tests set the delay through the environment.
+DELAY = float(os.environ.get("STILLHERE_TEST_TOOL_DELAY", "0.5"))
 
 
 @tool(rerun_safe=False, labels={"en": "checking the time", "es": "consultar la hora"})

@@ -1,0 +1,76 @@
+"""The first five minutes: `stillhere run` with no keys, piped stdin, in an empty folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.process import bot_environment
+
+
+def test_console_run_offline_with_piped_stdin(tmp_path: Path) -> None:
+    env = bot_environment(
+        f"sqlite+aiosqlite:///{tmp_path}/data/bot.db", STILLHERE_TEST_TOOL_DELAY="1.0"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        input="Dame la hora actual\n¿Sigues ahí?\n",
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "OFFLINE DEMO MODEL" in out
+    replies = [line for line in out.splitlines() if line.startswith("bot> ")]
+    # working line, the instant status reply (Spanish, counting the tool), the final answer
+    assert len(replies) == 3, out
+    assert "1 herramienta" in replies[1] and "consultar la hora" in replies[1]
+    assert "Son las" in replies[2] and "¿Sigues ahí?" in replies[2]
+    assert (tmp_path / "data" / "bot.db").exists()
+    assert "rejected" not in result.stderr
+
+
+def test_console_commands(tmp_path: Path) -> None:
+    env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        input="/status\n/reset\n/cancel\n/help\nhello\n",
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    replies = [line for line in result.stdout.splitlines() if line.startswith("bot> ")]
+    assert replies[0] == "bot> Nothing is running right now."
+    assert "new conversation" in replies[1]
+    assert "nothing to cancel" in replies[2]
+    assert "/cancel" in replies[3]
+    assert "hello" in replies[4]
+
+
+def test_platform_token_without_key_is_a_clear_start_error(tmp_path: Path) -> None:
+    env = bot_environment(
+        f"sqlite+aiosqlite:///{tmp_path}/bot.db", TELEGRAM_BOT_TOKEN="123456:" + "A" * 35
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "stillhere: setting OPENAI_API_KEY: required to answer on telegram "
+        "(set OFFLINE_MODEL=true to use the offline demo model there on purpose)"
+    ]
+    assert "A" * 35 not in result.stderr

@@ -1,0 +1,87 @@
+"""A real crash: the bot process is SIGKILLed while a tool runs, then started again."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from bot.history import validate
+from bot.prompt import to_openai
+from storage.database import create_engine
+from storage.repository import SqlStore
+from tests.support.process import bot_environment, read_until, start_bot
+
+
+async def _tool_running_and_notice_recorded(url: str) -> bool:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            running = await connection.scalar(
+                text("SELECT count(*) FROM tool_calls WHERE status = 'running'")
+            )
+            pending = await connection.scalar(
+                text("SELECT count(*) FROM outbox WHERE delivered_at IS NULL")
+            )
+            return bool(running) and pending == 0
+    finally:
+        await engine.dispose()
+
+
+def wait_for_state(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not asyncio.run(_tool_running_and_notice_recorded(url)):
+        assert time.monotonic() < deadline, "the tool never started"
+        time.sleep(0.05)
+
+
+async def _stored_history(url: str) -> list[dict[str, object]]:
+    engine = create_engine(url)
+    try:
+        store = SqlStore(engine)
+        session_id = (await store.sessions_needing_work() or [1])[0]
+        return [to_openai(e, name_authors=False) for e in await store.history(session_id)]
+    finally:
+        await engine.dispose()
+
+
+def test_sigkill_while_a_tool_runs_then_restart(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/bot.db"
+    env = bot_environment(url, STILLHERE_TEST_TOOL_DELAY="60")
+    bot = start_bot(tmp_path, env)
+    try:
+        assert bot.stdin is not None and bot.stdout is not None
+        bot.stdin.write("Dame la hora actual\n")
+        bot.stdin.flush()
+        read_until(bot.stdout, "bot> ")  # the "working on it" line
+        wait_for_state(url)  # ...recorded as delivered, and the tool marked running
+        bot.kill()
+        bot.wait(timeout=10)
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+    assert bot.returncode == -9
+
+    again = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        input="",
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr
+    replies = [line for line in again.stdout.splitlines() if line.startswith("bot> ")]
+    assert len(replies) == 1, again.stdout
+    assert "interrupted by a restart" in replies[0]
+
+    history = asyncio.run(_stored_history(url))
+    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
+    assert history[0]["content"] == "Dame la hora actual"
+    assert validate([{"role": "system", "content": "s"}, *history]) == []

@@ -1,0 +1,56 @@
+"""Running `stillhere` as a real child process, for tests that need one (crash, CLI)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bot_environment(database_url: str, **extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OPENAI_", "TELEGRAM_", "DISCORD_"))
+    }
+    env.update(
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+        DATABASE_URL=database_url,
+        TOOL_MODULES="tests.support.slow_tools",
+        LOG_LEVEL="INFO",
+    )
+    env.update(extra)
+    return env
+
+
+def start_bot(cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "run"],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+    )
+
+
+def read_until(stream: IO[str], needle: str, timeout: float = 30.0) -> list[str]:
+    """Lines read until one contains `needle` (blocking reads; the child always writes)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line.rstrip("\n"))
+        if needle in line:
+            return seen
+    raise AssertionError(f"{needle!r} not seen; got: {seen}")
