@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from bot.textsplit import split_text
 from telegram import Bot, Message, ReplyParameters
 from telegram.constants import MessageLimit, ParseMode
 from telegram.error import (
@@ -26,12 +25,15 @@ from telegram.warnings import PTBDeprecationWarning
 
 from adapters.telegram.markup import to_html
 from bot.events import ConversationKey, DeliveryError
+from bot.textsplit import split_text
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 TEXT_LIMIT: int = MessageLimit.MAX_TEXT_LENGTH
 DEFAULT_RETRY_DELAYS = (0.5, 1.0, 2.0)
+# split_text refuses smaller limits (no room for code fences); below it we cut by length.
+_MIN_SPLIT = 100
 # Outbox ids whose first parts went out before a later part failed; bounded because the
 # core may give up on a reply and never retry it.
 _PROGRESS_MEMORY = 1024
@@ -62,8 +64,8 @@ def _fit(source: str, limit: int) -> list[Part]:
         return [part]
     # Escaping and tags made it grow: split again, smaller by the growth factor.
     longest = max(utf16_len(part.html), utf16_len(source))
-    smaller = max(1, len(source) * limit // longest - 16)
-    pieces = split_text(source, smaller)
+    smaller = len(source) * limit // longest - 16
+    pieces = split_text(source, smaller) if smaller >= _MIN_SPLIT else []
     if len(pieces) <= 1 or max(len(p) for p in pieces) >= len(source):
         pieces = _hard_cut(source, max(1, len(source) // 2))
     return [fitted for piece in pieces for fitted in _fit(piece, limit)]

@@ -51,3 +51,21 @@ def test_every_part_parses_and_fits(text: str) -> None:
 def test_file_url_matches_the_api_url() -> None:
     assert file_url_for("https://api.telegram.org/bot") == "https://api.telegram.org/file/bot"
     assert file_url_for("http://127.0.0.1:8081/bot/") == "http://127.0.0.1:8081/file/bot"
+
+
+def test_tiny_limits_fall_back_to_cutting_by_length() -> None:
+    # With a limit this small split_text cannot be used at all; parts still fit.
+    text = "&" * 500
+    parts = render_parts(text, limit=120)
+    assert all(utf16_len(p.html) <= 120 for p in parts)
+    assert "".join(p.source for p in parts) == text
+
+
+def test_code_blocks_stay_valid_across_parts() -> None:
+    code = "\n".join(f"x = {i} < {i + 1} and y & z" for i in range(400))
+    parts = render_parts(f"Here:\n```python\n{code}\n```\nDone.")
+    assert len(parts) >= 3
+    for part in parts:
+        assert utf16_len(part.html) <= 4096
+        parse_html(part.html)
+    assert all('<pre><code class="language-python">' in p.html for p in parts[1:-1])
