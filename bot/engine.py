@@ -33,6 +33,8 @@ from bot.tools.runner import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER, ToolRunne
 log = logging.getLogger(__name__)
 
 CONTROL_POLL_SECONDS = 1.0
+# In a group, these change the conversation for everyone: only admins, once admins are set.
+ADMIN_COMMANDS_IN_GROUPS = frozenset({CommandName.RESET})
 
 
 @dataclass(frozen=True)
@@ -149,11 +151,23 @@ class Engine:
         self.courier.kick(session_id)
         return SubmitOutcome.IGNORED
 
+    def _is_admin(self, platform: str, user_id: str, claimed: bool) -> bool:
+        return claimed or (self.access is not None and self.access.is_admin(platform, user_id))
+
     async def command(self, request: CommandRequest) -> str:
         session_id = await self.store.active_session_id(request.conversation)
         language = "en"
         if session_id is not None:
             language = (await self.store.get_session(session_id)).language
+        admin = self._is_admin(request.conversation.platform, request.user_id, request.is_admin)
+        if (
+            request.name in ADMIN_COMMANDS_IN_GROUPS
+            and not request.is_private
+            and not admin
+            and self.access is not None
+            and self.access.admins
+        ):
+            return self.book.phrase("admin_only", language)
         match request.name:
             case CommandName.START | CommandName.HELP:
                 return self.book.phrase(request.name.value, language)

@@ -29,6 +29,7 @@ PHRASE_KEYS = (
     "interim_note",
     "usage_report",
     "usage_unlimited",
+    "admin_only",
 )
 CLASSIFY_KEYS = ("cancel", "status", "thanks", "greeting", "question_words")
 

@@ -31,3 +31,9 @@ async def never_finishes() -> str:
 def explode(reason: str) -> str:
     """Raises an exception (a sync tool, so it runs in a thread)."""
     raise RuntimeError(reason)
+
+
+@tool(admin_only=True)
+async def restart_service(name: str) -> str:
+    """Restarts a service (admins only)."""
+    return f"{name} restarted"

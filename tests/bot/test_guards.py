@@ -1,0 +1,175 @@
+"""Guardrails on the core: access, rate limits, budgets, admin-only tools and commands,
+input limits, secrets. The adapters' own tests cover what each platform adds."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+from sqlalchemy import text
+
+from bot import logs
+from bot.core_api import SubmitOutcome
+from bot.events import CommandName, CommandRequest, ReplyKind
+from bot.offline import FakeOpenAI
+from tests.conftest import CoreFactory
+from tests.support import slow_tools
+
+
+def chat_requests(fake: FakeOpenAI) -> list[dict[str, object]]:
+    return [r for r in fake.requests if "messages" in r]
+
+
+async def test_blocked_user_gets_one_line_in_private_and_silence_in_groups(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with make_core(blocked_users=["telegram:u9", "u9"]) as (runtime, chat):
+        _, private = await chat.say("hi", user="u9")
+        _, group = await chat.say("hi", user="u9", private=False, chat="g")
+        _, allowed = await chat.say("hi", user="u1", chat="other")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert (private, group, allowed) == (
+        SubmitOutcome.DENIED,
+        SubmitOutcome.DENIED,
+        SubmitOutcome.ACCEPTED,
+    )
+    notices = [s.message for s in chat.sent if s.message.kind is ReplyKind.NOTICE]
+    assert [n.conversation.chat_id for n in notices] == ["chat-1"]
+    assert len(chat_requests(fake_openai)) == 1
+
+
+async def test_allow_lists_and_admins(make_core: CoreFactory, fake_openai: FakeOpenAI) -> None:
+    async with make_core(allowed_users=["u1"], admin_users=["boss"]) as (runtime, chat):
+        _, stranger = await chat.say("hi", user="u2", chat="a")
+        _, friend = await chat.say("hi", user="u1", chat="b")
+        _, boss = await chat.say("hi", user="boss", chat="c")
+        await runtime.engine.wait_idle()
+    assert (stranger, friend, boss) == (
+        SubmitOutcome.DENIED,
+        SubmitOutcome.ACCEPTED,
+        SubmitOutcome.ACCEPTED,
+    )
+
+
+async def test_rate_limit_answers_with_the_wait_and_makes_no_llm_call(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with make_core(rate_limit_user_per_minute=2) as (runtime, chat):
+        outcomes = [(await chat.say(f"message {i}"))[1] for i in range(3)]
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert outcomes[2] is SubmitOutcome.DENIED
+    notice = [s.message.text for s in chat.sent if s.message.kind is ReplyKind.NOTICE]
+    assert len(notice) == 1 and " s." in notice[0]
+    users = [m for r in chat_requests(fake_openai) for m in r["messages"] if m["role"] == "user"]  # type: ignore[attr-defined]
+    assert all(m["content"] != "message 2" for m in users)
+
+
+async def test_token_budget_counts_api_usage_and_says_when_it_resets(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with make_core(token_budget_user_daily=1) as (runtime, chat):
+        await chat.say("first")
+        await chat.wait_for(1)
+        usage = await chat.command(CommandName.USAGE)
+        _, second = await chat.say("second")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert second is SubmitOutcome.DENIED
+    assert "limit 1" in usage
+    assert "UTC" in chat.sent[1].message.text
+    assert len(chat_requests(fake_openai)) == 1
+
+
+async def test_admin_only_tools_are_offered_to_admins_only(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with make_core(admin_users=["boss"]) as (runtime, chat):
+        await chat.say("hello", user="someone", chat="a")
+        await chat.say("hello", user="boss", chat="b")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    offered = [
+        {t["function"]["name"] for t in r["tools"]}  # type: ignore[attr-defined]
+        for r in chat_requests(fake_openai)
+    ]
+    assert sorted("restart_service" in names for names in offered) == [False, True]
+
+
+async def test_reset_in_a_group_is_for_admins_once_admins_are_set(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with make_core(admin_users=["boss"]) as (runtime, chat):
+        key = chat.key("g")
+
+        async def reset(user: str) -> str:
+            return await runtime.engine.command(
+                CommandRequest(key, CommandName.RESET, user, user, is_private=False)
+            )
+
+        assert "admins" in await reset("someone")
+        assert "new conversation" in await reset("boss")
+
+
+async def test_long_message_is_cut_with_a_note(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    async with make_core(max_message_chars=50) as (runtime, chat):
+        await chat.say("x" * 5000)
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    user = chat_requests(fake_openai)[0]["messages"][-1]  # type: ignore[index]
+    assert user["content"].startswith("x" * 50)
+    assert user["content"].endswith("[message cut: 5000 characters in all]")
+    assert len(user["content"]) < 100
+
+
+async def test_deferred_messages_are_capped_in_the_request_but_all_kept(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 1.0)
+    async with make_core(max_deferred_messages=3) as (runtime, chat):
+        await chat.say("what time is it")
+        await chat.wait_for(1)
+        for i in range(6):
+            await chat.say(f"note {i}")
+        await chat.wait_for(8)
+        await runtime.engine.wait_idle()
+        stored = [e.content for e in await runtime.engine.store.history(1) if e.role == "user"]
+    assert stored == ["what time is it"] + [f"note {i}" for i in range(6)]
+    after_tools = chat_requests(fake_openai)[1]["messages"]
+    users = [m["content"] for m in after_tools if m["role"] == "user"]  # type: ignore[attr-defined]
+    assert users[1].startswith("[4 earlier messages, in short] note 0 · note 1")
+    assert users[2:] == ["note 4", "note 5"]
+    assert fake_openai.rejected == []
+
+
+async def test_secrets_never_reach_logs_or_database(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    secret = "sk-test-THIS-IS-A-SECRET-123456"
+    stream = io.StringIO()
+    logs.configure("DEBUG", [secret], stream)
+    try:
+        async with make_core(openai_api_key=secret) as (runtime, chat):
+            logging.getLogger("probe").info("the key is %s", secret)
+            fake_openai.script_error(500)
+            await chat.say("what time is it")
+            await chat.wait_for(1)
+            await chat.say("what time is it now")
+            await chat.wait_for(3)
+            await runtime.engine.wait_idle()
+            dump = []
+            async with runtime.db.connect() as connection:
+                for table in ("sessions", "messages", "tool_calls", "outbox", "llm_calls"):
+                    rows = await connection.execute(text(f"SELECT * FROM {table}"))
+                    dump.extend(str(row) for row in rows)
+    finally:
+        logging.getLogger().handlers.clear()
+    captured = stream.getvalue()
+    assert "the key is ***" in captured  # the mask is live, so the check below can fail
+    assert "reply delivered" in captured
+    assert secret not in captured
+    assert dump and all(secret not in row for row in dump)
