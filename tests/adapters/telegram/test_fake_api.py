@@ -113,3 +113,35 @@ async def test_injected_429_carries_retry_after_then_works(
     status, _ = await call(http, tg, "sendMessage", chat_id=ANA.id, text="a")
     assert status == 200
     assert len(tg.sent_messages(ANA.id)) == 1
+
+
+async def test_commands_are_kept_per_scope(tg: FakeTelegram, http: aiohttp.ClientSession) -> None:
+    commands = '[{"command": "status", "description": "What I am doing"}]'
+    group = '{"type": "all_group_chats"}'
+    assert (await call(http, tg, "setMyCommands", commands=commands, scope=group))[0] == 200
+    _, body = await call(http, tg, "getMyCommands", scope=group)
+    assert body["result"] == [{"command": "status", "description": "What I am doing"}]
+    _, body = await call(http, tg, "getMyCommands")
+    assert body["result"] == []
+    await call(http, tg, "deleteMyCommands", scope=group)
+    assert tg.commands({"type": "all_group_chats"}) == []
+    status, body = await call(http, tg, "setMyCommands", commands='[{"command": "Bad Name!"}]')
+    assert (status, body["description"]) == (400, "Bad Request: BOT_COMMAND_INVALID")
+
+
+async def test_edit_rejects_an_unchanged_text(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    tg.push_text(ANA.id, ANA, "hi")
+    _, body = await call(http, tg, "sendMessage", chat_id=ANA.id, text="v1")
+    message_id = body["result"]["message_id"]
+    status, _ = await call(
+        http, tg, "editMessageText", chat_id=ANA.id, message_id=message_id, text="v2"
+    )
+    assert status == 200
+    status, body = await call(
+        http, tg, "editMessageText", chat_id=ANA.id, message_id=message_id, text="v2"
+    )
+    assert status == 400
+    assert body["description"].startswith("Bad Request: message is not modified")
+    assert [m.text for m in tg.sent_messages(ANA.id)] == ["v2"]
