@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 
 from bot.events import DeliveryError, OutgoingMessage, ReplySink
 from bot.store import OutboxItem, Store
@@ -21,6 +24,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 6
 MAX_BACKOFF_SECONDS = 60.0
 STOP_GRACE_SECONDS = 5.0
+CLAIM_LEASE_SECONDS = 60.0
 
 
 class Courier:
@@ -28,6 +32,9 @@ class Courier:
         self.store = store
         self.base_backoff = base_backoff
         self.sinks: dict[str, ReplySink] = {}
+        # Unique per process: a restarted bot must not mistake its predecessor's claims
+        # for its own, nor a peer's.
+        self.worker = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
         self._tasks = TaskSet("courier")
         self._running: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
@@ -76,6 +83,10 @@ class Courier:
         )
         attempts = item.attempts
         while True:
+            if not await self.store.claim_delivery(item.id, self.worker, CLAIM_LEASE_SECONDS):
+                # Another worker is sending this session's replies; it sends the later
+                # ones too (or, if it died, the sweep retries once its lease ends).
+                return False
             try:
                 platform_id = await sink.send(message)
             except DeliveryError as exc:

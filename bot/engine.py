@@ -33,6 +33,8 @@ from bot.tools.runner import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER, ToolRunne
 log = logging.getLogger(__name__)
 
 CONTROL_POLL_SECONDS = 1.0
+# How often replies left undelivered (platform down, a dead worker's claim) are retried.
+SWEEP_EVERY_POLLS = 30
 # In a group, these change the conversation for everyone: only admins, once admins are set.
 ADMIN_COMMANDS_IN_GROUPS = frozenset({CommandName.RESET})
 
@@ -256,8 +258,13 @@ class Engine:
         self._control_task = self.tasks.spawn(self._poll_controls(), "controls")
 
     async def _poll_controls(self) -> None:
+        polls = 0
         while True:
+            polls += 1
             try:
+                if polls % SWEEP_EVERY_POLLS == 0:
+                    for session_id in await self.store.sessions_with_undelivered():
+                        self.courier.kick(session_id)
                 for control in await self.store.pending_controls():
                     result = await self._apply_control(control.session_id, control.action)
                     await self.store.finish_control(control.id, result)

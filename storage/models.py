@@ -159,6 +159,10 @@ class OutboxRow(Base):
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     platform_message_id: Mapped[str | None] = mapped_column(String(128))
+    # The worker sending this row right now, until when: two workers sharing a database
+    # never post the same reply at once.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ProcessedUpdateRow(Base):

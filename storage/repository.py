@@ -9,7 +9,7 @@ updated and leaves the session to the winner.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select, update
@@ -632,6 +632,24 @@ class SqlStore:
                 for r in rows
             ]
 
+    async def claim_delivery(self, outbox_id: int, worker: str, lease_seconds: float) -> bool:
+        stamp = now()
+        async with self._tx() as tx, tx.begin():
+            result = await tx.execute(
+                update(OutboxRow)
+                .where(
+                    OutboxRow.id == outbox_id,
+                    OutboxRow.delivered_at.is_(None),
+                    or_(
+                        OutboxRow.claimed_by.is_(None),
+                        OutboxRow.claimed_by == worker,
+                        OutboxRow.claimed_until < stamp,
+                    ),
+                )
+                .values(claimed_by=worker, claimed_until=stamp + timedelta(seconds=lease_seconds))
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
     async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None:
         async with self._tx() as tx, tx.begin():
             await tx.execute(
@@ -642,6 +660,8 @@ class SqlStore:
                     platform_message_id=platform_message_id,
                     attempts=OutboxRow.attempts + 1,
                     last_attempt_at=now(),
+                    claimed_by=None,
+                    claimed_until=None,
                 )
             )
 
@@ -655,6 +675,8 @@ class SqlStore:
                     last_attempt_at=now(),
                     last_error=error[:2000],
                     failed=permanent,
+                    claimed_by=None,
+                    claimed_until=None,
                 )
             )
 
@@ -683,6 +705,15 @@ class SqlStore:
                     )
                 )
                 .order_by(SessionRow.id)
+            )
+            return list(rows)
+
+    async def sessions_with_undelivered(self) -> list[int]:
+        async with self._tx() as tx:
+            rows = await tx.scalars(
+                select(OutboxRow.session_id)
+                .where(OutboxRow.delivered_at.is_(None), OutboxRow.failed.is_(False))
+                .distinct()
             )
             return list(rows)
 

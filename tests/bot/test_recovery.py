@@ -29,7 +29,8 @@ async def test_restart_reruns_safe_tools_and_interrupts_the_others(
 ) -> None:
     monkeypatch.setattr(slow_tools, "DELAY", 30)
     settings = core_settings(database_url, fake_openai)
-    fake_openai.script_tool_calls([("get_current_time", {}), ("wait_seconds", {"seconds": 0.5})])
+    monkeypatch.setattr(slow_tools, "_slow_once_calls", 0)
+    fake_openai.script_tool_calls([("get_current_time", {}), ("slow_once", {})])
     async with Runtime(settings) as first:
         chat = MemoryAdapter(first.engine)
         await chat.start()
@@ -49,7 +50,7 @@ async def test_restart_reruns_safe_tools_and_interrupts_the_others(
         history = [to_openai(e, name_authors=False) for e in await second.engine.store.history(1)]
     assert [(c.name, c.status) for c in calls] == [
         ("get_current_time", "interrupted"),
-        ("wait_seconds", "done"),
+        ("slow_once", "done"),
     ]
     assert calls[0].result == "interrupted by a restart"
     assert calls[1].attempts == 2

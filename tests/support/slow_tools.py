@@ -37,3 +37,16 @@ def explode(reason: str) -> str:
 async def restart_service(name: str) -> str:
     """Restarts a service (admins only)."""
     return f"{name} restarted"
+
+
+_slow_once_calls = 0
+
+
+@tool(rerun_safe=True)
+async def slow_once() -> str:
+    """Hangs on its first call in this process, answers at once after (restart tests)."""
+    global _slow_once_calls
+    _slow_once_calls += 1
+    if _slow_once_calls == 1:
+        await asyncio.Event().wait()
+    return f"done on call {_slow_once_calls}"

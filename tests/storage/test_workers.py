@@ -1,0 +1,72 @@
+"""Two workers on one database (two processes' worth of engines): they never run the same
+turn, never post a reply twice, and lose no message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from adapters.memory import MemoryAdapter
+from bot.events import ReplyKind
+from bot.history import validate
+from bot.offline import FakeOpenAI
+from bot.runtime import Runtime
+from storage.models import MessageRow, OutboxRow, SessionRow
+from tests.conftest import core_settings
+from tests.support import slow_tools
+
+
+async def test_two_workers_share_a_conversation(
+    database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 0.3)
+    fake_openai.think_seconds = 0.05
+    settings = core_settings(database_url, fake_openai)
+    async with Runtime(settings) as one, Runtime(settings) as two:
+        chats = [MemoryAdapter(one.engine), MemoryAdapter(two.engine)]
+        for chat in chats:
+            await chat.start()
+        await one.engine.start()
+        await two.engine.start()
+        texts = ["what time is it", "hola", "¿sigues ahí?", "ok", "and now?", "gracias"]
+        for round_start in range(0, len(texts), 2):
+            await asyncio.gather(
+                *(
+                    chats[i % 2].say(texts[round_start + i], message_id=f"m{round_start + i}")
+                    for i in range(2)
+                )
+            )
+            await asyncio.sleep(0.1)
+        for _ in range(100):
+            await one.engine.wait_idle()
+            await two.engine.wait_idle()
+            async with one.engine.store._tx() as tx:  # type: ignore[attr-defined]
+                sessions = list(await tx.scalars(select(SessionRow)))
+                busy = [s for s in sessions if s.state != "idle"]
+                waiting = list(
+                    await tx.scalars(
+                        select(MessageRow).where(
+                            MessageRow.position.is_(None), MessageRow.role == "user"
+                        )
+                    )
+                )
+            if not busy and not waiting:
+                break
+            await asyncio.sleep(0.05)
+        async with one.engine.store._tx() as tx:  # type: ignore[attr-defined]
+            outbox = list(await tx.scalars(select(OutboxRow)))
+            users = list(await tx.scalars(select(MessageRow).where(MessageRow.role == "user")))
+            sessions = list(await tx.scalars(select(SessionRow)))
+    sent = Counter(s.message.outbox_id for chat in chats for s in chat.sent)
+    assert sent and max(sent.values()) == 1  # no reply posted twice
+    assert set(sent) == {o.id for o in outbox}  # and none lost
+    assert len(sessions) == 1
+    assert sorted(u.content for u in users) == sorted(texts)
+    assert all(u.position is not None for u in users)
+    closing = [o for o in outbox if o.kind in (ReplyKind.ANSWER, ReplyKind.ERROR)]
+    assert len(closing) == sessions[0].turn
+    assert fake_openai.rejected == []
+    assert all(validate(r["messages"]) == [] for r in fake_openai.requests)
