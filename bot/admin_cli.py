@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 OK, PROBLEMS, USAGE = 0, 1, 2
 POLL_SECONDS = 0.1
 PREVIEW = 160
+PIPED_WIDTH = 240
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -146,7 +148,9 @@ def add_admin_parser(commands: Any) -> None:
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    # Piped into grep or a file, 80 columns would fold every table row into many lines.
+    width = None if sys.stdout.isatty() else PIPED_WIDTH
+    return Console(highlight=False, soft_wrap=True, width=width)
 
 
 def _emit(record: dict[str, Any]) -> None:
@@ -493,6 +497,8 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     from storage.admin import AdminStore, SchemaError, UnknownSession, check_schema
     from storage.database import create_engine
 
+    # Alembic narrates loading its scripts at INFO; an admin command only checks the head.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     missing = _missing_database(settings.database_url)
     if missing is not None:
         return _fail(missing)

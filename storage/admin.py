@@ -847,6 +847,24 @@ class AdminStore:
             steps.append(Step("set_state", "session state tools -> llm (no tool round is open)"))
         fix = _history_fix(items, self.system_prompt)
         steps.extend(fix.steps)
+        waiting = _unanswered(fix.target)
+        queued = await tx.scalar(
+            select(func.count())
+            .select_from(MessageRow)
+            .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
+        )
+        idle = new_state is None and not archived and session.state == SessionState.IDLE
+        if idle and waiting and not queued:
+            # Recovery starts turns only for queued messages; these are in the history
+            # already (the LLM call that took them failed), so ask the model again.
+            new_state = SessionState.LLM
+            steps.append(
+                Step(
+                    "retry_llm",
+                    f"session state idle -> llm: ask the model again for "
+                    f"{_plural(waiting, 'unanswered message')}",
+                )
+            )
         outbox = list(
             await tx.scalars(
                 select(OutboxRow)

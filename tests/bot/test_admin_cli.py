@@ -1,0 +1,527 @@
+"""`stillhere admin ...` through the real entry point: in process with capsys (run in a thread,
+since `main` owns its event loop), as a subprocess, and against a bot running as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from bot.cli import main
+from bot.events import DeliveryError, ReplyKind
+from bot.offline import FakeOpenAI
+from storage.migrate import downgrade, upgrade
+from storage.models import ControlRow, OutboxRow, SessionRow, ToolCallRow
+from tests.conftest import CoreFactory
+from tests.storage.test_admin import (
+    corrupt_history,
+    dump,
+    execute,
+    fetch,
+    stuck_tool_session,
+    wait_rows,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SUBPROCESS_TIMEOUT = 30.0
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging() -> Iterator[None]:
+    """`main` configures the root logger for the process; give pytest's handlers back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture
+def admin_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    return database_url
+
+
+Run = tuple[int, str, str]
+
+
+async def admin(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
+    """`stillhere admin ARGV...` in process; (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        code = await asyncio.to_thread(main, ["admin", *argv])
+    except SystemExit as exc:  # argparse's way of saying "usage error"
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def json_lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+# --- bad input first -----------------------------------------------------------------------------
+
+
+async def test_unknown_session_is_one_clear_line_and_exit_2(
+    admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await upgrade(admin_env)
+    for command in (["show", "42"], ["repair", "42"], ["cancel", "42"], ["reset", "42"]):
+        code, out, err = await admin(capsys, *command)
+        assert code == 2, command
+        assert err.strip().splitlines() == [
+            "stillhere admin: no session 42 (`stillhere admin sessions --all` lists them)"
+        ]
+        assert out == ""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["show", "abc"],
+        ["show", "0"],
+        ["sessions", "--limit", "0"],
+        ["sessions", "--platform", "irc"],
+        ["sessions", "--tool-margin", "-5"],
+        ["sessions", "--minutes", "nan"],
+        ["repair", "1", "--max-attempts", "x"],
+        ["cancel", "1", "--wait", "-1"],
+        ["frobnicate"],
+        [],
+    ],
+)
+async def test_bad_arguments_are_usage_errors(
+    argv: list[str], admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = await admin(capsys, *argv)
+    assert code == 2
+    assert "usage:" in err and out == ""
+
+
+async def test_missing_database_file_is_reported_and_not_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path}/data/none.db")
+    code, out, err = await admin(capsys, "sessions")
+    assert code == 2 and out == ""
+    assert f"no database file at {tmp_path}/data/none.db" in err
+    assert not (tmp_path / "data").exists()
+
+
+async def test_schema_behind_head_is_refused_without_migrating(
+    admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await upgrade(admin_env)
+
+    await downgrade(admin_env, "base")
+    before = await dump(admin_env)
+    code, out, err = await admin(capsys, "sessions")
+    assert code == 2 and out == ""
+    assert "run `stillhere db upgrade`" in err and len(err.strip().splitlines()) == 1
+    assert await dump(admin_env) == before
+
+
+# --- sessions ------------------------------------------------------------------------------------
+
+
+async def test_sessions_lists_and_filters(
+    make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    code, out, _ = await admin(capsys, "sessions", "--json")
+    assert code == 0
+    (row,) = json_lines(out)
+    assert (row["id"], row["platform"], row["state"], row["stuck"]) == (1, "memory", "idle", False)
+    code, out, _ = await admin(capsys, "sessions", "--json", "--platform", "telegram")
+    assert (code, out) == (0, "")
+    code, out, _ = await admin(capsys, "sessions", "--stuck")
+    assert (code, out.strip()) == (0, "no stuck sessions")
+    code, out, _ = await admin(capsys, "sessions")
+    assert code == 0 and "memory:chat-1" in out and "idle" in out
+
+
+async def test_sessions_archived_only_with_all(
+    make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    code, out, _ = await admin(capsys, "reset", "1", "--offline", "--json")
+    assert code == 0 and json_lines(out)[0]["applied"] is True
+    code, out, _ = await admin(capsys, "sessions", "--json")
+    assert (code, out) == (0, "")
+    code, out, _ = await admin(capsys, "sessions", "--json", "--all")
+    (row,) = json_lines(out)
+    assert row["archived"] is True
+    code, out, _ = await admin(capsys, "reset", "1", "--offline")
+    assert code == 0 and "archived already" in out
+
+
+async def test_never_finishing_tool_is_flagged_stuck_with_the_tool_reason(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_openai.script_tool_calls([("never_finishes", {})])
+    async with make_core(tool_timeout_seconds=30) as (_runtime, chat):
+        await chat.say("run the hanging tool")
+        await chat.wait_for(1)
+        code, out, _ = await admin(capsys, "sessions", "--json", "--tool-margin", "5")
+        (row,) = json_lines(out)
+        assert (code, row["state"], row["open_tools"], row["stuck"]) == (0, "tools", 1, False)
+        # As if the tool had hung for an hour: its start moves back, the clock stays.
+        hour_ago = datetime.now(UTC) - timedelta(hours=1)
+        await execute(admin_env, update(ToolCallRow).values(started_at=hour_ago))
+        code, out, _ = await admin(capsys, "sessions", "--stuck", "--json", "--tool-margin", "5")
+        (row,) = json_lines(out)
+        assert code == 1
+        assert [r["code"] for r in row["reasons"]] == ["tool_overdue"]
+        assert "never_finishes" in row["reasons"][0]["text"]
+        code, out, _ = await admin(capsys, "sessions", "--stuck", "--tool-margin", "5")
+        assert code == 1 and "tool_overdue" in out and "tools running" in out
+
+
+async def test_undeliverable_reply_is_stuck_shown_and_resent_after_repair(
+    make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with make_core() as (runtime, chat):
+        chat.fail_next = [DeliveryError("Forbidden: bot was blocked", permanent=True)]
+        await chat.say("hi")
+        await wait_rows(admin_env, OutboxRow, OutboxRow.failed.is_(True))
+        await runtime.engine.wait_idle()
+    code, out, _ = await admin(capsys, "sessions", "--stuck", "--json")
+    (row,) = json_lines(out)
+    assert code == 1 and [r["code"] for r in row["reasons"]] == ["outbox_failed"]
+    code, out, _ = await admin(capsys, "show", "1", "--json")
+    outbox = [r for r in json_lines(out) if r["type"] == "outbox"]
+    assert [(o["kind"], o["delivery"]) for o in outbox] == [("answer", "failed")]
+    assert outbox[0]["last_error"] == "Forbidden: bot was blocked"
+    code, out, _ = await admin(capsys, "show", "1")
+    assert code == 0 and "failed" in out and "Forbidden: bot was blocked" in out
+    code, out, _ = await admin(capsys, "repair", "1")
+    assert code == 0 and "send reply #1 (answer) again" in out
+    async with make_core() as (runtime, chat):
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert sent[0].message.kind is ReplyKind.ANSWER
+    code, out, _ = await admin(capsys, "sessions", "--stuck", "--json")
+    assert (code, out) == (0, "")
+
+
+# --- show, validate, repair of a corrupted history -----------------------------------------------
+
+
+async def test_corrupted_history_flagged_by_validate_and_show_then_repaired(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    await corrupt_history(admin_env, 1)
+
+    code, out, _ = await admin(capsys, "validate")
+    assert code == 1
+    assert "1 of 1 histories are invalid" in out
+    assert "missing_tool_response at message 3" in out
+    code, out, _ = await admin(capsys, "validate", "--json")
+    lines = json_lines(out)
+    assert code == 1
+    assert [(r["session"], r["rule"], r["index"]) for r in lines[:-1]] == [
+        (1, "missing_tool_response", 3),
+        (1, "unknown_tool_call_id", 4),
+    ]
+    assert lines[-1] == {"checked": 1, "invalid": 1}
+
+    code, out, _ = await admin(capsys, "show", "1", "--json")
+    assert code == 1
+    records = json_lines(out)
+    assert records[0]["type"] == "session" and records[0]["history_valid"] is False
+    violations = [r for r in records if r["type"] == "violation"]
+    assert [(v["rule"], v["index"], v["position"]) for v in violations] == [
+        ("missing_tool_response", 3, 3),
+        ("unknown_tool_call_id", 4, 4),
+    ]
+    assert "call_lost" in violations[0]["message"]
+    code, out, _ = await admin(capsys, "show", "1")
+    assert code == 1 and "history: INVALID" in out
+    assert "missing_tool_response at message 3" in out
+
+    before = await dump(admin_env)
+    code, planned, _ = await admin(capsys, "repair", "1", "--dry-run")
+    assert code == 0 and planned.startswith("dry run, nothing changed")
+    assert await dump(admin_env) == before
+    code, done, _ = await admin(capsys, "repair", "1")
+    assert code == 0 and done.startswith("repaired session 1")
+    steps = [line for line in done.splitlines() if line.startswith("  - ")]
+    assert steps == [line for line in planned.splitlines() if line.startswith("  - ")]
+    assert any("missing tool result for call_lost" in s for s in steps)
+    assert await dump(admin_env) != before
+
+    code, out, _ = await admin(capsys, "validate")
+    assert (code, out.strip()) == (0, "checked 1 histories: all valid")
+    code, out, _ = await admin(capsys, "show", "1")
+    assert code == 0 and "history: valid" in out
+    async with make_core() as (runtime, chat):
+        await chat.say("are you there?", message_id="after-repair")
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert sent[0].message.kind is ReplyKind.ANSWER
+    assert fake_openai.rejected == []
+
+
+async def test_show_transcript_marks_instant_replies_deferred_and_tool_calls(
+    make_core: CoreFactory,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.support import slow_tools
+
+    monkeypatch.setattr(slow_tools, "DELAY", 0.5)
+    async with make_core() as (runtime, chat):
+        await chat.say("what time is it?", name="Ana")
+        await chat.wait_for(1)
+        await chat.say("are you still there?", name="Luis")
+        await chat.wait_for(3)
+        await runtime.engine.wait_idle()
+    code, out, _ = await admin(capsys, "show", "1")
+    assert code == 0
+    assert "history: valid (5 messages)" in out
+    assert "Ana: what time is it?" in out and "Luis: are you still there?" in out
+    assert "bot (instant reply, status)" in out
+    assert 'get_current_time({"timezone": "UTC"}) done' in out
+    assert "#1 answer: delivered" not in out  # the first reply is the working notice
+    assert "working: delivered" in out and "interim: delivered" in out
+    code, out, _ = await admin(capsys, "show", "1", "--last", "1", "--json")
+    messages = [r for r in json_lines(out) if r["type"] == "message"]
+    assert [m["role"] for m in messages] == ["assistant"]
+    assert json_lines(out)[0]["omitted"] == 5
+
+
+# --- repair of a stuck tool, then a core carries on ----------------------------------------------
+
+
+async def test_repair_dry_run_changes_nothing_then_repair_gets_the_session_answered(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await stuck_tool_session(make_core, fake_openai)
+    before = await dump(admin_env)
+    code, out, _ = await admin(capsys, "repair", "1", "--dry-run", "--json")
+    planned = json_lines(out)
+    assert code == 0 and await dump(admin_env) == before
+    assert [s["code"] for s in planned] == ["cancel_tool", "close_round", "recover"]
+    assert all(s["dry_run"] is True for s in planned)
+    code, out, _ = await admin(capsys, "repair", "1", "--json")
+    done = json_lines(out)
+    assert code == 0
+    assert [(s["code"], s["text"]) for s in done] == [(s["code"], s["text"]) for s in planned]
+    (call,) = await fetch(admin_env, ToolCallRow)
+    assert (call.status, call.result) == ("cancelled", "cancelled by an operator")
+    code, out, _ = await admin(capsys, "validate")
+    assert code == 0
+    async with make_core(tool_timeout_seconds=30) as (runtime, chat):
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert sent[0].message.kind is ReplyKind.ANSWER
+    assert "cancelled by an operator" in sent[0].message.text
+    assert fake_openai.rejected == []
+    (control,) = await fetch(admin_env, ControlRow)
+    assert control.action == "recover" and control.done_at is not None
+
+
+# --- controls: cancel and reset ------------------------------------------------------------------
+
+
+async def test_cancel_without_a_running_bot_stays_queued(
+    make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    code, out, _ = await admin(capsys, "cancel", "1", "--wait", "0")
+    assert code == 0 and "stays queued" in out and "next starts" in out
+    (control,) = await fetch(admin_env, ControlRow)
+    assert control.action == "cancel" and control.done_at is None
+
+
+async def test_cancel_and_reset_applied_by_a_running_core(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_openai.script_tool_calls([("never_finishes", {})])
+    async with make_core(tool_timeout_seconds=30) as (runtime, chat):
+        await chat.say("run the hanging tool")
+        await chat.wait_for(1)
+        code, out, _ = await admin(capsys, "cancel", "1", "--wait", "10", "--json")
+        (result,) = json_lines(out)
+        assert code == 0 and result["applied"] is True
+        assert result["result"] == "cancelled 1 running tool call(s)"
+        sent = await chat.wait_for(2)
+        assert "cancelled by an operator" in sent[1].message.text
+        await runtime.engine.wait_idle()
+        code, out, _ = await admin(capsys, "reset", "1", "--wait", "10")
+        assert code == 0 and "the bot applied it: conversation reset" in out
+    (session,) = await fetch(admin_env, SessionRow)
+    assert session.active_key is None
+    assert fake_openai.rejected == []
+
+
+# --- usage ---------------------------------------------------------------------------------------
+
+
+async def test_usage_reports_tokens_per_user_and_chat(
+    make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello", user="u7")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    code, out, _ = await admin(capsys, "usage", "--json")
+    lines = {(r["scope"], r["id"]): r for r in json_lines(out)}
+    assert code == 0
+    assert lines[("user", "u7")]["calls_today"] == 1
+    assert lines[("user", "u7")]["tokens_today"] > 0
+    assert lines[("chat", "memory:chat-1")]["tokens_month"] == lines[("user", "u7")]["tokens_month"]
+    code, out, _ = await admin(capsys, "usage")
+    assert code == 0 and "user u7" in out and "total" in out
+
+
+# --- as separate processes -----------------------------------------------------------------------
+
+
+def _env(database_url: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "TELEGRAM_", "DISCORD_")) and k != "PLATFORMS"
+    }
+    env.update(DATABASE_URL=database_url, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    return env
+
+
+async def _cli(env: dict[str, str], cwd: Path, *argv: str) -> Run:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        *argv,
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), SUBPROCESS_TIMEOUT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_validate_as_a_subprocess_exits_1_on_a_corrupted_history(
+    make_core: CoreFactory, database_url: str, tmp_path: Path
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    await corrupt_history(database_url, 1)
+    code, out, err = await _cli(_env(database_url), tmp_path, "admin", "validate", "--json")
+    assert code == 1, err
+    assert json_lines(out)[0]["rule"] == "missing_tool_response"
+
+
+@contextlib.asynccontextmanager
+async def _bot(env: dict[str, str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "run",
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,  # its log lines too, to see why if it fails
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _reply(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> str:
+    """The bot's next printed reply that contains `needle` (log lines are skipped)."""
+    async with asyncio.timeout(SUBPROCESS_TIMEOUT):
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                raise AssertionError(f"output ended before {needle!r}: {''.join(seen)}")
+            line = raw.decode()
+            seen.append(line)
+            if line.startswith("bot> ") and needle in line:
+                return line
+
+
+async def test_running_bot_process_applies_an_admin_cancel(tmp_path: Path) -> None:
+    database_url = f"sqlite+aiosqlite:///{tmp_path}/bot.db"
+    env = _env(database_url)
+    seen: list[str] = []
+    async with _bot(env, tmp_path) as bot:
+        assert bot.stdin is not None and bot.stdout is not None
+        bot.stdin.write(b"wait 600 seconds\n")
+        await bot.stdin.drain()
+        await _reply(bot.stdout, "", seen)  # the notice: the tool started
+
+        code, out, err = await _cli(env, tmp_path, "admin", "sessions", "--json")
+        assert code == 0, err
+        (row,) = json_lines(out)
+        assert (row["platform"], row["state"], row["open_tools"]) == ("console", "tools", 1)
+
+        code, out, err = await _cli(
+            env, tmp_path, "admin", "cancel", str(row["id"]), "--wait", "20", "--json"
+        )
+        assert code == 0, err
+        (result,) = json_lines(out)
+        assert result["applied"] is True
+        assert result["result"] == "cancelled 1 running tool call(s)"
+        final = await _reply(bot.stdout, "cancelled by an operator", seen)
+        assert "wait_seconds" in final
+
+        bot.stdin.close()
+        await asyncio.wait_for(bot.communicate(), SUBPROCESS_TIMEOUT)
+        assert bot.returncode == 0, "".join(seen)

@@ -1,0 +1,540 @@
+"""The admin's queries and repairs, on databases that real engine runs produced (SQLite, and
+PostgreSQL when configured)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, inspect, select, text, update
+
+from bot.events import DeliveryError, ReplyKind
+from bot.history import INTERRUPTED_RESULT, validate
+from bot.offline import FakeOpenAI
+from bot.settings import Settings
+from storage.admin import (
+    AdminStore,
+    Reason,
+    SchemaError,
+    StuckRules,
+    UnknownSession,
+    _history_fix,
+    _Item,
+    check_schema,
+    sqlite_file_missing,
+)
+from storage.database import create_engine, sessionmaker
+from storage.migrate import upgrade
+from storage.models import (
+    ControlRow,
+    LLMCallRow,
+    MessageRow,
+    OutboxRow,
+    SessionRow,
+    ToolCallRow,
+)
+from tests.conftest import CoreFactory
+
+PROMPT = Settings(_env_file=None).system_prompt  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def admin(database_url: str) -> AsyncIterator[AdminStore]:
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        yield AdminStore(engine, PROMPT)
+    finally:
+        await engine.dispose()
+
+
+# --- helpers shared with the CLI tests -----------------------------------------------------------
+
+
+async def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table (alembic's too), in a stable order."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            names: list[str] = await connection.run_sync(
+                lambda sync: inspect(sync).get_table_names()
+            )
+            tables = {}
+            for name in sorted(names):
+                result = await connection.execute(text(f'SELECT * FROM "{name}"'))
+                tables[name] = sorted(tuple(row) for row in result)
+            return tables
+    finally:
+        await engine.dispose()
+
+
+async def execute(url: str, *statements: Any) -> None:
+    engine = create_engine(url)
+    try:
+        async with sessionmaker(engine)() as tx, tx.begin():
+            for statement in statements:
+                await tx.execute(statement)
+    finally:
+        await engine.dispose()
+
+
+async def fetch(url: str, model: Any, *where: Any) -> list[Any]:
+    engine = create_engine(url)
+    try:
+        async with sessionmaker(engine)() as tx:
+            return list(await tx.scalars(select(model).where(*where).order_by(model.id)))
+    finally:
+        await engine.dispose()
+
+
+async def corrupt_history(url: str, session_id: int) -> None:
+    """An assistant message with tool_calls placed in the history with no tool reply, and a
+    tool message answering a call nobody made: what a buggy writer could leave behind."""
+    engine = create_engine(url)
+    now = datetime.now(UTC)
+    call = {
+        "id": "call_lost",
+        "type": "function",
+        "function": {"name": "get_current_time", "arguments": "{}"},
+    }
+    try:
+        async with sessionmaker(engine)() as tx, tx.begin():
+            last = await tx.scalar(
+                select(func.max(MessageRow.position)).where(MessageRow.session_id == session_id)
+            )
+            position = (last or 0) + 1
+            for offset, row in enumerate(
+                [
+                    MessageRow(role="assistant", content=None, tool_calls=[call]),
+                    MessageRow(role="tool", content="stray", tool_call_id="call_stray"),
+                ]
+            ):
+                row.session_id = session_id
+                row.status = "history"
+                row.position = position + offset
+                row.turn = 1
+                row.created_at = now
+                tx.add(row)
+    finally:
+        await engine.dispose()
+
+
+async def stuck_tool_session(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, **overrides: Any
+) -> None:
+    """A core that started a tool that never finishes, then went away with it running."""
+    fake_openai.script_tool_calls([("never_finishes", {})])
+    async with make_core(tool_timeout_seconds=30, **overrides) as (_runtime, chat):
+        await chat.say("run the hanging tool")
+        await chat.wait_for(1)
+
+
+async def wait_rows(url: str, model: Any, *where: Any) -> list[Any]:
+    """Polls until some row matches (the engine writes after the adapter saw the reply)."""
+    import asyncio
+
+    async with asyncio.timeout(10):
+        while True:
+            found = await fetch(url, model, *where)
+            if found:
+                return found
+            await asyncio.sleep(0.02)
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+
+def test_a_missing_sqlite_file_is_reported_not_created(tmp_path: Any) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/nope/bot.db"
+    assert sqlite_file_missing(url) == f"{tmp_path}/nope/bot.db"
+    assert not (tmp_path / "nope").exists()
+    assert sqlite_file_missing("sqlite+aiosqlite:///:memory:") is None
+    assert sqlite_file_missing("postgresql+asyncpg://u:p@h/db") is None
+
+
+async def test_schema_not_at_head_is_refused(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        with pytest.raises(SchemaError, match="db upgrade"):
+            await check_schema(engine)
+        await upgrade(database_url)
+        await check_schema(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_unreachable_database_is_one_clear_error_without_the_password() -> None:
+    engine = create_engine("postgresql+asyncpg://admin:s3cret-pw@127.0.0.1:1/none")
+    try:
+        with pytest.raises(SchemaError, match="cannot read the database") as caught:
+            await check_schema(engine)
+    finally:
+        await engine.dispose()
+    assert "s3cret-pw" not in str(caught.value)
+
+
+# --- listing and stuck sessions ------------------------------------------------------------------
+
+
+async def test_answered_session_is_idle_valid_and_not_stuck(
+    make_core: CoreFactory, admin: AdminStore, database_url: str
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello there")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    (summary,) = await admin.sessions(rules=StuckRules())
+    assert (summary.id, summary.platform, summary.chat_id) == (1, "memory", "chat-1")
+    assert summary.state == "idle" and not summary.archived
+    assert (summary.open_tools, summary.queued, summary.undelivered) == (0, 0, 0)
+    assert summary.unanswered == 0 and summary.reasons == ()
+    assert await admin.sessions(rules=StuckRules(), stuck_only=True) == []
+    assert await admin.sessions(rules=StuckRules(), platform="telegram") == []
+
+
+async def test_tool_past_timeout_plus_margin_is_stuck(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore
+) -> None:
+    await stuck_tool_session(make_core, fake_openai)
+    rules = StuckRules(tool_margin_seconds=60)
+    soon = datetime.now(UTC) + timedelta(seconds=60)
+    (fresh,) = await admin.sessions(rules=rules, now=soon)
+    assert fresh.state == "tools" and fresh.open_tools == 1 and fresh.reasons == ()
+    assert fresh.oldest_tool_seconds is not None and fresh.oldest_tool_seconds >= 60
+    later = datetime.now(UTC) + timedelta(seconds=95)
+    (stuck,) = await admin.sessions(rules=rules, stuck_only=True, now=later)
+    assert [r.code for r in stuck.reasons] == [Reason.TOOL_OVERDUE]
+    assert "never_finishes" in stuck.reasons[0].text
+
+
+async def test_failed_llm_call_with_waiting_user_is_error(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore
+) -> None:
+    fake_openai.script_error(500, "upstream exploded")
+    async with make_core() as (runtime, chat):
+        await chat.say("first question")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    (summary,) = await admin.sessions(rules=StuckRules(), stuck_only=True)
+    assert summary.state == "error" and summary.stored_state == "idle"
+    assert summary.unanswered == 1
+    assert [r.code for r in summary.reasons] == [Reason.LLM_FAILED]
+    assert "upstream exploded" in (summary.last_error or "")
+
+
+async def test_undeliverable_reply_is_stuck(
+    make_core: CoreFactory, admin: AdminStore, database_url: str
+) -> None:
+    async with make_core() as (runtime, chat):
+        chat.fail_next = [DeliveryError("chat not found", permanent=True)]
+        await chat.say("hi")
+        await wait_rows(database_url, OutboxRow, OutboxRow.failed.is_(True))
+        await runtime.engine.wait_idle()
+    (summary,) = await admin.sessions(rules=StuckRules(), stuck_only=True)
+    assert [r.code for r in summary.reasons] == [Reason.OUTBOX_FAILED]
+    assert "chat not found" in summary.reasons[0].text
+    assert summary.undelivered == 1
+
+
+async def test_outbox_retries_and_age_and_queued_age(
+    make_core: CoreFactory, admin: AdminStore, database_url: str
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hi")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    # The state a bot that died mid-way leaves: a reply tried and not sent, a message unread.
+    await execute(
+        database_url,
+        update(OutboxRow).values(delivered_at=None, attempts=4, last_error="timeout"),
+        update(MessageRow).where(MessageRow.role == "user").values(status="queued", position=None),
+    )
+    later = datetime.now(UTC) + timedelta(minutes=6)
+    (summary,) = await admin.sessions(rules=StuckRules(max_attempts=3), now=later)
+    assert [r.code for r in summary.reasons] == [Reason.OUTBOX_RETRIES, Reason.QUEUED_LATE]
+    assert "4 attempts" in summary.reasons[0].text and "timeout" in summary.reasons[0].text
+    await execute(database_url, update(OutboxRow).values(attempts=1))
+    (late,) = await admin.sessions(rules=StuckRules(max_attempts=3), now=later)
+    assert [r.code for r in late.reasons] == [Reason.OUTBOX_LATE, Reason.QUEUED_LATE]
+    (calm,) = await admin.sessions(rules=StuckRules(max_attempts=3))
+    assert calm.reasons == () and calm.queued == 1
+
+
+async def test_corrupted_history_is_invalid_with_rule_and_index(
+    make_core: CoreFactory, admin: AdminStore, database_url: str
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    await corrupt_history(database_url, 1)
+    checked, invalid = await admin.invalid_histories()
+    assert checked == 1 and len(invalid) == 1
+    summary, problems = invalid[0]
+    assert summary.id == 1
+    # system, user, answer, assistant(tool_calls) at 3, stray tool at 4
+    assert [(p.rule, p.index) for p in problems] == [
+        ("missing_tool_response", 3),
+        ("unknown_tool_call_id", 4),
+    ]
+    assert problems[0].position == 3 and problems[0].row_id is not None
+    transcript = await admin.transcript(1)
+    assert [(p.rule, p.index) for p in transcript.problems] == [
+        ("missing_tool_response", 3),
+        ("unknown_tool_call_id", 4),
+    ]
+    (stuck,) = await admin.sessions(rules=StuckRules(), stuck_only=True)
+    assert [r.code for r in stuck.reasons] == [Reason.INVALID_HISTORY]
+
+
+# --- transcript ----------------------------------------------------------------------------------
+
+
+async def test_transcript_marks_interims_deferred_tools_and_outbox(
+    make_core: CoreFactory, admin: AdminStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.support import slow_tools
+
+    monkeypatch.setattr(slow_tools, "DELAY", 0.5)
+    async with make_core() as (runtime, chat):
+        await chat.say("Dame la hora actual", name="Ana")
+        await chat.wait_for(1)
+        await chat.say("¿Sigues ahí?", name="Ana")
+        await chat.wait_for(3)
+        await runtime.engine.wait_idle()
+    found = await admin.transcript(1)
+    assert found.problems == () and found.history_length == 5
+    roles = [(m.role, m.status) for m in found.messages]
+    assert roles == [
+        ("user", "history"),
+        ("assistant", "history"),
+        ("user", "history"),
+        ("assistant", "interim"),
+        ("tool", "history"),
+        ("assistant", "history"),
+    ]
+    call = found.messages[1].calls[0]
+    assert call.name == "get_current_time" and call.status == "done"
+    assert call.seconds is not None and call.result
+    assert found.messages[0].author == "Ana"
+    assert [o.delivery for o in found.outbox] == ["delivered"] * 3
+    assert [o.kind for o in found.outbox] == ["working", "interim", "answer"]
+    last_two = await admin.transcript(1, last=2)
+    assert [m.role for m in last_two.messages] == ["tool", "assistant"]
+    assert last_two.omitted == 4
+
+
+async def test_unknown_session_raises(admin: AdminStore) -> None:
+    with pytest.raises(UnknownSession):
+        await admin.transcript(99)
+    with pytest.raises(UnknownSession):
+        await admin.repair(99, StuckRules(), dry_run=False)
+    with pytest.raises(UnknownSession):
+        await admin.request(99, "cancel")
+
+
+# --- repair --------------------------------------------------------------------------------------
+
+
+async def test_dry_run_changes_nothing_and_plans_what_repair_does(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
+) -> None:
+    await stuck_tool_session(make_core, fake_openai)
+    before = await dump(database_url)
+    planned = await admin.repair(1, StuckRules(), dry_run=True)
+    assert await dump(database_url) == before
+    done = await admin.repair(1, StuckRules(), dry_run=False)
+    assert done == planned
+    assert [s.code for s in done] == ["cancel_tool", "close_round", "recover"]
+    assert await dump(database_url) != before
+
+
+async def test_repair_closes_the_round_like_the_engine_and_the_next_core_answers(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
+) -> None:
+    await stuck_tool_session(make_core, fake_openai)
+    await admin.repair(1, StuckRules(), dry_run=False)
+    (call,) = await fetch(database_url, ToolCallRow)
+    assert (call.status, call.result) == ("cancelled", "cancelled by an operator")
+    (session,) = await fetch(database_url, SessionRow)
+    assert session.state == "llm"
+    (control,) = await fetch(database_url, ControlRow)
+    assert control.action == "recover" and control.done_at is None
+    history = await fetch(database_url, MessageRow, MessageRow.position.is_not(None))
+    assert [m.role for m in sorted(history, key=lambda m: m.position)] == [
+        "user",
+        "assistant",
+        "tool",
+    ]
+    async with make_core(tool_timeout_seconds=30) as (runtime, chat):
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert sent[-1].message.kind is ReplyKind.ANSWER
+    assert "cancelled by an operator" in sent[-1].message.text
+    assert fake_openai.rejected == []
+
+
+async def test_repair_of_a_corrupted_history_makes_it_valid(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    await corrupt_history(database_url, 1)
+    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    assert [s.code for s in steps] == ["add_tool_result", "drop_message", "recover"]
+    assert (await admin.invalid_histories())[1] == []
+    rows = await fetch(database_url, MessageRow)
+    dropped = [r for r in rows if r.status == "dropped"]
+    assert [(r.role, r.content, r.position) for r in dropped] == [("tool", "stray", None)]
+    added = [r for r in rows if r.tool_call_id == "call_lost"]
+    assert [(r.content, r.position) for r in added] == [(INTERRUPTED_RESULT, 4)]
+    async with make_core() as (runtime, chat):
+        await chat.say("again", message_id="after-repair")
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert sent[-1].message.kind is ReplyKind.ANSWER
+    assert fake_openai.rejected == []
+
+
+async def test_repair_resends_a_failed_reply(
+    make_core: CoreFactory, admin: AdminStore, database_url: str
+) -> None:
+    async with make_core() as (runtime, chat):
+        chat.fail_next = [DeliveryError("chat not found", permanent=True)]
+        await chat.say("hi")
+        await wait_rows(database_url, OutboxRow, OutboxRow.failed.is_(True))
+        await runtime.engine.wait_idle()
+    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    assert [s.code for s in steps] == ["reset_outbox", "recover"]
+    (row,) = await fetch(database_url, OutboxRow)
+    assert (row.failed, row.attempts, row.delivered_at) == (False, 0, None)
+    async with make_core() as (runtime, chat):
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert sent[0].message.kind is ReplyKind.ANSWER
+    (row,) = await fetch(database_url, OutboxRow)
+    assert row.delivered_at is not None
+
+
+async def test_repair_after_a_failed_llm_call_asks_again(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore
+) -> None:
+    fake_openai.script_error(500, "upstream exploded")
+    async with make_core() as (runtime, chat):
+        await chat.say("first question")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    assert [s.code for s in steps] == ["retry_llm", "recover"]
+    async with make_core() as (runtime, chat):
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert sent[0].message.kind is ReplyKind.ANSWER
+    assert "first question" in sent[0].message.text
+    assert fake_openai.rejected == []
+
+
+async def test_repair_of_a_healthy_idle_session_only_hands_it_back(
+    make_core: CoreFactory, admin: AdminStore, database_url: str
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hi")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    assert [s.code for s in steps] == ["recover"]
+
+
+# --- history repair mapped onto rows (pure) ------------------------------------------------------
+
+
+def _call(call_id: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+def test_history_fix_moves_a_late_reply_next_to_its_call() -> None:
+    items = [
+        _Item(1, "user", "hi"),
+        _Item(2, "assistant", None, tool_calls=[_call("c1")]),
+        _Item(3, "user", "meanwhile"),
+        _Item(4, "tool", "result", tool_call_id="c1"),
+    ]
+    fix = _history_fix(items, PROMPT)
+    assert [i.row_id for i in fix.target] == [1, 2, 4, 3]
+    assert [s.code for s in fix.steps] == ["move_message"]
+    assert fix.dropped == []
+
+
+def test_history_fix_of_a_valid_history_does_nothing() -> None:
+    items = [_Item(1, "user", "hi"), _Item(2, "assistant", "hello")]
+    fix = _history_fix(items, PROMPT)
+    assert fix.steps == [] and [i.row_id for i in fix.target] == [1, 2]
+
+
+def test_history_fix_drops_an_empty_assistant_and_orphan_and_validates() -> None:
+    items = [
+        _Item(1, "tool", "orphan", tool_call_id="c9"),
+        _Item(2, "user", "hi"),
+        _Item(3, "assistant", None),
+        _Item(4, "assistant", "fine"),
+    ]
+    fix = _history_fix(items, PROMPT)
+    assert sorted(i.row_id or 0 for i in fix.dropped) == [1, 3]
+    assert {s.code for s in fix.steps} == {"drop_message"}
+    messages = [{"role": "system", "content": PROMPT}]
+    messages += [i.openai(name_authors=False) for i in fix.target]
+    assert validate(messages) == []
+
+
+# --- usage ---------------------------------------------------------------------------------------
+
+
+async def test_usage_per_user_and_chat_today_and_month(
+    admin: AdminStore, database_url: str
+) -> None:
+    now = datetime(2026, 5, 15, 12, 0, tzinfo=UTC)
+    stamp = datetime(2026, 5, 1, tzinfo=UTC)
+    engine = create_engine(database_url)
+    try:
+        async with sessionmaker(engine)() as tx, tx.begin():
+            session = SessionRow(
+                platform="telegram",
+                chat_id="42",
+                thread_id="",
+                active_key="telegram:42:",
+                state="idle",
+                created_at=stamp,
+                updated_at=stamp,
+            )
+            tx.add(session)
+            await tx.flush()
+            for user, when, tokens in [
+                ("u1", datetime(2026, 5, 15, 9, tzinfo=UTC), 100),
+                ("u1", datetime(2026, 5, 2, tzinfo=UTC), 50),
+                ("u2", datetime(2026, 5, 15, 11, tzinfo=UTC), 7),
+                ("u1", datetime(2026, 4, 30, tzinfo=UTC), 1000),  # last month: not counted
+            ]:
+                tx.add(
+                    LLMCallRow(
+                        session_id=session.id,
+                        user_id=user,
+                        chat_key="telegram:42",
+                        ok=True,
+                        prompt_tokens=tokens,
+                        completion_tokens=0,
+                        created_at=when,
+                    )
+                )
+    finally:
+        await engine.dispose()
+    lines = {(line.scope, line.id): line for line in await admin.usage(now)}
+    u1, u2 = lines[("user", "u1")], lines[("user", "u2")]
+    assert (u1.calls_today, u1.tokens_today, u1.calls_month, u1.tokens_month) == (1, 100, 2, 150)
+    assert (u2.tokens_today, u2.tokens_month) == (7, 7)
+    chat = lines[("chat", "telegram:42")]
+    assert (chat.tokens_today, chat.tokens_month, chat.calls_month) == (107, 157, 3)
+    assert lines[("total", "all")].tokens_month == 157
