@@ -1,0 +1,224 @@
+"""The Discord adapter: a discord.py client feeding the core and posting its replies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import discord
+
+from adapters.discord.commands import build_command_tree
+from adapters.discord.convert import TextCommand, is_from_person, to_event
+from adapters.discord.routing import point_discord_at
+from adapters.discord.sender import DiscordSender, channel_id_of
+from adapters.discord.startup import DiscordStartError, explain_start_failure
+from bot.core_api import ChatCore
+from bot.events import ConversationKey, DeliveryError, InboundMessage, OutgoingMessage
+from bot.settings import GroupMode, Settings
+
+log = logging.getLogger(__name__)
+
+# message_content is privileged: without it Discord sends servers' messages with empty text.
+INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True, message_content=True)
+
+
+class _Client(discord.Client):
+    """Forwards the few gateway events the adapter cares about."""
+
+    def __init__(self, adapter: DiscordAdapter, *, guild_ready_timeout: float) -> None:
+        super().__init__(
+            intents=INTENTS,
+            guild_ready_timeout=guild_ready_timeout,
+            chunk_guilds_at_startup=False,
+            # The safety net for any send that does not say otherwise: ping nobody.
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        self._adapter = adapter
+        self.tree = build_command_tree(self, adapter.core)
+
+    async def setup_hook(self) -> None:
+        try:
+            synced = await self.tree.sync()
+        except discord.HTTPException as exc:
+            # Typed "/status" still works, so a failed sync is not worth refusing to start.
+            log.warning("could not register Discord slash commands: %s", exc)
+        else:
+            log.info("registered %d Discord slash commands", len(synced))
+
+    async def on_ready(self) -> None:
+        self._adapter.on_ready()
+
+    async def on_message(self, message: discord.Message) -> None:
+        self._adapter.on_message(message)
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        # MESSAGE_UPDATE also reports link previews being attached; only edits carry a time.
+        if payload.data.get("edited_timestamp") is not None:
+            log.info("ignored an edit of Discord message %s", payload.message_id)
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        log.info("ignored the deletion of Discord message %s", payload.message_id)
+
+
+class DiscordAdapter:
+    """Connects to Discord, submits what people write, and posts the core's replies."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        core: ChatCore,
+        *,
+        guild_ready_timeout: float = 2.0,
+        start_timeout: float = 60.0,
+    ) -> None:
+        if settings.discord_bot_token is None:
+            raise DiscordStartError("DISCORD_BOT_TOKEN is not set")
+        self.core = core
+        self._settings = settings
+        self._token = settings.discord_bot_token.get_secret_value()
+        self._start_timeout = start_timeout
+        self._client = _Client(self, guild_ready_timeout=guild_ready_timeout)
+        self._sender = DiscordSender(self._client)
+        self._ready = asyncio.Event()
+        # One consumer keeps submissions in gateway order; discord.py runs every event
+        # handler as its own task, which could let a later message overtake an earlier one.
+        self._inbox: asyncio.Queue[InboundMessage | TextCommand] = asyncio.Queue()
+        self._client_task: asyncio.Task[None] | None = None
+        self._inbox_task: asyncio.Task[None] | None = None
+
+    # --- ReplySink --------------------------------------------------------------------
+
+    @property
+    def platform(self) -> str:
+        return "discord"
+
+    @property
+    def typing_interval(self) -> float:
+        # Discord shows "typing…" for about 10 s after each trigger.
+        return 8.0
+
+    async def send(self, message: OutgoingMessage) -> str | None:
+        return await self._sender.post(
+            channel_id_of(message.conversation),
+            message.text,
+            nonce=str(message.outbox_id),
+            reply_to_id=message.reply_to_id,
+            reply_to_user_id=message.reply_to_user_id,
+        )
+
+    async def typing(self, conversation: ConversationKey) -> None:
+        await self._sender.typing(conversation)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Logs in, connects and waits for READY; raises DiscordStartError saying why not."""
+        if self._client_task is not None:
+            raise RuntimeError("DiscordAdapter.start() was already called")
+        point_discord_at(self._settings.discord_api_base_url, self._settings.discord_gateway_url)
+        self.core.attach(self)
+        self._inbox_task = asyncio.create_task(self._drain_inbox(), name="discord-inbox")
+        self._client_task = asyncio.create_task(self._client.start(self._token), name="discord")
+        ready = asyncio.create_task(self._ready.wait(), name="discord-ready")
+        try:
+            await asyncio.wait(
+                {self._client_task, ready},
+                timeout=self._start_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ready
+        if self._ready.is_set():
+            self._client_task.add_done_callback(self._report_client_end)
+            return
+        failure = self._failure_of(self._client_task)
+        await self.stop()
+        raise DiscordStartError(explain_start_failure(failure)) from failure
+
+    @staticmethod
+    def _failure_of(task: asyncio.Task[None]) -> BaseException | None:
+        if not task.done():
+            return TimeoutError()
+        if task.cancelled():
+            return None
+        return task.exception()
+
+    def _report_client_end(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "the Discord connection ended: %s",
+                explain_start_failure(task.exception()),
+                exc_info=task.exception(),
+            )
+
+    async def stop(self) -> None:
+        """Disconnects, submits what had already arrived, and ends every task it started."""
+        if self._client_task is None:
+            return
+        await self._client.close()
+        await self._finish(self._client_task, timeout=10.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._inbox.join(), timeout=5.0)
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
+            await self._finish(self._inbox_task, timeout=5.0)
+
+    @staticmethod
+    async def _finish(task: asyncio.Task[None], *, timeout: float) -> None:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        elif not task.cancelled() and task.exception() is not None:
+            # Already reported (start-up failure or _report_client_end); nothing to re-raise.
+            log.debug("task %s had failed: %r", task.get_name(), task.exception())
+
+    # --- inbound ----------------------------------------------------------------------
+
+    def on_ready(self) -> None:
+        user = self._client.user
+        log.info("connected to Discord as %s (%s)", user, None if user is None else user.id)
+        self._ready.set()
+
+    def on_message(self, message: discord.Message) -> None:
+        user = self._client.user
+        if user is None or not is_from_person(message, user.id):
+            return
+        event = to_event(
+            message,
+            user.id,
+            commands_unaddressed=self._settings.discord_group_mode is GroupMode.ALL,
+        )
+        self._inbox.put_nowait(event)
+
+    async def _drain_inbox(self) -> None:
+        while True:
+            event = await self._inbox.get()
+            try:
+                await self._handle(event)
+            except Exception:
+                log.exception("could not handle a Discord message")
+            finally:
+                self._inbox.task_done()
+
+    async def _handle(self, event: InboundMessage | TextCommand) -> None:
+        if isinstance(event, InboundMessage):
+            outcome = await self.core.submit(event)
+            log.debug("Discord message %s: %s", event.message_id, outcome)
+            return
+        text = await self.core.command(event.request)
+        try:
+            # The nonce makes a replayed command message (gateway resume) post one answer.
+            await self._sender.post(
+                event.channel_id,
+                text,
+                nonce=f"c{event.message_id}",
+                reply_to_id=event.message_id,
+                reply_to_user_id=event.user_id,
+            )
+        except DeliveryError as exc:
+            log.warning("could not answer /%s: %s", event.request.name, exc)

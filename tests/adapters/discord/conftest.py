@@ -1,0 +1,76 @@
+"""Fixtures for the Discord tests: the fake Discord, a recording core, and a started adapter."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from adapters.discord import DiscordAdapter
+from bot.core_api import SubmitOutcome
+from bot.events import CommandRequest, InboundMessage, ReplySink
+from bot.settings import Settings
+from tests.fakes.discord_api import FakeDiscord
+
+
+@dataclass
+class RecordingCore:
+    """A ChatCore double: records what the adapter hands over and answers commands."""
+
+    submitted: list[InboundMessage] = field(default_factory=list)
+    commands: list[CommandRequest] = field(default_factory=list)
+    sinks: list[ReplySink] = field(default_factory=list)
+
+    def attach(self, sink: ReplySink) -> None:
+        self.sinks.append(sink)
+
+    async def submit(self, message: InboundMessage) -> SubmitOutcome:
+        self.submitted.append(message)
+        return SubmitOutcome.ACCEPTED
+
+    async def command(self, request: CommandRequest) -> str:
+        self.commands.append(request)
+        return f"{request.name} answered"
+
+
+def discord_settings(fake: FakeDiscord, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "_env_file": None,
+        "discord_bot_token": fake.token,
+        "discord_api_base_url": fake.api_base_url,
+        "discord_gateway_url": fake.gateway_url,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord() as fake:
+        yield fake
+
+
+AdapterFactory = Callable[..., AbstractAsyncContextManager[tuple[DiscordAdapter, RecordingCore]]]
+
+
+@pytest.fixture
+def running_adapter(fake_discord: FakeDiscord) -> AdapterFactory:
+    """`async with running_adapter(**setting_overrides) as (adapter, core):` a connected
+    adapter on the recording core."""
+
+    @asynccontextmanager
+    async def factory(**overrides: Any) -> AsyncIterator[tuple[DiscordAdapter, RecordingCore]]:
+        core = RecordingCore()
+        adapter = DiscordAdapter(
+            discord_settings(fake_discord, **overrides), core, guild_ready_timeout=0.05
+        )
+        await adapter.start()
+        try:
+            yield adapter, core
+        finally:
+            await adapter.stop()
+
+    return factory
