@@ -1,32 +1,39 @@
 """What kind of message arrived while tools run, and in which language.
 
-Cheap on purpose (no LLM call): word lists from the locale files, matched on a normalized
-copy of the first few hundred characters.
+Cheap on purpose (no LLM call): keyword lists from every locale file, matched on the
+folded words of the start of the message. Keywords of all languages count, since people
+mix them ("ok, gracias"); the language only decides which texts answer.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
-from pathlib import Path
+from functools import cache
 
-from bot.interim.locales import Locale, load_locales
+from bot.interim.catalog import MATCHED_KINDS, Locale, Rules, load_locales
+from bot.interim.keys import InterimKind
+from bot.interim.normalize import prepare, words
 
-MAX_CHARS = 500
-_MENTION = re.compile(r"(^|\s)@\w+")
-_NAME_PREFIX = re.compile(r"^[^\s:]{1,40}( [^\s:]{1,40})?:\s+")
-_NON_WORD = re.compile(r"[^\w/]+")
+__all__ = [
+    "Classification",
+    "Classifier",
+    "InterimKind",
+    "classify",
+    "default_classifier",
+    "detect_language",
+]
 
-
-class InterimKind(StrEnum):
-    STATUS = "status"
-    GREETING = "greeting"
-    QUESTION = "question"
-    CANCEL = "cancel"
-    THANKS = "thanks"
-    DEFAULT = "default"
+# The first kind that matches wins: "Hola, ¿sigues ahí?" asks for the status.
+PRECEDENCE = (
+    InterimKind.CANCEL,
+    InterimKind.STATUS,
+    InterimKind.THANKS,
+    InterimKind.GREETING,
+    InterimKind.QUESTION,
+)
+# A special character ("ñ", "¿") says more about a language than a common word does.
+_CHAR_WEIGHT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,81 +42,99 @@ class Classification:
     language: str
 
 
-def _fold(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text.lower())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+def _strip_fillers(
+    tokens: tuple[str, ...], fillers: tuple[tuple[str, ...], ...]
+) -> tuple[str, ...]:
+    """Drops "please", "oye", "now"... at both ends, keeping at least one word."""
+    changed = True
+    while changed:
+        changed = False
+        for filler in fillers:
+            size = len(filler)
+            if len(tokens) <= size:
+                continue
+            if tokens[:size] == filler:
+                tokens, changed = tokens[size:], True
+            elif tokens[-size:] == filler:
+                tokens, changed = tokens[:-size], True
+    return tokens
 
 
-def _words(text: str) -> str:
-    """' word word ' with accents, punctuation and mentions gone, for phrase matching."""
-    text = _MENTION.sub(" ", text)
-    return " " + " ".join(_NON_WORD.sub(" ", _fold(text)).split()) + " "
+def _merge(rules: list[Rules]) -> Rules:
+    return Rules(
+        exact=frozenset().union(*(r.exact for r in rules)),
+        start=tuple(dict.fromkeys(p for r in rules for p in r.start)),
+        anywhere=tuple(dict.fromkeys(p for r in rules for p in r.anywhere)),
+    )
+
+
+def _matches(rules: Rules, padded_texts: tuple[str, ...]) -> bool:
+    for padded in padded_texts:
+        bare = padded.strip()
+        if bare in rules.exact:
+            return True
+        if any(padded.startswith(f" {p} ") for p in rules.start):
+            return True
+        if any(f" {p} " in padded for p in rules.anywhere):
+            return True
+    return False
 
 
 class Classifier:
-    def __init__(self, locales: dict[str, Locale]) -> None:
-        self.locales = locales
+    """Classifies with the keywords and hints of the given locales."""
+
+    def __init__(self, locales: Mapping[str, Locale]) -> None:
+        self._locales = dict(locales)
+        self._rules = {
+            kind: _merge([loc.rules[kind] for loc in self._locales.values()])
+            for kind in MATCHED_KINDS
+        }
+        self._fillers = tuple(
+            sorted(
+                {f for loc in self._locales.values() for f in loc.fillers},
+                key=len,
+                reverse=True,
+            )
+        )
+        self._question_marks = frozenset().union(
+            *(loc.question_marks for loc in self._locales.values())
+        )
 
     def detect_language(self, text: str, default: str = "en") -> str:
-        sample = text[:MAX_CHARS].lower()
-        words = set(_NON_WORD.sub(" ", sample).split())
-        best, best_score = default, 0
-        for code, locale in self.locales.items():
-            score = len(words & locale.detect_words)
-            score += 2 * sum(1 for c in sample if c in locale.detect_chars)
-            if score > best_score:
-                best, best_score = code, score
-        return best if best_score else default
+        prepared = prepare(text)
+        return self._language(prepared, words(prepared), default)
+
+    def _language(self, prepared: str, tokens: tuple[str, ...], default: str) -> str:
+        scores: dict[str, int] = {}
+        for code, locale in self._locales.items():
+            chars = sum(1 for c in prepared if c in locale.hint_chars)
+            hits = sum(1 for t in tokens if t in locale.hint_words)
+            scores[code] = _CHAR_WEIGHT * chars + hits
+        best = max(scores.values(), default=0)
+        winners = [code for code, score in scores.items() if score == best]
+        # Nothing telling, or a tie: keep the conversation's language.
+        if best == 0 or len(winners) > 1:
+            return default
+        return winners[0]
 
     def classify(self, text: str, default_language: str = "en") -> Classification:
-        sample = _NAME_PREFIX.sub("", text[:MAX_CHARS].strip(), count=1)
-        language = self.detect_language(sample, default_language)
-        words = _words(sample)
-        # Every locale's words count: "stop" ends tools whatever language the chat uses.
-        ordered = [self.locales[language]] if language in self.locales else []
-        ordered += [loc for code, loc in self.locales.items() if code != language]
-        for kind in (
-            InterimKind.CANCEL,
-            InterimKind.STATUS,
-            InterimKind.THANKS,
-            InterimKind.GREETING,
-        ):
-            if any(self._matches(kind, loc, words) for loc in ordered):
+        prepared = prepare(text)
+        tokens = words(prepared)
+        language = self._language(prepared, tokens, default_language)
+        core = _strip_fillers(tokens, self._fillers)
+        padded = (f" {' '.join(tokens)} ", f" {' '.join(core)} ")
+        for kind in PRECEDENCE:
+            if kind is InterimKind.QUESTION and any(m in prepared for m in self._question_marks):
                 return Classification(kind, language)
-        if (
-            "?" in sample
-            or "¿" in sample
-            or any(
-                words.startswith(f" {w} ")
-                for loc in ordered
-                for w in loc.classify["question_words"]
-            )
-        ):
-            return Classification(InterimKind.QUESTION, language)
+            if tokens and _matches(self._rules[kind], padded):
+                return Classification(kind, language)
         return Classification(InterimKind.DEFAULT, language)
 
-    @staticmethod
-    def _matches(kind: InterimKind, locale: Locale, words: str) -> bool:
-        phrases = [_words(p) for p in locale.classify[kind.value]]
-        if kind is InterimKind.CANCEL:
-            # "para" or "stop" also occur mid-sentence ("para mañana"): a cancel is a
-            # short message that starts with the word.
-            return len(words.split()) <= 3 and any(words.startswith(p) for p in phrases)
-        if kind is InterimKind.GREETING:
-            return any(words.startswith(p) for p in phrases)
-        return any(p in words for p in phrases)
 
-
-_default: Classifier | None = None
-
-
-def default_classifier(directory: Path | None = None) -> Classifier:
-    global _default
-    if directory is not None:
-        return Classifier(load_locales(directory))
-    if _default is None:
-        _default = Classifier(load_locales())
-    return _default
+@cache
+def default_classifier() -> Classifier:
+    """The classifier over the packaged locales, read once."""
+    return Classifier(load_locales())
 
 
 def classify(text: str, default_language: str = "en") -> Classification:

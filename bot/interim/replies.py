@@ -3,13 +3,20 @@ session twice in a row, with the running tools counted (plurals) and named."""
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Collection, Sequence
+import re
+import string
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from bot.interim.classify import InterimKind
-from bot.interim.locales import Locale, load_locales
+from bot.interim.catalog import FALLBACK_LANGUAGE, Locale, load_locales
+from bot.interim.classify import Classifier
+from bot.interim.keys import PHRASE_KEYS, InterimKind
+
+__all__ = ["PHRASE_KEYS", "ReplyBook", "RunningTool"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,64 +25,126 @@ class RunningTool:
     seconds: float
 
 
-def humanize_seconds(seconds: float) -> str:
-    total = round(seconds)
-    if total < 60:
-        return f"{total} s"
-    if total < 3600:
-        minutes, rest = divmod(total, 60)
-        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
-    hours, rest = divmod(total, 3600)
-    return f"{hours} h {rest // 60} min"
+@dataclass(frozen=True, slots=True)
+class _Template:
+    text: str
+    # Matches any text this template can produce, whatever values filled it: a status
+    # reply sent a minute ago counts as used even though its durations have changed.
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def of(cls, text: str) -> _Template:
+        parts = []
+        for literal, name, _, _ in string.Formatter().parse(text):
+            parts.append(re.escape(literal))
+            if name is not None:
+                parts.append(".*?")
+        return cls(text, re.compile("".join(parts), re.DOTALL))
+
+    def produced(self, sent: str) -> bool:
+        return self.pattern.fullmatch(sent) is not None
 
 
-class _Formatting(dict[str, object]):
-    """Leaves an unknown {placeholder} as it is rather than failing a reply."""
-
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
+def _pick(
+    templates: Sequence[_Template],
+    values: Mapping[str, object],
+    avoid: Collection[str],
+    rng: random.Random,
+) -> str:
+    """A variant not sent recently; `avoid` lists recent texts (if ordered, newest last)."""
+    rendered = [(t, t.text.format_map(values)) for t in templates]
+    fresh = [(t, text) for t, text in rendered if not any(t.produced(a) for a in avoid)]
+    if not fresh and avoid:
+        # All used: at least differ from the newest one, by template when known, by text
+        # otherwise (a set has no order, but no text in it is repeated verbatim).
+        newest = list(avoid)[-1] if isinstance(avoid, Sequence) else None
+        fresh = [(t, text) for t, text in rendered if newest is None or not t.produced(newest)]
+        fresh = [(t, text) for t, text in fresh if text not in avoid] or fresh
+    return rng.choice(fresh or rendered)[1]
 
 
 class ReplyBook:
-    def __init__(self, locales: dict[str, Locale], rng: random.Random | None = None) -> None:
-        self.locales = locales
-        self.rng = rng or random.Random()
+    """Every text the core sends without asking the model, in every loaded language."""
+
+    def __init__(self, locales: Mapping[str, Locale], rng: random.Random | None = None) -> None:
+        if FALLBACK_LANGUAGE not in locales:
+            raise ValueError(f"the {FALLBACK_LANGUAGE!r} locale is required (the fallback)")
+        self._locales = dict(locales)
+        self._rng = rng or random.Random()
+        self._interim = {
+            code: {kind: tuple(map(_Template.of, texts)) for kind, texts in loc.interim.items()}
+            for code, loc in self._locales.items()
+        }
+        self._phrases = {
+            code: {key: tuple(map(_Template.of, texts)) for key, texts in loc.phrases.items()}
+            for code, loc in self._locales.items()
+        }
+        self.classifier = Classifier(self._locales)
 
     @classmethod
-    def load(cls, directory: Path | None = None) -> ReplyBook:
+    def load(cls, directory: Path | Traversable | None = None) -> ReplyBook:
+        """Reads and checks every locale file; raises LocaleError naming file and key."""
         return cls(load_locales(directory))
 
     @property
-    def languages(self) -> list[str]:
-        return sorted(self.locales)
+    def languages(self) -> tuple[str, ...]:
+        return tuple(sorted(self._locales))
 
     def _locale(self, language: str) -> Locale:
-        return self.locales.get(language) or self.locales["en"]
+        return self._locales.get(language) or self._locales[FALLBACK_LANGUAGE]
 
-    def plural(self, language: str, noun: str, count: int) -> str:
-        forms = self._locale(language).plural[noun]
-        return (forms["one"] if count == 1 else forms["other"]).format(n=count)
+    def duration(self, seconds: float, language: str) -> str:
+        """ "12 s", "2 min 5 s", "1 h 3 min", in the locale's words."""
+        formats = self._locale(language).durations
+        total = max(0, round(seconds)) if math.isfinite(seconds) else 0
+        hours, rest = divmod(total, 3600)
+        minutes, secs = divmod(rest, 60)
+        if hours:
+            key = "hours_minutes" if minutes else "hours"
+        elif minutes:
+            key = "minutes_seconds" if secs else "minutes"
+        else:
+            key = "seconds"
+        return formats[key].format(h=hours, m=minutes, s=secs)
 
-    def join(self, language: str, items: Sequence[str]) -> str:
-        if len(items) <= 1:
-            return "".join(items)
-        return f"{', '.join(items[:-1])} {self._locale(language).conjunction} {items[-1]}"
+    def join(self, items: Sequence[str], language: str) -> str:
+        """ "a, b and c" / "a, b y c"."""
+        locale = self._locale(language)
+        if not items:
+            return locale.list_empty
+        if len(items) == 1:
+            return items[0]
+        return locale.list_separator.join(items[:-1]) + locale.list_last + items[-1]
 
-    def describe(self, language: str, running: Sequence[RunningTool]) -> str:
+    def describe(self, running: Sequence[RunningTool], language: str) -> str:
+        """ "consultar la hora (12 s) y buscar en la web (2 min 5 s)"."""
+        item = self._locale(language).tool_item
         return self.join(
-            language, [f"{tool.label} ({humanize_seconds(tool.seconds)})" for tool in running]
+            [
+                item.format(label=tool.label, duration=self.duration(tool.seconds, language))
+                for tool in running
+            ],
+            language,
         )
 
-    def _pick(
+    def _values(
         self,
-        variants: Sequence[str],
-        values: dict[str, object],
-        avoid: Collection[str],
-        rng: random.Random,
-    ) -> str:
-        rendered = [v.format_map(_Formatting(values)) for v in variants]
-        fresh = [text for text in rendered if text not in avoid]
-        return rng.choice(fresh or rendered)
+        locale: Locale,
+        running: Sequence[RunningTool] | None,
+        count: int | None,
+        given: Mapping[str, object],
+    ) -> dict[str, object]:
+        values = dict(given)
+        if running is not None:
+            values["details"] = self.describe(running, locale.language)
+            count = len(running) if count is None else count
+        if count is not None:
+            values["count"] = count
+            values.update({name: p.render(count) for name, p in locale.plurals.items()})
+        seconds = values.get("seconds")
+        if "reset" not in values and isinstance(seconds, int | float):
+            values["reset"] = self.duration(seconds, locale.language)
+        return values
 
     def interim(
         self,
@@ -85,23 +154,46 @@ class ReplyBook:
         avoid: Collection[str] = (),
         rng: random.Random | None = None,
     ) -> str:
-        locale = self._locale(language)
-        values: dict[str, object] = {
-            "tools": self.plural(locale.code, "tools", len(running)),
-            "running": self.describe(locale.code, running),
-        }
-        return self._pick(locale.interim[kind.value], values, avoid, rng or self.rng)
+        """The instant reply to a message that arrived while `running` tools work.
 
-    def phrase(self, key: str, language: str, **values: object) -> str:
+        `avoid` holds at least the last text sent to the session (newest last if ordered):
+        the reply is never the same text, and prefers a variant none of them came from.
+        """
         locale = self._locale(language)
-        if "count" in values and "tools" not in values:
-            values["tools"] = self.plural(locale.code, "tools", int(str(values["count"])))
-        return self._pick(locale.phrases[key], dict(values), (), self.rng)
+        values = self._values(locale, running, None, {})
+        templates = self._interim[locale.language][kind]
+        return _pick(templates, values, avoid, rng or self._rng)
+
+    def phrase(
+        self,
+        key: str,
+        language: str,
+        *,
+        rng: random.Random | None = None,
+        avoid: Collection[str] = (),
+        running: Sequence[RunningTool] | None = None,
+        count: int | None = None,
+        **values: object,
+    ) -> str:
+        """One of the fixed texts in PHRASE_KEYS, filled with `values`.
+
+        `running` fills {details} and the plurals, `count` the plurals alone; `seconds`
+        (a wait) fills {reset} when no `reset` is given.
+        """
+        if key not in PHRASE_KEYS:
+            raise KeyError(f"unknown phrase {key!r}; known: {', '.join(PHRASE_KEYS)}")
+        locale = self._locale(language)
+        filled = self._values(locale, running, count, values)
+        missing = PHRASE_KEYS[key].required - filled.keys()
+        if PHRASE_KEYS[key].counted and "count" not in filled:
+            missing |= {"count"}
+        if missing:
+            raise ValueError(f"phrase {key!r} needs the value(s) {', '.join(sorted(missing))}")
+        try:
+            return _pick(self._phrases[locale.language][key], filled, avoid, rng or self._rng)
+        except KeyError as exc:
+            raise ValueError(f"phrase {key!r} needs the value {exc.args[0]}") from None
 
     def status(self, language: str, running: Sequence[RunningTool]) -> str:
-        return self.phrase(
-            "status_running",
-            language,
-            tools=self.plural(language, "tools", len(running)),
-            running=self.describe(language, running),
-        )
+        """The /status answer while tools run."""
+        return self.phrase("status_running", language, running=running)
