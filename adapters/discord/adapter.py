@@ -31,6 +31,9 @@ class _Client(discord.Client):
             intents=INTENTS,
             guild_ready_timeout=guild_ready_timeout,
             chunk_guilds_at_startup=False,
+            # No message cache: an edit would otherwise rewrite, in place, a message whose
+            # on_message has not run yet; and replies carry the message they answer anyway.
+            max_messages=None,
             # The safety net for any send that does not say otherwise: ping nobody.
             allowed_mentions=discord.AllowedMentions.none(),
         )

@@ -30,6 +30,8 @@ DISCORD_EPOCH_MS = 1420070400000
 MESSAGE_CONTENT_INTENT = 1 << 15
 DEFAULT_TOKEN = "MTAxNjk0fake.bot-token_for.tests_0123456789"
 EPHEMERAL = 64
+# Interaction callbacks and webhooks authenticate by the token in their URL, not the header.
+_TOKEN_IN_URL = ("/interactions/", "/webhooks/")
 
 Json = dict[str, Any]
 
@@ -121,6 +123,8 @@ class FakeDiscord:
     ) -> None:
         self.token = token
         self.message_content_enabled = message_content_enabled
+        # The token the gateway accepts, when a test wants it to differ from REST's.
+        self.gateway_token = token
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self._ids = itertools.count(1)
         self.bot = FakeUser(self.snowflake(), "stillhere", bot=True)
@@ -431,6 +435,20 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_CREATE", message)
         return message
 
+    async def edit_message(self, message_id: str, content: str) -> None:
+        """Its author edits a message (MESSAGE_UPDATE with an edited_timestamp)."""
+        message = self.messages[message_id]
+        message["content"] = content
+        message["edited_timestamp"] = _now_iso()
+        await self.dispatch("MESSAGE_UPDATE", message)
+
+    async def delete_message(self, message_id: str) -> None:
+        message = self.messages.pop(message_id)
+        data: Json = {"id": message_id, "channel_id": message["channel_id"]}
+        if "guild_id" in message:
+            data["guild_id"] = message["guild_id"]
+        await self.dispatch("MESSAGE_DELETE", data)
+
     async def push_slash(self, name: str, channel_id: str, user: FakeUser) -> Json:
         """A person runs one of the bot's synced slash commands."""
         command = self._synced_command(name)
@@ -596,7 +614,7 @@ class FakeDiscord:
 
     async def _identify(self, connection: _Connection, data: Json) -> None:
         self.identify_payloads.append(data)
-        if data.get("token") != self.token:
+        if data.get("token") != self.gateway_token:
             await connection.ws.close(code=4004, message=b"Authentication failed.")
             return
         if data.get("intents", 0) & MESSAGE_CONTENT_INTENT and not self.message_content_enabled:
@@ -624,7 +642,7 @@ class FakeDiscord:
         self.resume_payloads.append(data)
         async with self._lock:
             session = self._session
-            if data.get("token") != self.token:
+            if data.get("token") != self.gateway_token:
                 await connection.ws.close(code=4004, message=b"Authentication failed.")
                 return
             if session is None or data.get("session_id") != session.session_id:
@@ -679,7 +697,9 @@ class FakeDiscord:
         failure = self._take_failure(route, f"{request.method} {path}")
         if failure is not None:
             response = _json_response(failure.body, failure.status, failure.headers)
-        elif request.headers.get("Authorization") != f"Bot {self.token}":
+        elif not path.startswith(_TOKEN_IN_URL) and (
+            request.headers.get("Authorization") != f"Bot {self.token}"
+        ):
             response = _error(401, "401: Unauthorized", 0)
         else:
             response = await handler(request)

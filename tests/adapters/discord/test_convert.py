@@ -103,7 +103,7 @@ def test_point_discord_at_redirects_rest_and_gateway(monkeypatch: pytest.MonkeyP
     )
     point_discord_at("http://127.0.0.1:9/api/v10/", "ws://127.0.0.1:9/gw")
     assert discord.http.Route("GET", "/users/@me").url == "http://127.0.0.1:9/api/v10/users/@me"
-    assert discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY == yarl.URL("ws://127.0.0.1:9/gw")
+    assert yarl.URL("ws://127.0.0.1:9/gw") == discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
 
 
 def test_start_failures_are_explained_in_one_actionable_line() -> None:

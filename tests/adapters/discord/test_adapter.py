@@ -1,0 +1,428 @@
+"""The real discord.py client, driven over the wire by the fake Discord, feeding a recording
+core: what the adapter submits, what it posts, and how it starts, fails and resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from adapters.discord import DiscordAdapter, DiscordStartError
+from bot.events import CommandName, ConversationKey, DeliveryError, OutgoingMessage, ReplyKind
+from tests.adapters.discord.conftest import AdapterFactory, RecordingCore, discord_settings
+from tests.fakes.discord_api import EPHEMERAL, RESUME_GATEWAY_PATH, FakeDiscord
+
+POST = "POST /channels/{channel_id}/messages"
+
+
+def reply(
+    fake: FakeDiscord, channel_id: str, text: str, *, outbox_id: int = 1, **kw: str | None
+) -> OutgoingMessage:
+    chat = fake.general_id if channel_id == fake.thread_id else channel_id
+    thread = channel_id if channel_id == fake.thread_id else ""
+    return OutgoingMessage(
+        conversation=ConversationKey("discord", chat, thread),
+        text=text,
+        reply_to_id=kw.get("reply_to_id"),
+        kind=ReplyKind.ANSWER,
+        outbox_id=outbox_id,
+        reply_to_user_id=kw.get("reply_to_user_id"),
+    )
+
+
+async def submitted(fake: FakeDiscord, core: RecordingCore, count: int) -> None:
+    await fake.wait_for(lambda: len(core.submitted) >= count)
+
+
+# --- what gets submitted ------------------------------------------------------------------
+
+
+async def test_a_dm_is_for_the_bot_and_keyed_by_its_channel(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    dm = fake.dm_channel(fake.bob)
+    async with running_adapter() as (adapter, core):
+        sent = await fake.push_message(dm, fake.bob, "hola", guild=False)
+        await submitted(fake, core, 1)
+    [message] = core.submitted
+    assert core.sinks == [adapter]
+    assert message.conversation == ConversationKey("discord", dm, "")
+    assert (message.is_private, message.addresses_bot) == (True, True)
+    assert (message.text, message.message_id, message.user_id) == ("hola", sent["id"], fake.bob.id)
+    assert message.display_name == "Bob"
+    assert message.guild_id is None and message.chat_title is None
+
+
+async def test_a_mention_addresses_the_bot_and_is_stripped(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (_, core):
+        await fake.push_message(fake.general_id, fake.alice, "what time is it?", mentions_bot=True)
+        await submitted(fake, core, 1)
+    [message] = core.submitted
+    assert message.text == "what time is it?"
+    assert (message.is_private, message.addresses_bot) == (False, True)
+    assert message.conversation == ConversationKey("discord", fake.general_id, "")
+    assert message.guild_id == fake.guild_id
+    assert message.roles == (fake.mod_role_id,)
+    assert message.display_name == "Alice"
+    assert message.chat_title == "Test Server #general"
+
+
+async def test_chatter_is_submitted_unaddressed_and_a_reply_to_the_bot_is_addressed(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (adapter, core):
+        await fake.push_message(fake.general_id, fake.bob, "lunch anyone?")
+        bot_post = await adapter.send(reply(fake, fake.general_id, "I am here"))
+        assert bot_post is not None
+        await fake.push_message(fake.general_id, fake.alice, "thanks!", reply_to=bot_post)
+        people = await fake.push_message(fake.general_id, fake.bob, "pizza")
+        await fake.push_message(fake.general_id, fake.alice, "re pizza", reply_to=people["id"])
+        await submitted(fake, core, 4)
+    assert [(m.text, m.addresses_bot) for m in core.submitted] == [
+        ("lunch anyone?", False),
+        ("thanks!", True),
+        ("pizza", False),
+        ("re pizza", False),
+    ]
+    assert core.submitted[1].reply_to_id == bot_post
+
+
+async def test_own_echoes_and_other_bots_are_not_submitted(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (adapter, core):
+        await adapter.send(reply(fake, fake.general_id, "an answer"))
+        await fake.push_message(fake.general_id, fake.other_bot, "beep", mentions_bot=True)
+        await fake.push_message(fake.general_id, fake.bob, "last")
+        await submitted(fake, core, 1)
+        await adapter.stop()
+    # The inbox keeps gateway order, so anything before "last" would have been submitted first.
+    assert [m.text for m in core.submitted] == ["last"]
+
+
+async def test_a_thread_is_its_own_session_under_its_channel(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (_, core):
+        await fake.push_message(fake.thread_id, fake.alice, "in the thread", mentions_bot=True)
+        await fake.push_message(fake.general_id, fake.alice, "in the channel", mentions_bot=True)
+        await submitted(fake, core, 2)
+    assert [m.conversation for m in core.submitted] == [
+        ConversationKey("discord", fake.general_id, fake.thread_id),
+        ConversationKey("discord", fake.general_id, ""),
+    ]
+
+
+async def test_stickers_and_attachments_are_submitted_as_unsupported(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    dm = fake.dm_channel(fake.bob)
+    async with running_adapter() as (_, core):
+        await fake.push_message(dm, fake.bob, "", guild=False, sticker=True)
+        await fake.push_message(
+            dm,
+            fake.bob,
+            "",
+            guild=False,
+            attachments=[{"filename": "a.png", "content_type": "image/png"}],
+        )
+        await fake.push_message(fake.general_id, fake.alice, "", sticker=True)
+        await fake.push_message(
+            fake.general_id,
+            fake.alice,
+            "look at this",
+            attachments=[{"filename": "b.pdf", "content_type": "application/pdf"}],
+        )
+        await submitted(fake, core, 4)
+    assert [(m.text, m.unsupported, m.is_private) for m in core.submitted] == [
+        ("", "sticker", True),
+        ("", "photo", True),
+        ("", "sticker", False),
+        ("look at this", None, False),
+    ]
+
+
+async def test_edits_and_deletions_are_ignored_and_logged(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = fake_discord
+    caplog.set_level(logging.INFO, logger="adapters.discord")
+    async with running_adapter() as (_, core):
+        first = await fake.push_message(fake.general_id, fake.alice, "hi", mentions_bot=True)
+        await fake.edit_message(first["id"], "hi, EDITED")
+        await fake.delete_message(first["id"])
+        await fake.push_message(fake.general_id, fake.alice, "after", mentions_bot=True)
+        await submitted(fake, core, 2)
+        await fake.wait_for(lambda: "deletion" in caplog.text)
+    assert [m.text for m in core.submitted] == ["hi", "after"]
+    assert f"ignored an edit of Discord message {first['id']}" in caplog.text
+    assert f"ignored the deletion of Discord message {first['id']}" in caplog.text
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+async def test_typed_commands_go_to_the_core_and_are_answered_in_reply(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    dm = fake.dm_channel(fake.bob)
+    async with running_adapter() as (_, core):
+        in_dm = await fake.push_message(dm, fake.bob, "/status", guild=False)
+        await fake.push_message(fake.general_id, fake.bob, "/cancel")  # not addressed: chatter
+        in_server = await fake.push_message(
+            fake.general_id, fake.alice, "/reset please", mentions_bot=True
+        )
+        await fake.wait_for(lambda: len(fake.posted_messages(fake.general_id)) == 1)
+        await fake.wait_for(lambda: len(fake.posted_messages(dm)) == 1)
+    assert [(c.name, c.args, c.is_private) for c in core.commands] == [
+        (CommandName.STATUS, "", True),
+        (CommandName.RESET, "please", False),
+    ]
+    assert core.commands[1].is_admin  # alice's role has Manage Server
+    assert [m.text for m in core.submitted] == ["/cancel"]
+    [answer] = fake.posted_messages(fake.general_id)
+    assert answer["content"] == "reset answered"
+    assert answer["message_reference"]["message_id"] == in_server["id"]
+    assert fake.posted_messages(dm)[0]["message_reference"]["message_id"] == in_dm["id"]
+
+
+async def test_slash_commands_are_synced_and_answered_ephemerally(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (_, core):
+        assert {c["name"] for c in fake.synced_commands["global"]} == {
+            "cancel",
+            "status",
+            "reset",
+            "help",
+        }
+        await fake.push_slash("cancel", fake.thread_id, fake.bob)
+        await fake.push_slash("status", fake.dm_channel(fake.alice), fake.alice)
+        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 2)
+    # Each interaction is handled in its own task, so the two may finish in either order.
+    assert {(c.name, c.conversation, c.is_private) for c in core.commands} == {
+        (CommandName.CANCEL, ConversationKey("discord", fake.general_id, fake.thread_id), False),
+        (CommandName.STATUS, ConversationKey("discord", fake.dm_channel(fake.alice)), True),
+    }
+    assert {c["data"]["content"] for c in fake.interaction_callbacks} == {
+        "cancel answered",
+        "status answered",
+    }
+    for callback in fake.interaction_callbacks:
+        assert callback["type"] == 4
+        assert callback["data"]["flags"] & EPHEMERAL
+
+
+# --- what gets posted ---------------------------------------------------------------------
+
+
+async def test_a_reply_references_its_message_and_pings_nobody_else(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (adapter, _):
+        asked = await fake.push_message(fake.general_id, fake.alice, "hi", mentions_bot=True)
+        posted = await adapter.send(
+            reply(
+                fake,
+                fake.general_id,
+                "@everyone and @here, <@&1> too",
+                outbox_id=17,
+                reply_to_id=asked["id"],
+                reply_to_user_id=fake.alice.id,
+            )
+        )
+    [call] = fake.calls(POST)
+    assert call.body["content"] == "@everyone and @here, <@&1> too"
+    assert call.body["allowed_mentions"] == {
+        "parse": [],
+        "users": [int(fake.alice.id)],
+        "replied_user": True,
+    }
+    assert call.body["message_reference"]["message_id"] == int(asked["id"])
+    assert call.body["message_reference"]["fail_if_not_exists"] is False
+    assert (call.body["nonce"], call.body["enforce_nonce"]) == ("17", True)
+    assert posted == fake.posted_messages(fake.general_id)[0]["id"]
+
+
+async def test_a_long_answer_with_code_is_split_under_2000(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    code = "\n".join(f"print('line {i:03d}')" for i in range(140))
+    text = "Here is the script:\n\n```python\n" + code + "\n```\n\nThat is all."
+    assert len(text) > 2000
+    async with running_adapter() as (adapter, _):
+        last = await adapter.send(reply(fake, fake.thread_id, text, outbox_id=5))
+    parts = fake.posted_messages(fake.thread_id)
+    assert len(parts) >= 2
+    assert all(len(p["content"]) <= 2000 for p in parts)
+    assert all(p["content"].count("```") % 2 == 0 for p in parts)  # each part's block closed
+    assert parts[1]["content"].startswith("```python\n")
+    joined = "".join(p["content"] for p in parts)
+    assert all(f"print('line {i:03d}')" in joined for i in range(140))
+    assert [c.body["nonce"] for c in fake.calls(POST)] == ["5"] + [
+        f"5.{i}" for i in range(1, len(parts))
+    ]
+    assert last == parts[-1]["id"]
+
+
+async def test_a_retried_send_does_not_post_twice(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (adapter, _):
+        first = await adapter.send(reply(fake, fake.general_id, "once", outbox_id=9))
+        again = await adapter.send(reply(fake, fake.general_id, "once", outbox_id=9))
+    assert first == again
+    assert [m["content"] for m in fake.posted_messages(fake.general_id)] == ["once"]
+
+
+async def test_a_429_is_waited_out_and_the_reply_posted_once(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    fake.fail_next(POST, 429, retry_after=0.05)
+    async with running_adapter() as (adapter, _):
+        await adapter.send(reply(fake, fake.general_id, "patience", outbox_id=3))
+    assert [m["content"] for m in fake.posted_messages(fake.general_id)] == ["patience"]
+    assert [c.status for c in fake.calls(POST)] == [429, 200]
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(403, 50013), (404, 10003), (400, 50035)], ids=["403", "404", "400"]
+)
+async def test_refusals_are_permanent_delivery_errors(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory, status: int, code: int
+) -> None:
+    fake = fake_discord
+    fake.fail_next(POST, status, code=code, message="nope")
+    async with running_adapter() as (adapter, _):
+        with pytest.raises(DeliveryError) as caught:
+            await adapter.send(reply(fake, fake.general_id, "hello"))
+    assert caught.value.permanent
+    assert fake.posted_messages(fake.general_id) == []
+
+
+async def test_an_unknown_channel_is_a_permanent_delivery_error(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    async with running_adapter() as (adapter, _):
+        with pytest.raises(DeliveryError) as caught:
+            await adapter.send(reply(fake_discord, "123456789", "hello"))
+    assert caught.value.permanent
+
+
+async def test_an_empty_reply_is_refused_before_calling_discord(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    async with running_adapter() as (adapter, _):
+        with pytest.raises(DeliveryError) as caught:
+            await adapter.send(reply(fake_discord, fake_discord.general_id, "  \n "))
+    assert caught.value.permanent
+    assert fake_discord.calls(POST) == []
+
+
+async def test_typing_goes_to_the_thread(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (adapter, _):
+        assert (adapter.platform, adapter.typing_interval) == ("discord", 8.0)
+        await adapter.typing(ConversationKey("discord", fake.general_id, fake.thread_id))
+    assert [c.path for c in fake.calls("POST /channels/{channel_id}/typing")] == [
+        f"/channels/{fake.thread_id}/typing"
+    ]
+
+
+# --- start-up, resume, shutdown -----------------------------------------------------------
+
+
+async def test_the_intents_asked_for_include_message_content(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    async with running_adapter():
+        pass
+    intents = fake_discord.identify_payloads[0]["intents"]
+    guilds, guild_messages, dm_messages, message_content = 1 << 0, 1 << 9, 1 << 12, 1 << 15
+    assert intents == guilds | guild_messages | dm_messages | message_content
+
+
+async def test_a_missing_message_content_intent_fails_start_up_clearly() -> None:
+    async with FakeDiscord(message_content_enabled=False) as fake:
+        adapter = DiscordAdapter(discord_settings(fake), RecordingCore(), guild_ready_timeout=0.05)
+        with pytest.raises(DiscordStartError) as caught:
+            await adapter.start()
+    message = str(caught.value)
+    assert '"Message Content Intent"' in message
+    assert "Developer Portal > Applications > your app > Bot > Privileged Gateway Intents" in (
+        message
+    )
+    assert "\n" not in message
+
+
+async def test_a_rejected_token_fails_start_up_clearly() -> None:
+    async with FakeDiscord() as fake:
+        settings = discord_settings(fake, discord_bot_token="X" * 40)
+        adapter = DiscordAdapter(settings, RecordingCore(), guild_ready_timeout=0.05)
+        with pytest.raises(DiscordStartError, match="DISCORD_BOT_TOKEN was rejected"):
+            await adapter.start()
+    assert fake.identify_payloads == []
+
+
+async def test_a_token_the_gateway_rejects_fails_start_up_clearly() -> None:
+    async with FakeDiscord() as fake:
+        fake.gateway_token = "revoked-meanwhile"
+        adapter = DiscordAdapter(discord_settings(fake), RecordingCore(), guild_ready_timeout=0.05)
+        with pytest.raises(DiscordStartError, match="DISCORD_BOT_TOKEN was rejected"):
+            await adapter.start()
+    assert len(fake.identify_payloads) == 1
+
+
+async def test_an_unreachable_gateway_fails_start_up_after_the_timeout() -> None:
+    async with FakeDiscord() as fake:
+        settings = discord_settings(fake, discord_gateway_url="ws://127.0.0.1:9/nowhere")
+        adapter = DiscordAdapter(
+            settings, RecordingCore(), guild_ready_timeout=0.05, start_timeout=0.5
+        )
+        with pytest.raises(DiscordStartError, match="in time"):
+            await adapter.start()
+
+
+async def test_a_dropped_gateway_resumes_and_replays_what_was_missed(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (_, core):
+        await fake.push_message(fake.general_id, fake.alice, "before", mentions_bot=True)
+        await submitted(fake, core, 1)
+        await fake.drop_connection()
+        await fake.push_message(fake.general_id, fake.alice, "during", mentions_bot=True)
+        await submitted(fake, core, 2)
+        await fake.wait_for(lambda: fake.connected)
+        await fake.push_message(fake.general_id, fake.alice, "after", mentions_bot=True)
+        await submitted(fake, core, 3)
+    assert [m.text for m in core.submitted] == ["before", "during", "after"]
+    assert fake.connection_paths[-1] == RESUME_GATEWAY_PATH
+    assert len(fake.identify_payloads) == 1 and len(fake.resume_payloads) == 1
+
+
+async def test_stop_leaves_no_task_behind(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    before = asyncio.all_tasks()
+    async with running_adapter():
+        pass
+    leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert leftover == []
