@@ -164,33 +164,40 @@ class ReplyBook:
         templates = self._interim[locale.language][kind]
         return _pick(templates, values, avoid, rng or self._rng)
 
-    def phrase(
-        self,
-        key: str,
-        language: str,
-        *,
-        rng: random.Random | None = None,
-        avoid: Collection[str] = (),
-        running: Sequence[RunningTool] | None = None,
-        count: int | None = None,
-        **values: object,
-    ) -> str:
+    def phrase(self, key: str, language: str, /, **values: object) -> str:
         """One of the fixed texts in PHRASE_KEYS, filled with `values`.
 
-        `running` fills {details} and the plurals, `count` the plurals alone; `seconds`
-        (a wait) fills {reset} when no `reset` is given.
+        Some names are not placeholders: `rng` and `avoid` work as in `interim`;
+        `running` (RunningTool list) fills {details} and the plurals, `count` (int) the
+        plurals alone; `seconds` (a wait) fills {reset} when no `reset` is given. They ride
+        in **values so a caller can pass a policy's values dict straight through.
         """
         if key not in PHRASE_KEYS:
             raise KeyError(f"unknown phrase {key!r}; known: {', '.join(PHRASE_KEYS)}")
+        rng = values.pop("rng", None) or self._rng
+        avoid = values.pop("avoid", ())
+        running = values.pop("running", None)
+        count = values.pop("count", None)
+        if not isinstance(rng, random.Random):
+            raise TypeError("rng must be a random.Random")
+        if isinstance(avoid, str) or not isinstance(avoid, Collection):
+            raise TypeError("avoid must be a collection of texts")
+        if running is not None and not (
+            isinstance(running, Sequence) and all(isinstance(t, RunningTool) for t in running)
+        ):
+            raise TypeError("running must be a sequence of RunningTool")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise TypeError("count must be an int")
         locale = self._locale(language)
         filled = self._values(locale, running, count, values)
-        missing = PHRASE_KEYS[key].required - filled.keys()
-        if PHRASE_KEYS[key].counted and "count" not in filled:
+        spec = PHRASE_KEYS[key]
+        missing = spec.required - filled.keys()
+        if spec.counted and "count" not in filled:
             missing |= {"count"}
         if missing:
             raise ValueError(f"phrase {key!r} needs the value(s) {', '.join(sorted(missing))}")
         try:
-            return _pick(self._phrases[locale.language][key], filled, avoid, rng or self._rng)
+            return _pick(self._phrases[locale.language][key], filled, avoid, rng)
         except KeyError as exc:
             raise ValueError(f"phrase {key!r} needs the value {exc.args[0]}") from None
 
