@@ -245,7 +245,7 @@ async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
             last = "\n".join(f"{r.code}: {r.text}" for r in summary.reasons)
         else:
             last = _short(summary.last_error, 60) or "-"
-        table.add_row(
+        cells = [
             str(summary.id),
             _chat(summary),
             _state(summary),
@@ -253,8 +253,10 @@ async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
             f"{summary.queued} queued, {summary.deferred} deferred",
             f"{summary.undelivered} unsent" if summary.undelivered else "-",
             _since(summary.last_activity),
-            Text(last),
-        )
+            last,
+        ]
+        # Text, not markup: chat titles and errors come from outside and may hold "[...]".
+        table.add_row(*(Text(cell) for cell in cells))
     console.print(table)
     if len(found) > len(shown):
         console.print(f"{len(found) - len(shown)} more not shown (--limit)")
@@ -401,7 +403,7 @@ async def _ask(admin: AdminStore, args: argparse.Namespace, action: str) -> int:
             }
         )
     elif state.done:
-        _console().print(f"the bot applied it: {state.result}")
+        _console().print(Text(f"the bot applied it: {state.result}"))
     else:
         _console().print(
             "no running bot applied it yet: the request stays queued and the bot applies it "

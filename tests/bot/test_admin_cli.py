@@ -155,6 +155,10 @@ async def test_sessions_lists_and_filters(
     assert (code, out.strip()) == (0, "no stuck sessions")
     code, out, _ = await admin(capsys, "sessions")
     assert code == 0 and "memory:chat-1" in out and "idle" in out
+    # Titles come from the platforms: shown as they are, never read as rich markup.
+    await execute(admin_env, update(SessionRow).values(chat_title="[red]Team[/red]"))
+    code, out, _ = await admin(capsys, "sessions")
+    assert code == 0 and "[red]Team[/red] (memory:chat-1)" in out
 
 
 async def test_sessions_archived_only_with_all(
@@ -353,6 +357,30 @@ async def test_repair_dry_run_changes_nothing_then_repair_gets_the_session_answe
     assert fake_openai.rejected == []
     (control,) = await fetch(admin_env, ControlRow)
     assert control.action == "recover" and control.done_at is not None
+
+
+async def test_repair_while_the_core_runs_is_carried_on_by_it(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_openai.script_tool_calls([("never_finishes", {})])
+    async with make_core(tool_timeout_seconds=30) as (_runtime, chat):
+        await chat.say("run the hanging tool")
+        await chat.wait_for(1)
+        code, out, _ = await admin(capsys, "repair", "1")
+        assert code == 0 and "cancelled by an operator" in out
+        sent = await chat.wait_for(2)
+        assert sent[1].message.kind is ReplyKind.ANSWER
+        assert "cancelled by an operator" in sent[1].message.text
+        (control,) = await wait_rows(admin_env, ControlRow, ControlRow.done_at.is_not(None))
+        assert control.result == "session handed back to the engine"
+        # No wait_idle here: the engine keeps the repaired call's task until its own
+        # timeout (reported to the engine's owner); stopping the core cancels it.
+    code, out, _ = await admin(capsys, "validate")
+    assert code == 0
+    assert fake_openai.rejected == []
 
 
 # --- controls: cancel and reset ------------------------------------------------------------------
