@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import socket
 
 from bot.events import DeliveryError, OutgoingMessage, ReplySink
 from bot.store import OutboxItem, Store
@@ -28,13 +25,13 @@ CLAIM_LEASE_SECONDS = 60.0
 
 
 class Courier:
-    def __init__(self, store: Store, base_backoff: float = 1.0) -> None:
+    def __init__(self, store: Store, worker: str, base_backoff: float = 1.0) -> None:
         self.store = store
         self.base_backoff = base_backoff
         self.sinks: dict[str, ReplySink] = {}
-        # Unique per process: a restarted bot must not mistake its predecessor's claims
-        # for its own, nor a peer's.
-        self.worker = f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
+        # Stable across restarts (WORKER_ID): a restarted bot takes over its own claims at
+        # once, while a peer with another id waits for their lease to end.
+        self.worker = worker
         self._tasks = TaskSet("courier")
         self._running: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()

@@ -46,6 +46,7 @@ class EngineConfig:
     max_tool_rounds: int
     max_message_chars: int = 4000
     max_deferred_messages: int = 10
+    worker_id: str = "main"
     group_modes: Mapping[str, GroupMode] = field(default_factory=dict)
 
     @classmethod
@@ -56,6 +57,7 @@ class EngineConfig:
             max_tool_rounds=settings.max_tool_rounds,
             max_message_chars=settings.max_message_chars,
             max_deferred_messages=settings.max_deferred_messages,
+            worker_id=settings.worker_id,
             group_modes={
                 "telegram": settings.telegram_group_mode,
                 "discord": settings.discord_group_mode,
@@ -87,7 +89,7 @@ class Engine:
         self.access = access
         self.rng = rng or random.Random()
         self.tasks = TaskSet("engine")
-        self.courier = Courier(store)
+        self.courier = Courier(store, config.worker_id)
         self.typing = TypingKeeper()
         self.prompt_stats = PromptStats()
         self._actors: dict[int, SessionActor] = {}

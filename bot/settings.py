@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         "sqlite+aiosqlite:///./data/stillhere.db",
         description="SQLAlchemy async URL (sqlite+aiosqlite:///... or postgresql+asyncpg://...)",
     )
+    worker_id: str = Field(
+        "main",
+        min_length=1,
+        max_length=64,
+        description="This process's name; give each worker sharing one database its own",
+    )
     db_auto_upgrade: bool = Field(True, description="Apply database migrations when the bot starts")
 
     # --- tools and turns ---
@@ -238,7 +244,16 @@ class Settings(BaseSettings):
             raise ValueError("malformed token: copy it from Developer Portal > Bot > Token")
         return value
 
-    @field_validator("openai_api_key", "telegram_webhook_secret")
+    @field_validator("telegram_webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not re.match(r"^[A-Za-z0-9_-]{1,256}$", value.get_secret_value()):
+            raise ValueError("use 1-256 characters among A-Z, a-z, 0-9, _ and - (Telegram's rule)")
+        return value
+
+    @field_validator("openai_api_key")
     @classmethod
     def _empty_secret_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():

@@ -639,9 +639,16 @@ class FakeTelegram:
             if self._hangs[method]:
                 self._hangs[method] -= 1
                 await self._release.wait()
-                if self._closing and request.transport is not None:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    # The client died while its request was held: it counts as lost in
+                    # transit, never processed (otherwise the test could not tell a crash
+                    # that lost a send from one that did not).
+                    call.status = -1
+                    return web.Response(status=502)
+                if self._closing:
                     # The API went away mid-request: the client sees the connection drop.
-                    request.transport.abort()
+                    transport.abort()
                     call.status = -1
                     return web.Response(status=502)
             self._inject_failure(method)

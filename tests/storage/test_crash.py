@@ -14,7 +14,10 @@ from bot.history import validate
 from bot.prompt import to_openai
 from storage.database import create_engine
 from storage.repository import SqlStore
+from tests.fakes.telegram_api import FakeTelegram, TgUser
 from tests.support.process import bot_environment, read_until, start_bot
+
+ANA = TgUser(1001, "Ana")
 
 
 async def _tool_running_and_notice_recorded(url: str) -> bool:
@@ -85,3 +88,58 @@ def test_sigkill_while_a_tool_runs_then_restart(tmp_path: Path) -> None:
     assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"]
     assert history[0]["content"] == "Dame la hora actual"
     assert validate([{"role": "system", "content": "s"}, *history]) == []
+
+
+async def _start_telegram_bot(cwd: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "run",
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_sigkill_between_reply_stored_and_delivered_then_restart(tmp_path: Path) -> None:
+    """The answer is in the outbox and its sendMessage is in flight when the process dies;
+    Telegram redelivers the update to the new process. Exactly one answer is posted."""
+    async with FakeTelegram() as tg:
+        env = bot_environment(
+            f"sqlite+aiosqlite:///{tmp_path}/bot.db",
+            TELEGRAM_BOT_TOKEN=tg.token,
+            TELEGRAM_BASE_URL=tg.base_url,
+            OFFLINE_MODEL="true",
+        )
+        tg.hang_next("sendMessage")
+        first = await _start_telegram_bot(tmp_path, env)
+        try:
+            tg.push_text(ANA.id, ANA, "hello there")
+            await tg.wait_for(lambda: len(tg.calls_to("sendMessage")) == 1, timeout=30)
+            first.kill()
+            await first.wait()
+        finally:
+            if first.returncode is None:
+                first.kill()
+                await first.wait()
+        assert tg.sent_messages(ANA.id) == []  # the hung send never completed
+
+        second = await _start_telegram_bot(tmp_path, env)
+        try:
+            await tg.wait_for(lambda: len(tg.sent_messages(ANA.id)) >= 1, timeout=30)
+            # A wrong second post would come with the redelivered update: wait until the bot
+            # has confirmed that update (a getUpdates with a later offset) and idled on.
+            polls = len(tg.calls_to("getUpdates"))
+            await tg.wait_for(lambda: len(tg.calls_to("getUpdates")) >= polls + 1, timeout=30)
+        finally:
+            second.terminate()
+            _, errors = await second.communicate()
+        assert second.returncode == 0, errors.decode()
+        # Telegram handed the unconfirmed update to the new process too: taken in once.
+        assert "duplicate message 1 ignored" in errors.decode()
+    sent = tg.sent_messages(ANA.id)
+    assert len(sent) == 1
+    assert "hello there" in sent[0].text

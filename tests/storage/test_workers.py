@@ -24,8 +24,9 @@ async def test_two_workers_share_a_conversation(
 ) -> None:
     monkeypatch.setattr(slow_tools, "DELAY", 0.3)
     fake_openai.think_seconds = 0.05
-    settings = core_settings(database_url, fake_openai)
-    async with Runtime(settings) as one, Runtime(settings) as two:
+    settings = core_settings(database_url, fake_openai, worker_id="one")
+    other = core_settings(database_url, fake_openai, worker_id="two")
+    async with Runtime(settings) as one, Runtime(other) as two:
         chats = [MemoryAdapter(one.engine), MemoryAdapter(two.engine)]
         for chat in chats:
             await chat.start()
