@@ -86,12 +86,6 @@ class Place:
         return self.fake.posted_messages(self.channel_id)
 
 
-@pytest.fixture
-async def fake_discord() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as fake:
-        yield fake
-
-
 @pytest.fixture(params=["dm", "server"])
 def place(request: pytest.FixtureRequest, fake_discord: FakeDiscord) -> Place:
     fake = fake_discord
