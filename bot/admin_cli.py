@@ -217,14 +217,14 @@ def _rules(args: argparse.Namespace) -> StuckRules:
 
 
 async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
-    found = await admin.sessions(
+    shown, total = await admin.sessions(
         rules=_rules(args),
         stuck_only=args.stuck,
         include_archived=args.all,
         platform=args.platform,
+        limit=args.limit,
     )
-    shown = found[: args.limit]
-    status = PROBLEMS if args.stuck and found else OK
+    status = PROBLEMS if args.stuck and total else OK
     if args.json:
         for summary in shown:
             _emit(_summary_record(summary))
@@ -258,8 +258,8 @@ async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
         # Text, not markup: chat titles and errors come from outside and may hold "[...]".
         table.add_row(*(Text(cell) for cell in cells))
     console.print(table)
-    if len(found) > len(shown):
-        console.print(f"{len(found) - len(shown)} more not shown (--limit)")
+    if total > len(shown):
+        console.print(f"{total - len(shown)} more not shown (--limit)")
     return status
 
 

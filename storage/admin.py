@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import case, func, select, update
+from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession as Tx
@@ -572,19 +572,32 @@ class AdminStore:
         stuck_only: bool = False,
         include_archived: bool = False,
         platform: str | None = None,
+        limit: int | None = None,
         now: datetime | None = None,
-    ) -> list[SessionSummary]:
-        """Newest activity first."""
+    ) -> tuple[list[SessionSummary], int]:
+        """Newest activity first, at most `limit` of them; and how many matched in all."""
         moment = _now(now)
-        query = select(SessionRow).order_by(SessionRow.updated_at.desc(), SessionRow.id.desc())
+        where: list[ColumnElement[bool]] = []
         if not include_archived:
-            query = query.where(SessionRow.active_key.is_not(None))
+            where.append(SessionRow.active_key.is_not(None))
         if platform is not None:
-            query = query.where(SessionRow.platform == platform)
+            where.append(SessionRow.platform == platform)
+        query = (
+            select(SessionRow)
+            .where(*where)
+            .order_by(SessionRow.updated_at.desc(), SessionRow.id.desc())
+        )
         async with self._tx() as tx:
-            rows = list(await tx.scalars(query))
+            if stuck_only:
+                # Any session can be stuck (an invalid history hides anywhere): judge them all.
+                rows = list(await tx.scalars(query))
+                facts = await self._facts(tx, rows)
+                stuck = [s for s in (self._summary(f, rules, moment) for f in facts) if s.stuck]
+                return stuck[:limit], len(stuck)
+            total = await tx.scalar(select(func.count()).select_from(SessionRow).where(*where))
+            rows = list(await tx.scalars(query.limit(limit)))
             summaries = [self._summary(f, rules, moment) for f in await self._facts(tx, rows)]
-        return [s for s in summaries if s.stuck] if stuck_only else summaries
+            return summaries, total or 0
 
     async def summary(
         self, session_id: int, rules: StuckRules, now: datetime | None = None
@@ -839,6 +852,17 @@ class AdminStore:
                     _Item(None, "tool", result or "", tool_call_id=call.call_id, turn=message.turn)
                 )
             items.extend(_item(m) for m in placed)
+        requeue = [] if rounds or archived else deferred
+        if requeue:
+            # Deferred messages wait for a round to close; with none open they would wait
+            # forever. Queued, the engine takes them into its next turn.
+            steps.append(
+                Step(
+                    "requeue_deferred",
+                    f"queue {_plural(len(requeue), 'deferred message')} again (no tool round is "
+                    "open to take them into the history)",
+                )
+            )
         new_state: str | None = None
         if rounds and not archived:
             new_state = SessionState.LLM
@@ -854,7 +878,7 @@ class AdminStore:
             .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
         )
         idle = new_state is None and not archived and session.state == SessionState.IDLE
-        if idle and waiting and not queued:
+        if idle and waiting and not queued and not requeue:
             # Recovery starts turns only for queued messages; these are in the history
             # already (the LLM call that took them failed), so ask the model again.
             new_state = SessionState.LLM
@@ -892,7 +916,15 @@ class AdminStore:
                     "carries the session on",
                 )
             )
-        return steps, _Plan(session, rounds, calls, new_state, [o.id for o in outbox], archived)
+        return steps, _Plan(
+            session,
+            rounds,
+            calls,
+            new_state,
+            [m.id for m in requeue],
+            [o.id for o in outbox],
+            archived,
+        )
 
     async def _apply(self, tx: Tx, plan: _Plan, now: datetime) -> None:
         session_id = plan.session.id
@@ -912,6 +944,12 @@ class AdminStore:
                 update(SessionRow)
                 .where(SessionRow.id == session_id)
                 .values(state=plan.new_state, updated_at=now)
+            )
+        if plan.requeue_ids:
+            await tx.execute(
+                update(MessageRow)
+                .where(MessageRow.id.in_(plan.requeue_ids), MessageRow.status == "deferred")
+                .values(status="queued")
             )
         await self._apply_history_fix(tx, session_id, now)
         if plan.outbox_ids:
@@ -983,6 +1021,7 @@ class _Plan:
     rounds: list[MessageRow]
     calls: dict[int, list[ToolCallRow]]
     new_state: str | None
+    requeue_ids: list[int]
     outbox_ids: list[int]
     archived: bool
 

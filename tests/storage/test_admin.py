@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy import func, insert, inspect, select, text, update
 
 from bot.events import DeliveryError, ReplyKind
 from bot.history import INTERRUPTED_RESULT, validate
@@ -18,6 +18,7 @@ from storage.admin import (
     AdminStore,
     Reason,
     SchemaError,
+    SessionSummary,
     StuckRules,
     UnknownSession,
     _history_fix,
@@ -143,6 +144,12 @@ async def wait_rows(url: str, model: Any, *where: Any) -> list[Any]:
             await asyncio.sleep(0.02)
 
 
+async def listed(admin: AdminStore, **options: Any) -> list[SessionSummary]:
+    found, total = await admin.sessions(**options)
+    assert total == len(found)
+    return found
+
+
 # --- schema --------------------------------------------------------------------------------------
 
 
@@ -185,13 +192,26 @@ async def test_answered_session_is_idle_valid_and_not_stuck(
         await chat.say("hello there")
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
-    (summary,) = await admin.sessions(rules=StuckRules())
+    (summary,) = await listed(admin, rules=StuckRules())
     assert (summary.id, summary.platform, summary.chat_id) == (1, "memory", "chat-1")
     assert summary.state == "idle" and not summary.archived
     assert (summary.open_tools, summary.queued, summary.undelivered) == (0, 0, 0)
     assert summary.unanswered == 0 and summary.reasons == ()
-    assert await admin.sessions(rules=StuckRules(), stuck_only=True) == []
-    assert await admin.sessions(rules=StuckRules(), platform="telegram") == []
+    assert await listed(admin, rules=StuckRules(), stuck_only=True) == []
+    assert await listed(admin, rules=StuckRules(), platform="telegram") == []
+
+
+async def test_limit_keeps_the_newest_and_counts_all(
+    make_core: CoreFactory, admin: AdminStore
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("first", chat="old")
+        await chat.wait_for(1)
+        await chat.say("second", chat="new")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    found, total = await admin.sessions(rules=StuckRules(), limit=1)
+    assert [s.chat_id for s in found] == ["new"] and total == 2
 
 
 async def test_tool_past_timeout_plus_margin_is_stuck(
@@ -200,11 +220,11 @@ async def test_tool_past_timeout_plus_margin_is_stuck(
     await stuck_tool_session(make_core, fake_openai)
     rules = StuckRules(tool_margin_seconds=60)
     soon = datetime.now(UTC) + timedelta(seconds=60)
-    (fresh,) = await admin.sessions(rules=rules, now=soon)
+    (fresh,) = await listed(admin, rules=rules, now=soon)
     assert fresh.state == "tools" and fresh.open_tools == 1 and fresh.reasons == ()
     assert fresh.oldest_tool_seconds is not None and fresh.oldest_tool_seconds >= 60
     later = datetime.now(UTC) + timedelta(seconds=95)
-    (stuck,) = await admin.sessions(rules=rules, stuck_only=True, now=later)
+    (stuck,) = await listed(admin, rules=rules, stuck_only=True, now=later)
     assert [r.code for r in stuck.reasons] == [Reason.TOOL_OVERDUE]
     assert "never_finishes" in stuck.reasons[0].text
 
@@ -217,7 +237,7 @@ async def test_failed_llm_call_with_waiting_user_is_error(
         await chat.say("first question")
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
-    (summary,) = await admin.sessions(rules=StuckRules(), stuck_only=True)
+    (summary,) = await listed(admin, rules=StuckRules(), stuck_only=True)
     assert summary.state == "error" and summary.stored_state == "idle"
     assert summary.unanswered == 1
     assert [r.code for r in summary.reasons] == [Reason.LLM_FAILED]
@@ -232,7 +252,7 @@ async def test_undeliverable_reply_is_stuck(
         await chat.say("hi")
         await wait_rows(database_url, OutboxRow, OutboxRow.failed.is_(True))
         await runtime.engine.wait_idle()
-    (summary,) = await admin.sessions(rules=StuckRules(), stuck_only=True)
+    (summary,) = await listed(admin, rules=StuckRules(), stuck_only=True)
     assert [r.code for r in summary.reasons] == [Reason.OUTBOX_FAILED]
     assert "chat not found" in summary.reasons[0].text
     assert summary.undelivered == 1
@@ -252,13 +272,13 @@ async def test_outbox_retries_and_age_and_queued_age(
         update(MessageRow).where(MessageRow.role == "user").values(status="queued", position=None),
     )
     later = datetime.now(UTC) + timedelta(minutes=6)
-    (summary,) = await admin.sessions(rules=StuckRules(max_attempts=3), now=later)
+    (summary,) = await listed(admin, rules=StuckRules(max_attempts=3), now=later)
     assert [r.code for r in summary.reasons] == [Reason.OUTBOX_RETRIES, Reason.QUEUED_LATE]
     assert "4 attempts" in summary.reasons[0].text and "timeout" in summary.reasons[0].text
     await execute(database_url, update(OutboxRow).values(attempts=1))
-    (late,) = await admin.sessions(rules=StuckRules(max_attempts=3), now=later)
+    (late,) = await listed(admin, rules=StuckRules(max_attempts=3), now=later)
     assert [r.code for r in late.reasons] == [Reason.OUTBOX_LATE, Reason.QUEUED_LATE]
-    (calm,) = await admin.sessions(rules=StuckRules(max_attempts=3))
+    (calm,) = await listed(admin, rules=StuckRules(max_attempts=3))
     assert calm.reasons == () and calm.queued == 1
 
 
@@ -285,7 +305,7 @@ async def test_corrupted_history_is_invalid_with_rule_and_index(
         ("missing_tool_response", 3),
         ("unknown_tool_call_id", 4),
     ]
-    (stuck,) = await admin.sessions(rules=StuckRules(), stuck_only=True)
+    (stuck,) = await listed(admin, rules=StuckRules(), stuck_only=True)
     assert [r.code for r in stuck.reasons] == [Reason.INVALID_HISTORY]
 
 
@@ -435,6 +455,35 @@ async def test_repair_after_a_failed_llm_call_asks_again(
         await runtime.engine.wait_idle()
     assert sent[0].message.kind is ReplyKind.ANSWER
     assert "first question" in sent[0].message.text
+    assert fake_openai.rejected == []
+
+
+async def test_repair_queues_deferred_messages_left_without_a_round(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hi")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    # What a crash between a round's end and its deferred messages could leave.
+    await execute(
+        database_url,
+        insert(MessageRow).values(
+            session_id=1,
+            role="user",
+            content="still there?",
+            author_name="Ana",
+            status="deferred",
+            turn=1,
+            created_at=datetime.now(UTC),
+        ),
+    )
+    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    assert [s.code for s in steps] == ["requeue_deferred", "recover"]
+    async with make_core() as (runtime, chat):
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert "still there?" in sent[0].message.text
     assert fake_openai.rejected == []
 
 
