@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -299,3 +300,21 @@ async def test_edited_message_is_ignored(
         await runtime.engine.wait_idle(timeout=10)
     assert [m.reply_to for m in tg.sent_messages(ANA.id)] == [first, second]
     assert all("EDITADO" not in request_text(r) for r in chat_requests(fake_openai))
+
+
+async def test_redelivered_update_is_handled_once(
+    tmp_path: Path, fake_openai: FakeOpenAI, tg: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.engine")
+    async with running_bot(tmp_path, fake_openai, tg) as runtime:
+        first = tg.push_text(ANA.id, ANA, "Hola")
+        original = dict(tg.queued_updates[-1]["message"])  # read before the bot polls
+        await sent_count(tg, ANA.id, 1)
+        # Telegram hands the same message out again (a webhook retry, a lost offset).
+        tg.push_raw({"message": original})
+        later = tg.push_text(ANA.id, ANA, "¿Qué tal?")
+        await sent_count(tg, ANA.id, 2)
+        await runtime.engine.wait_idle(timeout=10)
+    assert [m.reply_to for m in tg.sent_messages(ANA.id)] == [first, later]
+    assert len(chat_requests(fake_openai)) == 2
+    assert f"duplicate message {first} ignored" in caplog.text
