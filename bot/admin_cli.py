@@ -39,6 +39,7 @@ OK, PROBLEMS, USAGE = 0, 1, 2
 POLL_SECONDS = 0.1
 PREVIEW = 160
 PIPED_WIDTH = 240
+SESSION_HELP = "a session id, as `stillhere admin sessions` lists them"
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -75,6 +76,14 @@ def add_admin_parser(commands: Any) -> None:
     """Adds `admin` and its commands to the `stillhere` parser's subcommands."""
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true", help="JSON lines for scripts")
+    attempts = argparse.ArgumentParser(add_help=False)
+    attempts.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="a reply is stuck after this many failed sends (default 3)",
+    )
     rules = argparse.ArgumentParser(add_help=False)
     rules.add_argument(
         "--tool-margin",
@@ -82,13 +91,6 @@ def add_admin_parser(commands: Any) -> None:
         default=60.0,
         metavar="SECONDS",
         help="a tool call is stuck this long after its timeout (default 60)",
-    )
-    rules.add_argument(
-        "--max-attempts",
-        type=_positive_int,
-        default=3,
-        metavar="N",
-        help="a reply is stuck after this many failed sends (default 3)",
     )
     rules.add_argument(
         "--minutes",
@@ -107,36 +109,43 @@ def add_admin_parser(commands: Any) -> None:
     )
 
     admin = commands.add_parser(
-        "admin", help="inspect and repair conversations (safe while the bot runs)"
+        "admin",
+        help="inspect and repair conversations (safe while the bot runs)",
+        description="Inspect and repair conversations in the bot's database, also while the "
+        "bot runs. Exit codes: 0 ok, 1 problems found, 2 usage error or unknown session.",
     )
     sub = admin.add_subparsers(dest="admin_command", required=True)
     sessions = sub.add_parser(
-        "sessions", parents=[output, rules], help="one line per session; --stuck finds stuck ones"
+        "sessions",
+        parents=[output, attempts, rules],
+        help="one line per session; --stuck finds stuck ones",
     )
     sessions.add_argument("--stuck", action="store_true", help="only stuck sessions, and why")
     sessions.add_argument("--all", action="store_true", help="archived sessions too")
-    sessions.add_argument("--platform", choices=KNOWN_PLATFORMS)
-    sessions.add_argument("--limit", type=_positive_int, default=50, metavar="N")
+    sessions.add_argument("--platform", choices=KNOWN_PLATFORMS, help="only this platform's")
+    sessions.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most N (default 50)"
+    )
     show = sub.add_parser(
         "show", parents=[output], help="a session's transcript and whether its history is valid"
     )
-    show.add_argument("session", type=_session_id)
+    show.add_argument("session", type=_session_id, help=SESSION_HELP)
     show.add_argument("--last", type=_positive_int, metavar="N", help="only the last N messages")
     repair = sub.add_parser(
         "repair",
-        parents=[output, rules],
+        parents=[output, attempts],
         help="cancel stuck tool calls, fix the history, resend stuck replies, carry on",
     )
-    repair.add_argument("session", type=_session_id)
+    repair.add_argument("session", type=_session_id, help=SESSION_HELP)
     repair.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     cancel = sub.add_parser(
         "cancel", parents=[output, wait], help="ask the running bot to cancel a session's tools"
     )
-    cancel.add_argument("session", type=_session_id)
+    cancel.add_argument("session", type=_session_id, help=SESSION_HELP)
     reset = sub.add_parser(
         "reset", parents=[output, wait], help="ask the running bot to reset a conversation"
     )
-    reset.add_argument("session", type=_session_id)
+    reset.add_argument("session", type=_session_id, help=SESSION_HELP)
     reset.add_argument(
         "--offline", action="store_true", help="archive it directly (only while the bot is down)"
     )
@@ -213,7 +222,12 @@ def _summary_record(summary: SessionSummary) -> dict[str, Any]:
 def _rules(args: argparse.Namespace) -> StuckRules:
     from storage.admin import StuckRules
 
-    return StuckRules(args.tool_margin, args.max_attempts, args.minutes)
+    defaults = StuckRules()
+    return StuckRules(
+        getattr(args, "tool_margin", defaults.tool_margin_seconds),
+        getattr(args, "max_attempts", defaults.max_attempts),
+        getattr(args, "minutes", defaults.minutes),
+    )
 
 
 async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
@@ -413,7 +427,7 @@ async def _ask(admin: AdminStore, args: argparse.Namespace, action: str) -> int:
 
 
 async def _reset(admin: AdminStore, args: argparse.Namespace) -> int:
-    summary = await admin.summary(args.session, _default_rules())
+    summary = await admin.summary(args.session, _rules(args))
     if summary.archived:
         _console().print(f"session {args.session} is archived already: nothing to reset")
         return OK
@@ -427,12 +441,6 @@ async def _reset(admin: AdminStore, args: argparse.Namespace) -> int:
             f"session {args.session} archived: the conversation's next message starts a new one"
         )
     return OK
-
-
-def _default_rules() -> StuckRules:
-    from storage.admin import StuckRules
-
-    return StuckRules()
 
 
 async def _validate(admin: AdminStore, args: argparse.Namespace) -> int:
