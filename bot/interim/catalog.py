@@ -63,7 +63,6 @@ class Plural:
 @dataclass(frozen=True, slots=True)
 class Locale:
     language: str
-    source: str
     hint_chars: frozenset[str]
     hint_words: frozenset[str]
     fillers: tuple[tuple[str, ...], ...]
@@ -198,7 +197,7 @@ def _variants(
     reader: _Reader, value: object, where: str, spec: TextSpec, plurals: frozenset[str]
 ) -> tuple[str, ...]:
     variants = reader.texts(value, where, spec.min_variants)
-    allowed = spec.required | spec.optional
+    allowed = spec.required
     if spec.counted:
         allowed |= plurals | COUNT_VALUES
     for index, variant in enumerate(variants):
@@ -269,7 +268,6 @@ def parse_locale(language: str, data: object, source: str) -> Locale:
 
     return Locale(
         language=language,
-        source=source,
         hint_chars=frozenset(chars.casefold()),
         hint_words=frozenset(hint_words),
         fillers=tuple(sorted((tuple(f.split()) for f in fillers), key=len, reverse=True)),

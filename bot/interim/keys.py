@@ -25,13 +25,13 @@ class InterimKind(StrEnum):
 class TextSpec:
     """What every variant of one text must look like.
 
-    `required`: placeholders each variant must use; `optional`: ones it may use;
-    `counted`: each variant states how many tools run, through a plural placeholder.
+    `required`: placeholders each variant must use (and the only ones it may use, besides
+    the counting ones when `counted`); `counted`: each variant states how many tools run,
+    through a plural placeholder.
     """
 
     min_variants: int
     required: frozenset[str] = frozenset()
-    optional: frozenset[str] = frozenset()
     counted: bool = False
 
 
