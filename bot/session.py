@@ -329,16 +329,17 @@ class SessionActor:
         if not queued:
             return
         running = await self.running_tools(info)
-        avoid = set(await engine.store.turn_interims(self.session_id, info.turn))
+        # Oldest first, newest last: the picker needs to know which text was sent last.
+        avoid = await engine.store.turn_interims(self.session_id, info.turn)
         last = await engine.store.last_interim(self.session_id)
         if last:
-            avoid.add(last)
+            avoid.append(last)
         wants_cancel = False
         for message in queued:
             kind = classify(message.text, info.language)
             wants_cancel = wants_cancel or kind.kind == InterimKind.CANCEL
             text = engine.book.interim(kind.kind, kind.language, running, avoid, engine.rng)
-            avoid.add(text)
+            avoid.append(text)
             await engine.store.defer_with_interim(
                 self.session_id, message.id, text, kind.kind.value, kind.language
             )
