@@ -525,9 +525,12 @@ async def _reply(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> 
                 return line
 
 
-async def test_running_bot_process_applies_an_admin_cancel(tmp_path: Path) -> None:
+async def test_running_bot_process_applies_an_admin_cancel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     database_url = f"sqlite+aiosqlite:///{tmp_path}/bot.db"
     env = _env(database_url)
+    monkeypatch.setenv("DATABASE_URL", database_url)
     seen: list[str] = []
     async with _bot(env, tmp_path) as bot:
         assert bot.stdin is not None and bot.stdout is not None
@@ -535,7 +538,7 @@ async def test_running_bot_process_applies_an_admin_cancel(tmp_path: Path) -> No
         await bot.stdin.drain()
         await _reply(bot.stdout, "", seen)  # the notice: the tool started
 
-        code, out, err = await _cli(env, tmp_path, "admin", "sessions", "--json")
+        code, out, err = await admin(capsys, "sessions", "--json")
         assert code == 0, err
         (row,) = json_lines(out)
         assert (row["platform"], row["state"], row["open_tools"]) == ("console", "tools", 1)
