@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import discord
 
 
@@ -21,6 +22,11 @@ _TOKEN_HELP = (
 
 def explain_start_failure(error: BaseException | None) -> str:
     """One line saying why start-up failed and what to do about it."""
+    cause = None if error is None else error.__context__
+    if isinstance(error, AttributeError) and isinstance(cause, OSError | aiohttp.ClientError):
+        # discord.py's reconnect loop trips over its missing socket (AttributeError) when the
+        # very first gateway connection fails; the connection error is the real reason.
+        error = cause
     if isinstance(error, discord.PrivilegedIntentsRequired):
         return _INTENT_HELP
     if isinstance(error, discord.LoginFailure):

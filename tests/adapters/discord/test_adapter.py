@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import discord
+import discord.backoff
 import pytest
 
 from adapters.discord import DiscordAdapter, DiscordStartError
@@ -390,14 +392,41 @@ async def test_a_token_the_gateway_rejects_fails_start_up_clearly() -> None:
     assert len(fake.identify_payloads) == 1
 
 
-async def test_an_unreachable_gateway_fails_start_up_after_the_timeout() -> None:
+async def test_an_unreachable_gateway_fails_start_up_naming_the_connection_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # discord.py waits a random 0-2 s before its first retry; the test need not.
+    monkeypatch.setattr(discord.backoff.ExponentialBackoff, "delay", lambda self: 0.01)
     async with FakeDiscord() as fake:
         settings = discord_settings(fake, discord_gateway_url="ws://127.0.0.1:9/nowhere")
-        adapter = DiscordAdapter(
-            settings, RecordingCore(), guild_ready_timeout=0.05, start_timeout=0.5
-        )
-        with pytest.raises(DiscordStartError, match="in time"):
+        adapter = DiscordAdapter(settings, RecordingCore(), guild_ready_timeout=0.05)
+        with pytest.raises(
+            DiscordStartError, match=r"could not connect to Discord: .*127\.0\.0\.1:9"
+        ):
             await adapter.start()
+
+
+async def test_a_gateway_that_never_answers_fails_start_up_after_the_timeout() -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with FakeDiscord() as fake:
+            settings = discord_settings(fake, discord_gateway_url=f"ws://127.0.0.1:{port}/")
+            adapter = DiscordAdapter(
+                settings, RecordingCore(), guild_ready_timeout=0.05, start_timeout=0.3
+            )
+            with pytest.raises(DiscordStartError, match="did not finish connecting in time"):
+                await adapter.start()
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_a_dropped_gateway_resumes_and_replays_what_was_missed(
