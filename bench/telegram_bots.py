@@ -1,0 +1,220 @@
+"""The bots that bench.telegram_latency measures, each run in a process of its own.
+
+    python -m bench.telegram_bots VARIANT --base-url URL --token TOKEN --db PATH [--profile F]
+
+Variants:
+  stillhere          the real thing: TelegramAdapter + Runtime (SQLite file, offline model,
+                     bench.long_tools), exactly as `stillhere run` wires them.
+  stillhere-nolimit  the same with python-telegram-bot's flood limiter switched off (a
+                     benchmark-only patch), to separate our cost from the 30 messages/s cap.
+  echo               the library's floor: Application + MessageHandler replying with the text.
+  echo-limited       that echo bot behind the same rate limiter stillhere uses.
+
+The process prints "READY" once it polls, and stops cleanly when its stdin closes. A bot in
+its own process keeps the fake Bot API and the load generator off its CPU, as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from telegram import Update
+from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, MessageHandler, filters
+
+import adapters.telegram.adapter as telegram_adapter
+import bot.runtime as runtime_module
+from adapters.telegram import TelegramAdapter
+from adapters.telegram.transport import ChatActionExemptRateLimiter
+from bot.offline import FakeOpenAI
+from bot.presence import TypingKeeper
+from bot.runtime import Runtime
+from bot.settings import Settings
+from storage.database import create_engine
+
+VARIANTS = ("stillhere", "stillhere-nolimit", "echo", "echo-limited")
+OURS = ("stillhere", "stillhere-nolimit")
+# What-if switches for stillhere ("stillhere+onewriter+notyping"): each stands for a change
+# recommended to the core, so its effect is measured before anyone applies it.
+EXPERIMENTS = ("onewriter", "notyping")
+# The same as TelegramAdapter's, so echo-limited waits exactly as stillhere does.
+RATE_LIMIT_RETRIES = telegram_adapter.RATE_LIMIT_RETRIES
+POLL_TIMEOUT = 10
+
+
+def parse_variant(variant: str) -> tuple[str, frozenset[str]]:
+    """ "stillhere+onewriter" -> ("stillhere", {"onewriter"}); unknown names raise."""
+    base, *options = variant.split("+")
+    if base not in VARIANTS or (options and base not in OURS):
+        raise ValueError(f"unknown bot {base!r}; use one of {', '.join(VARIANTS)}")
+    unknown = set(options) - set(EXPERIMENTS)
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {sorted(unknown)}; use {', '.join(EXPERIMENTS)}")
+    return base, frozenset(options)
+
+
+def is_ours(variant: str) -> bool:
+    return parse_variant(variant)[0] in OURS
+
+
+def _unlimited(max_retries: int) -> AIORateLimiter:
+    """A limiter that only retries 429s: no 30/s overall cap, no 20/min group cap."""
+    return ChatActionExemptRateLimiter(
+        overall_max_rate=0, group_max_rate=0, max_retries=max_retries
+    )
+
+
+def _one_writer(url: str, **kwargs: Any) -> AsyncEngine:
+    """SQLite behind a pool of one connection: transactions queue in asyncio (FIFO, no
+    timeout) instead of in SQLite's busy handler (sleeps, then "database is locked")."""
+    if url.startswith("sqlite"):
+        kwargs.update(pool_size=1, max_overflow=0)
+    return create_engine(url, **kwargs)
+
+
+def _patch(target: object, name: str, value: object) -> None:
+    if not hasattr(target, name):
+        raise AttributeError(f"{target!r} has no {name}: the experiment is out of date")
+    setattr(target, name, value)
+
+
+def _no_typing(self: TypingKeeper, session_id: int, key: object, sink: object) -> None:
+    return None
+
+
+def _apply(base: str, experiments: frozenset[str]) -> None:
+    """Benchmark-only patches of this process's modules; nothing on disk changes."""
+    if base == "stillhere-nolimit":
+        _patch(telegram_adapter, "ChatActionExemptRateLimiter", _unlimited)
+    if "onewriter" in experiments:
+        _patch(runtime_module, "create_engine", _one_writer)
+    if "notyping" in experiments:
+        # Every measured session has a tool running, so this is "no typing during tools".
+        _patch(TypingKeeper, "start", _no_typing)
+
+
+@asynccontextmanager
+async def stillhere(
+    base_url: str, token: str, db: Path, base: str, experiments: frozenset[str]
+) -> AsyncIterator[None]:
+    _apply(base, experiments)
+    model = FakeOpenAI(record=False)
+    await model.start()
+    try:
+        settings = Settings(
+            _env_file=None,
+            database_url=f"sqlite+aiosqlite:///{db}",
+            openai_api_key="bench",
+            openai_base_url=model.base_url,
+            tool_modules=["bench.long_tools"],
+            telegram_bot_token=token,
+            telegram_base_url=base_url,
+            log_level="WARNING",
+        )
+        async with Runtime(settings) as runtime:
+            adapter = TelegramAdapter(settings, runtime.engine, poll_timeout=POLL_TIMEOUT)
+            await adapter.start()
+            try:
+                await runtime.engine.start()
+                yield
+            finally:
+                await adapter.stop()
+    finally:
+        await model.stop()
+
+
+async def _echo(update: Update, context: Any) -> None:
+    message = update.effective_message
+    if message is not None and message.text:
+        # Quoting makes the reply point at the message, as stillhere's replies do.
+        await message.reply_text(message.text, do_quote=True)
+
+
+@asynccontextmanager
+async def echo(base_url: str, token: str, limited: bool) -> AsyncIterator[None]:
+    builder: Any = ApplicationBuilder().token(token).base_url(base_url).job_queue(None)
+    # Concurrent like stillhere's per-chat processor (256 updates in flight), so the floor
+    # is the library at its fastest, not one reply at a time.
+    builder = builder.concurrent_updates(256)
+    if limited:
+        builder = builder.rate_limiter(ChatActionExemptRateLimiter(max_retries=RATE_LIMIT_RETRIES))
+    app: Application[Any, Any, Any, Any, Any, Any] = builder.build()
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, _echo))
+    async with app:
+        updater = app.updater
+        assert updater is not None
+        await updater.start_polling(timeout=POLL_TIMEOUT)
+        await app.start()
+        try:
+            yield
+        finally:
+            await updater.stop()
+            await app.stop()
+
+
+def bot_context(
+    variant: str, base_url: str, token: str, db: Path
+) -> AbstractAsyncContextManager[None]:
+    base, experiments = parse_variant(variant)
+    if base in OURS:
+        return stillhere(base_url, token, db, base, experiments)
+    return echo(base_url, token, limited=base == "echo-limited")
+
+
+async def _stdin() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def serve(variant: str, base_url: str, token: str, db: Path, profile: bool) -> str | None:
+    """Runs the bot until stdin closes. A "profile" line starts pyinstrument (in the loop's
+    thread, which is the one it samples), so only the measured phase is profiled; the
+    report is returned."""
+    profiler: Any = None
+    async with bot_context(variant, base_url, token, db):
+        commands = await _stdin()
+        print("READY", flush=True)
+        while line := await commands.readline():
+            if line.strip() == b"profile" and profile and profiler is None:
+                from pyinstrument import Profiler
+
+                # Not async-aware: every sample counts, whichever task the loop runs.
+                profiler = Profiler(interval=0.0005, async_mode="disabled")
+                profiler.start()
+        if profiler is None:
+            return None
+        profiler.stop()
+        text: str = profiler.output_text(unicode=True, show_all=False)
+        return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.telegram_bots")
+    parser.add_argument("variant", help=f"{', '.join(VARIANTS)}, stillhere+EXPERIMENT...")
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--db", type=Path, default=None)
+    parser.add_argument("--profile", type=Path, default=None, help="pyinstrument text report")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    db = args.db or Path(tempfile.gettempdir()) / "stillhere-bench.db"
+    report = asyncio.run(
+        serve(args.variant, args.base_url, args.token, db, args.profile is not None)
+    )
+    if report is not None and args.profile is not None:
+        args.profile.write_text(report, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
