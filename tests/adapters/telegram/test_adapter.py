@@ -68,12 +68,6 @@ def settings_for(tg: FakeTelegram, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
-@pytest.fixture
 def core() -> RecordingCore:
     return RecordingCore()
 

@@ -31,26 +31,23 @@ def request_text(request: dict[str, Any]) -> str:
     return "\n".join(str(m.get("content") or "") for m in request["messages"])
 
 
-@pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
 @asynccontextmanager
 async def running_bot(
-    tmp_path: Path, fake_openai: FakeOpenAI, tg: FakeTelegram
+    tmp_path: Path, fake_openai: FakeOpenAI, tg: FakeTelegram, **overrides: Any
 ) -> AsyncIterator[Runtime]:
-    settings = Settings(
-        _env_file=None,
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/t.db",
-        openai_api_key="test",
-        openai_base_url=fake_openai.base_url,
-        openai_max_retries=0,
-        tool_modules=["tests.support.slow_tools"],
-        telegram_bot_token=tg.token,
-        telegram_base_url=tg.base_url,
-    )
+    """The real core and Telegram adapter against both fakes; `overrides` are settings."""
+    values: dict[str, Any] = {
+        "_env_file": None,
+        "database_url": f"sqlite+aiosqlite:///{tmp_path}/t.db",
+        "openai_api_key": "test",
+        "openai_base_url": fake_openai.base_url,
+        "openai_max_retries": 0,
+        "tool_modules": ["tests.support.slow_tools"],
+        "telegram_bot_token": tg.token,
+        "telegram_base_url": tg.base_url,
+    }
+    values.update(overrides)
+    settings = Settings(**values)
     async with Runtime(settings) as runtime:
         adapter = TelegramAdapter(settings, runtime.engine, retry_delays=(0.01,), poll_timeout=1)
         await adapter.start()

@@ -11,13 +11,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from adapters.telegram import TelegramAdapter
 from bot import logs
 from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
-from bot.settings import Settings
+from tests.adapters.telegram.test_end_to_end import running_bot
 from tests.fakes.telegram_api import FakeTelegram, TgUser
 
 ANA = TgUser(1001, "Ana")
@@ -33,36 +30,19 @@ EVE = TgUser(1666, "Eve")
 GROUP = -100900
 
 
-@pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    async with FakeTelegram() as fake:
-        yield fake
-
-
 @asynccontextmanager
 async def bot(
     tmp_path: Path, fake_openai: FakeOpenAI, tg: FakeTelegram, **overrides: Any
 ) -> AsyncIterator[Runtime]:
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/t.db",
+    async with running_bot(
+        tmp_path,
+        fake_openai,
+        tg,
         openai_api_key="sk-telegram-test-SECRET-987654",
-        openai_base_url=fake_openai.base_url,
-        openai_max_retries=0,
-        telegram_bot_token=tg.token,
-        telegram_base_url=tg.base_url,
         telegram_group_mode="all",
         **overrides,
-    )
-    async with Runtime(settings) as runtime:
-        adapter = TelegramAdapter(settings, runtime.engine, retry_delays=(0.01,), poll_timeout=1)
-        await adapter.start()
-        try:
-            await runtime.engine.start()
-            yield runtime
-            await runtime.engine.wait_idle(timeout=10)
-        finally:
-            await adapter.stop()
+    ) as runtime:
+        yield runtime
 
 
 async def test_blocked_user_private_notice_group_silence(
