@@ -187,7 +187,8 @@ def to_event(
         reply_to_id=_reply_to_id(message),
         chat_title=_chat_title(message),
         unsupported=None if text else unsupported_kind(message),
-        is_admin=_is_admin(author),
+        # Server managers may run admin commands in their server (see CommandRequest), but
+        # only ADMIN_USERS bypass access lists and budgets or get admin-only tools.
         roles=_roles(author),
         guild_id=None if message.guild is None else str(message.guild.id),
     )
