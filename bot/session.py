@@ -358,6 +358,13 @@ class SessionActor:
         if info.archived:
             return
         engine.courier.kick(self.session_id)
+        calls = await store.open_tool_calls(self.session_id)
+        open_ids = {c.id for c in calls if not c.status.finished}
+        for task_id in [t for t in self._tool_tasks if t not in open_ids]:
+            # An operator gave this call its result (and maybe closed the round) while it
+            # still ran here: its task has nothing left to report.
+            self._cancel_outcome = self._cancel_outcome or CANCELLED_BY_OPERATOR
+            self._tool_tasks[task_id].cancel()
         if info.state == SessionState.IDLE:
             await self._start_turn()
             return
@@ -365,12 +372,6 @@ class SessionActor:
         if info.state == SessionState.LLM:
             self._spawn_llm(info)
             return
-        calls = await store.open_tool_calls(self.session_id)
-        open_ids = {c.id for c in calls if not c.status.finished}
-        for task_id in [t for t in self._tool_tasks if t not in open_ids]:
-            # An operator gave this call its result while it still ran here.
-            self._cancel_outcome = self._cancel_outcome or CANCELLED_BY_OPERATOR
-            self._tool_tasks[task_id].cancel()
         for call in calls:
             if call.status.finished or call.id in self._tool_tasks:
                 continue

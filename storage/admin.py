@@ -937,7 +937,7 @@ class AdminStore:
                     call.result = CANCELLED_BY_OPERATOR.result
                     call.finished_at = now
             await tx.flush()
-            await self.store._place_round(tx, session_id, message, round_calls)
+            await self.store.place_round(tx, session_id, message, round_calls)
             await tx.flush()
         if plan.new_state is not None:
             await tx.execute(

@@ -109,6 +109,7 @@ class MessageRow(Base):
     platform_message_id: Mapped[str | None] = mapped_column(String(128))
     # queued: waiting for a turn | deferred: arrived while tools ran | history: in the LLM
     # history | pending_calls: assistant tool_calls awaiting results | interim: instant reply
+    # | dropped: taken out of a corrupted history by an operator's repair (row kept)
     status: Mapped[str] = mapped_column(String(16))
     position: Mapped[int | None] = mapped_column(Integer)
     turn: Mapped[int] = mapped_column(Integer, default=0)

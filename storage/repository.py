@@ -527,10 +527,10 @@ class SqlStore:
                 return False
             if not await self._claim(tx, session_id, SessionState.TOOLS, SessionState.LLM):
                 return False
-            await self._place_round(tx, session_id, message, calls)
+            await self.place_round(tx, session_id, message, calls)
             return True
 
-    async def _place_round(
+    async def place_round(
         self, tx: Tx, session_id: int, message: MessageRow, calls: Sequence[ToolCallRow]
     ) -> None:
         # The whole block enters the history at once: the assistant message, one tool
@@ -587,7 +587,7 @@ class SqlStore:
                         .order_by(ToolCallRow.seq)
                     )
                 )
-                await self._place_round(tx, session_id, message, calls)
+                await self.place_round(tx, session_id, message, calls)
             position = await self._next_position(tx, session_id)
             queued = await tx.scalars(
                 select(MessageRow)
