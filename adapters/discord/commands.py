@@ -19,6 +19,7 @@ SLASH_COMMANDS: dict[CommandName, str] = {
     CommandName.STATUS: "Show what I am doing in this conversation",
     CommandName.RESET: "Forget this conversation and start over",
     CommandName.HELP: "How to talk to me",
+    CommandName.USAGE: "Your usage and limits",
 }
 
 Callback = Callable[[discord.Interaction[discord.Client]], Coroutine[Any, Any, None]]

@@ -21,6 +21,7 @@ TEXT_COMMANDS: Mapping[str, CommandName] = {
     "/status": CommandName.STATUS,
     "/reset": CommandName.RESET,
     "/help": CommandName.HELP,
+    "/usage": CommandName.USAGE,
 }
 
 # Joins, pins, thread notices and the like are Discord's own messages, not a person's.

@@ -39,6 +39,7 @@ _COMMANDS = (
     BotCommand("cancel", "Stop what I am working on"),
     BotCommand("status", "What I am doing right now"),
     BotCommand("reset", "Forget this conversation"),
+    BotCommand("usage", "Your usage and limits"),
 )
 _GROUP_COMMANDS = (*_COMMANDS, BotCommand("ask", "Ask me something: /ask <question>"))
 

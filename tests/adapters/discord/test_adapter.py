@@ -208,6 +208,7 @@ async def test_slash_commands_are_synced_and_answered_ephemerally(
             "status",
             "reset",
             "help",
+            "usage",
         }
         await fake.push_slash("cancel", fake.thread_id, fake.bob)
         await fake.push_slash("status", fake.dm_channel(fake.alice), fake.alice)

@@ -104,13 +104,14 @@ async def test_start_attaches_checks_identity_and_registers_commands(
     assert adapter.platform == "telegram" and adapter.typing_interval == 4.5
     assert tg.calls[0].method == "getMe"
     assert adapter.identity.username == "stillhere_bot"
-    assert tg.commands() == ["start", "help", "cancel", "status", "reset"]
+    assert tg.commands() == ["start", "help", "cancel", "status", "reset", "usage"]
     assert tg.commands({"type": "all_group_chats"}) == [
         "start",
         "help",
         "cancel",
         "status",
         "reset",
+        "usage",
         "ask",
     ]
     await tg.wait_for(lambda: bool(tg.calls_to("getUpdates")))
