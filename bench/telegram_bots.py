@@ -7,6 +7,7 @@ Variants:
                      bench.long_tools), exactly as `stillhere run` wires them.
   stillhere-nolimit  the same with python-telegram-bot's flood limiter switched off (a
                      benchmark-only patch), to separate our cost from the 30 messages/s cap.
+  stillhere+X+Y      stillhere with what-if experiments applied (bench.experiments).
   echo               the library's floor: Application + MessageHandler replying with the text.
   echo-limited       that echo bot behind the same rate limiter stillhere uses.
 
@@ -26,86 +27,43 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
 from telegram import Update
-from telegram.ext import AIORateLimiter, Application, ApplicationBuilder, MessageHandler, filters
+from telegram.ext import Application, ApplicationBuilder, MessageHandler, filters
 
 import adapters.telegram.adapter as telegram_adapter
-import bot.runtime as runtime_module
 from adapters.telegram import TelegramAdapter
 from adapters.telegram.transport import ChatActionExemptRateLimiter
+from bench import experiments
 from bot.offline import FakeOpenAI
-from bot.presence import TypingKeeper
 from bot.runtime import Runtime
 from bot.settings import Settings
-from storage.database import create_engine
 
 VARIANTS = ("stillhere", "stillhere-nolimit", "echo", "echo-limited")
 OURS = ("stillhere", "stillhere-nolimit")
-# What-if switches for stillhere ("stillhere+onewriter+notyping"): each stands for a change
-# recommended to the core, so its effect is measured before anyone applies it.
-EXPERIMENTS = ("onewriter", "notyping")
 # The same as TelegramAdapter's, so echo-limited waits exactly as stillhere does.
 RATE_LIMIT_RETRIES = telegram_adapter.RATE_LIMIT_RETRIES
 POLL_TIMEOUT = 10
 
 
 def parse_variant(variant: str) -> tuple[str, frozenset[str]]:
-    """ "stillhere+onewriter" -> ("stillhere", {"onewriter"}); unknown names raise."""
+    """ "stillhere+onewriter" -> ("stillhere", {"onewriter"}) (see bench.experiments)."""
     base, *options = variant.split("+")
     if base not in VARIANTS or (options and base not in OURS):
         raise ValueError(f"unknown bot {base!r}; use one of {', '.join(VARIANTS)}")
-    unknown = set(options) - set(EXPERIMENTS)
-    if unknown:
-        raise ValueError(f"unknown experiment(s) {sorted(unknown)}; use {', '.join(EXPERIMENTS)}")
-    return base, frozenset(options)
+    chosen = experiments.check(options)
+    if base == "stillhere-nolimit":
+        chosen |= {"nolimit"}
+    return base, chosen
 
 
 def is_ours(variant: str) -> bool:
     return parse_variant(variant)[0] in OURS
 
 
-def _unlimited(max_retries: int) -> AIORateLimiter:
-    """A limiter that only retries 429s: no 30/s overall cap, no 20/min group cap."""
-    return ChatActionExemptRateLimiter(
-        overall_max_rate=0, group_max_rate=0, max_retries=max_retries
-    )
-
-
-def _one_writer(url: str, **kwargs: Any) -> AsyncEngine:
-    """SQLite behind a pool of one connection: transactions queue in asyncio (FIFO, no
-    timeout) instead of in SQLite's busy handler (sleeps, then "database is locked")."""
-    if url.startswith("sqlite"):
-        kwargs.update(pool_size=1, max_overflow=0)
-    return create_engine(url, **kwargs)
-
-
-def _patch(target: object, name: str, value: object) -> None:
-    if not hasattr(target, name):
-        raise AttributeError(f"{target!r} has no {name}: the experiment is out of date")
-    setattr(target, name, value)
-
-
-def _no_typing(self: TypingKeeper, session_id: int, key: object, sink: object) -> None:
-    return None
-
-
-def _apply(base: str, experiments: frozenset[str]) -> None:
-    """Benchmark-only patches of this process's modules; nothing on disk changes."""
-    if base == "stillhere-nolimit":
-        _patch(telegram_adapter, "ChatActionExemptRateLimiter", _unlimited)
-    if "onewriter" in experiments:
-        _patch(runtime_module, "create_engine", _one_writer)
-    if "notyping" in experiments:
-        # Every measured session has a tool running, so this is "no typing during tools".
-        _patch(TypingKeeper, "start", _no_typing)
-
-
 @asynccontextmanager
 async def stillhere(
-    base_url: str, token: str, db: Path, base: str, experiments: frozenset[str]
+    base_url: str, token: str, db: Path, switches: frozenset[str]
 ) -> AsyncIterator[None]:
-    _apply(base, experiments)
     model = FakeOpenAI(record=False)
     await model.start()
     try:
@@ -119,14 +77,15 @@ async def stillhere(
             telegram_base_url=base_url,
             log_level="WARNING",
         )
-        async with Runtime(settings) as runtime:
-            adapter = TelegramAdapter(settings, runtime.engine, poll_timeout=POLL_TIMEOUT)
-            await adapter.start()
-            try:
-                await runtime.engine.start()
-                yield
-            finally:
-                await adapter.stop()
+        with experiments.applied(switches):
+            async with Runtime(settings) as runtime:
+                adapter = TelegramAdapter(settings, runtime.engine, poll_timeout=POLL_TIMEOUT)
+                await adapter.start()
+                try:
+                    await runtime.engine.start()
+                    yield
+                finally:
+                    await adapter.stop()
     finally:
         await model.stop()
 
@@ -163,9 +122,9 @@ async def echo(base_url: str, token: str, limited: bool) -> AsyncIterator[None]:
 def bot_context(
     variant: str, base_url: str, token: str, db: Path
 ) -> AbstractAsyncContextManager[None]:
-    base, experiments = parse_variant(variant)
+    base, switches = parse_variant(variant)
     if base in OURS:
-        return stillhere(base_url, token, db, base, experiments)
+        return stillhere(base_url, token, db, switches)
     return echo(base_url, token, limited=base == "echo-limited")
 
 
