@@ -73,13 +73,18 @@ CoreFactory = Callable[..., AbstractAsyncContextManager[tuple[Runtime, MemoryAda
 def make_core(database_url: str, fake_openai: FakeOpenAI) -> CoreFactory:
     """`async with make_core(**setting_overrides) as (runtime, chat):` a started core."""
 
-    @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[tuple[Runtime, MemoryAdapter]]:
-        settings = core_settings(database_url, fake_openai, **overrides)
-        async with Runtime(settings) as runtime:
-            chat = MemoryAdapter(runtime.engine)
-            await chat.start()
-            await runtime.engine.start()
-            yield runtime, chat
+    def factory(**overrides: Any) -> AbstractAsyncContextManager[tuple[Runtime, MemoryAdapter]]:
+        return started_core(core_settings(database_url, fake_openai, **overrides))
 
     return factory
+
+
+@asynccontextmanager
+async def started_core(settings: Settings) -> AsyncIterator[tuple[Runtime, MemoryAdapter]]:
+    """A running core with the in-memory adapter attached; stopped (not drained) on exit,
+    as a deploy would stop it."""
+    async with Runtime(settings) as runtime:
+        chat = MemoryAdapter(runtime.engine)
+        await chat.start()
+        await runtime.engine.start()
+        yield runtime, chat

@@ -8,14 +8,13 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
-from adapters.memory import MemoryAdapter
 from bot.events import DeliveryError, ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
 from bot.prompt import to_openai
 from bot.runtime import Runtime
 from storage.models import OutboxRow, ToolCallRow
-from tests.conftest import core_settings
+from tests.conftest import core_settings, started_core
 from tests.support import slow_tools
 
 
@@ -31,19 +30,13 @@ async def test_restart_reruns_safe_tools_and_interrupts_the_others(
     settings = core_settings(database_url, fake_openai)
     monkeypatch.setattr(slow_tools, "_slow_once_calls", 0)
     fake_openai.script_tool_calls([("get_current_time", {}), ("slow_once", {})])
-    async with Runtime(settings) as first:
-        chat = MemoryAdapter(first.engine)
-        await chat.start()
-        await first.engine.start()
+    async with started_core(settings) as (_first, chat):
         await chat.say("do two things")
         await chat.wait_for(1)
         await chat.say("¿Sigues ahí?")  # deferred before the "crash"
         await chat.wait_for(2)
     # The first core stopped with both tools running; nothing recorded their end.
-    async with Runtime(settings) as second:
-        chat2 = MemoryAdapter(second.engine)
-        await chat2.start()
-        await second.engine.start()
+    async with started_core(settings) as (second, chat2):
         sent = await chat2.wait_for(1)
         await second.engine.wait_idle()
         calls = await _tool_calls(second)
@@ -72,23 +65,16 @@ async def test_undelivered_reply_is_sent_once_after_restart(
     database_url: str, fake_openai: FakeOpenAI
 ) -> None:
     settings = core_settings(database_url, fake_openai)
-    async with Runtime(settings) as first:
+    async with started_core(settings) as (first, chat):
         first.engine.courier.base_backoff = 30  # the retry would come after the "crash"
-        chat = MemoryAdapter(first.engine)
         chat.fail_next = [DeliveryError("network down")]
-        await chat.start()
-        await first.engine.start()
         await chat.say("hello")
         async with first.engine.store._tx() as tx:  # type: ignore[attr-defined]
             while not list(await tx.scalars(select(OutboxRow).where(OutboxRow.attempts > 0))):
                 await tx.rollback()
-
                 await asyncio.sleep(0.02)
     assert chat.sent == []
-    async with Runtime(settings) as second:
-        chat2 = MemoryAdapter(second.engine)
-        await chat2.start()
-        await second.engine.start()
+    async with started_core(settings) as (second, chat2):
         sent = await chat2.wait_for(1)
         await second.engine.wait_idle()
     assert len(sent) == 1 and sent[0].message.kind is ReplyKind.ANSWER
@@ -100,17 +86,11 @@ async def test_message_stored_but_not_handled_is_handled_after_restart(
 ) -> None:
     settings = core_settings(database_url, fake_openai)
     fake_openai.script_delay(30)  # the model never answers before the "crash"
-    async with Runtime(settings) as first:
-        chat = MemoryAdapter(first.engine)
-        await chat.start()
-        await first.engine.start()
+    async with started_core(settings) as (_first, chat):
         await chat.say("are you awake?")
         while not [r for r in fake_openai.requests if "messages" in r]:
             await asyncio.sleep(0.02)
-    async with Runtime(settings) as second:
-        chat2 = MemoryAdapter(second.engine)
-        await chat2.start()
-        await second.engine.start()
+    async with started_core(settings) as (second, chat2):
         sent = await chat2.wait_for(1)
         await second.engine.wait_idle()
     assert [s.message.kind for s in sent] == [ReplyKind.ANSWER]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from bot.prompt import to_openai
 from storage.database import create_engine
 from storage.repository import SqlStore
 from tests.fakes.telegram_api import FakeTelegram, TgUser
-from tests.support.process import bot_environment, read_until, start_bot
+from tests.support.process import bot_environment, read_until, run_bot, start_bot
 
 ANA = TgUser(1001, "Ana")
 
@@ -69,16 +68,7 @@ def test_sigkill_while_a_tool_runs_then_restart(tmp_path: Path) -> None:
             bot.kill()
     assert bot.returncode == -9
 
-    again = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run"],
-        cwd=tmp_path,
-        env=env,
-        input="",
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=60,
-    )
+    again = run_bot(tmp_path, env)
     assert again.returncode == 0, again.stderr
     replies = [line for line in again.stdout.splitlines() if line.startswith("bot> ")]
     assert len(replies) == 1, again.stdout

@@ -29,6 +29,20 @@ def bot_environment(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_bot(cwd: Path, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`stillhere run` to the end of its piped input (and of the work it started)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run"],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=60,
+    )
+
+
 def start_bot(cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "bot.cli", "run"],

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.process import bot_environment
+from tests.support.process import bot_environment, run_bot
 
 
 def test_console_run_offline_with_piped_stdin(tmp_path: Path) -> None:
     env = bot_environment(
         f"sqlite+aiosqlite:///{tmp_path}/data/bot.db", STILLHERE_TEST_TOOL_DELAY="1.0"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run"],
-        cwd=tmp_path,
-        env=env,
-        input="Dame la hora actual\n¿Sigues ahí?\n",
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=60,
-    )
+    result = run_bot(tmp_path, env, "Dame la hora actual\n¿Sigues ahí?\n")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "OFFLINE DEMO MODEL" in out
@@ -37,16 +26,7 @@ def test_console_run_offline_with_piped_stdin(tmp_path: Path) -> None:
 
 def test_console_commands(tmp_path: Path) -> None:
     env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run"],
-        cwd=tmp_path,
-        env=env,
-        input="/status\n/reset\n/cancel\n/help\nhello\n",
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=60,
-    )
+    result = run_bot(tmp_path, env, "/status\n/reset\n/cancel\n/help\nhello\n")
     assert result.returncode == 0, result.stderr
     replies = [line for line in result.stdout.splitlines() if line.startswith("bot> ")]
     assert replies[0] == "bot> Nothing is running right now."
@@ -60,14 +40,7 @@ def test_platform_token_without_key_is_a_clear_start_error(tmp_path: Path) -> No
     env = bot_environment(
         f"sqlite+aiosqlite:///{tmp_path}/bot.db", TELEGRAM_BOT_TOKEN="123456:" + "A" * 35
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_bot(tmp_path, env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "stillhere: setting OPENAI_API_KEY: required to answer on telegram "
