@@ -1,0 +1,72 @@
+"""The request check before every call: a broken stored history is logged as a bug,
+counted, and repaired, never sent as it is."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bot.history import validate
+from bot.prompt import PromptStats, build_request, collapse_user_runs
+from bot.store import HistoryEntry
+
+CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+
+def test_a_broken_history_is_repaired_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    entries = [
+        HistoryEntry("user", "Dame la hora actual", "Ana"),
+        HistoryEntry("assistant", None, tool_calls=[CALL]),
+        HistoryEntry("user", "¿Sigues ahí?", "Ana"),  # the classic bug: no tool reply
+    ]
+    stats = PromptStats()
+    with caplog.at_level(logging.ERROR, logger="bot.prompt"):
+        messages = build_request(
+            system_prompt="s",
+            entries=entries,
+            name_authors=True,
+            note=None,
+            budget_tokens=10_000,
+            max_user_run=10,
+            stats=stats,
+            session_label="session-7",
+        )
+    assert validate(messages) == []
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "user"]
+    assert stats.repaired_requests == 1
+    assert stats.violations == ["session-7: missing_tool_response at 2"]
+    assert "invalid history (bug): missing_tool_response" in caplog.text
+
+
+def test_a_valid_history_goes_out_unchanged_with_names_and_note() -> None:
+    entries = [HistoryEntry("user", "hola", "Ana"), HistoryEntry("assistant", "¡Hola!")]
+    stats = PromptStats()
+    messages = build_request(
+        system_prompt="s",
+        entries=entries,
+        name_authors=True,
+        note="already said: x",
+        budget_tokens=10_000,
+        max_user_run=10,
+        stats=stats,
+        session_label="session-1",
+    )
+    assert messages == [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "Ana: hola"},
+        {"role": "assistant", "content": "¡Hola!"},
+        {"role": "system", "content": "already said: x"},
+    ]
+    assert stats.repaired_requests == 0
+
+
+def test_collapse_keeps_short_runs_and_summarizes_long_ones() -> None:
+    run = [{"role": "user", "content": str(i)} for i in range(5)]
+    assert collapse_user_runs(run, 5) == run
+    collapsed = collapse_user_runs(run, 3)
+    assert [m["content"] for m in collapsed] == [
+        "[3 earlier messages, in short] 0 · 1 · 2",
+        "3",
+        "4",
+    ]
