@@ -28,7 +28,7 @@ from bot.settings import GroupMode, Settings
 from bot.store import SessionState, Store, ToolCallInfo
 from bot.tasks import TaskSet
 from bot.tools.registry import Registry
-from bot.tools.runner import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER, ToolRunner
+from bot.tools.runner import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER, ToolOutcome, ToolRunner
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,7 @@ class Engine:
         if not self._addressed(message):
             return SubmitOutcome.IGNORED
         language = detect_language(message.text, default="en") if message.text else "en"
-        if (
-            not message.is_admin
-            and self.access
-            and self.access.is_admin(message.conversation.platform, message.user_id)
-        ):
+        if self._is_admin(message.conversation.platform, message.user_id, message.is_admin):
             message = replace(message, is_admin=True)
         for gate in self.gates:
             verdict = await gate.check(message)
@@ -180,7 +176,7 @@ class Engine:
             case CommandName.CANCEL:
                 count = 0
                 if session_id is not None:
-                    count = await self._ask(session_id, Cancel, CANCELLED_BY_USER)
+                    count = await self.cancel_tools(session_id, CANCELLED_BY_USER)
                 if not count:
                     return self.book.phrase("cancel_idle", language)
                 return self.book.phrase("cancel_done", language, count=count)
@@ -222,9 +218,10 @@ class Engine:
             running.append(RunningTool(label=label, seconds=seconds_since(call.started_at)))
         return running
 
-    async def _ask(self, session_id: int, kind: type[Cancel], outcome: object) -> int:
+    async def cancel_tools(self, session_id: int, outcome: ToolOutcome) -> int:
+        """Cancels the session's running tools; returns how many were running."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._actor(session_id).post(kind(outcome, done))  # type: ignore[arg-type]
+        self._actor(session_id).post(Cancel(outcome, done))
         return await done
 
     async def reset(self, session_id: int) -> None:
@@ -284,7 +281,7 @@ class Engine:
 
     async def _apply_control(self, session_id: int, action: str) -> str:
         if action == "cancel":
-            count = await self._ask(session_id, Cancel, CANCELLED_BY_OPERATOR)
+            count = await self.cancel_tools(session_id, CANCELLED_BY_OPERATOR)
             return f"cancelled {count} running tool call(s)"
         if action == "recover":
             self._actor(session_id).post(Recover())
