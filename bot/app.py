@@ -27,7 +27,7 @@ stillhere — console chat on the OFFLINE DEMO MODEL (rule-based, no AI).
 It answers plainly, tells the time ("what time is it?" / "dame la hora") and runs a slow
 demo tool ("wait 10 seconds"): write again while it runs to see the instant reply.
 Commands: /status /cancel /reset /help. For a real model set OPENAI_API_KEY (and
-OPENAI_BASE_URL for another OpenAI-compatible server) in .env.
+OPENAI_BASE_URL for another OpenAI-compatible server) in .env. LOG_FILE=path keeps the logs.
 """
 
 CONSOLE_BANNER = "stillhere — console chat. Commands: /status /cancel /reset /help."

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -68,7 +69,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"stillhere: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.secrets())
+    level = settings.log_level
+    if (
+        args.command == "run"
+        and not settings.log_file
+        and settings.enabled_platforms() == ["console"]
+        and sys.stdin.isatty()
+        and logging.getLevelName(level) < logging.WARNING
+    ):
+        # A person is chatting in this terminal: event lines would bury the conversation.
+        level = "WARNING"
+    logs.configure(level, settings.secrets(), file=settings.log_file)
     try:
         if args.command == "run":
             from bot.app import run

@@ -5,9 +5,21 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 
 CONTEXT_FIELDS = ("session", "platform", "chat", "turn", "tool", "outbox", "kind")
 MASK = "***"
+NOISY_LOGGERS = (
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "telegram",
+    "discord",
+    "aiosqlite",
+    "openai",
+    "aiohttp.access",
+)
 
 
 class SecretMask(logging.Filter):
@@ -44,8 +56,16 @@ class LineFormatter(logging.Formatter):
         return f"{head} {context}" + (f"\n{tail}" if tail else "")
 
 
-def configure(level: str, secrets: Iterable[str], stream: object = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+def configure(
+    level: str, secrets: Iterable[str], stream: object = None, file: str | None = None
+) -> None:
+    """Logs to `file` when given, else to `stream` (stderr by default)."""
+    handler: logging.Handler
+    if file:
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretMask(secrets))
     root = logging.getLogger()
@@ -53,6 +73,7 @@ def configure(level: str, secrets: Iterable[str], stream: object = None) -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # Client libraries log request URLs, and Telegram's carry the bot token.
-    for noisy in ("httpx", "httpcore", "telegram", "discord", "aiosqlite", "openai"):
+    # Client libraries log request URLs (Telegram's carry the bot token) and every request
+    # to the offline model; their warnings are enough.
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))

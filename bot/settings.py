@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR")
+    log_file: str | None = Field(
+        None,
+        description="Log to this file; empty = stderr (a console chat shows warnings only)",
+    )
 
     @field_validator(
         "platforms",
