@@ -8,13 +8,17 @@ the smoke tests run it in-process with `--size tiny` and a temporary `--out`.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import math
 import os
 import platform
 import statistics
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -212,3 +216,57 @@ async def drop_postgres_database(server_url: str, name: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+# --- waiting and errors ----------------------------------------------------------------------
+
+
+async def wait_progress(
+    count: Callable[[], int], target: int, *, stall: float, budget: float
+) -> tuple[int, float]:
+    """Polls `count()` until it reaches `target`, stops moving for `stall` seconds, or
+    `budget` runs out. Returns the last count and when (perf_counter) it last moved, so a
+    stuck run reports how far it got and how long that took, not the time spent waiting."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    last, moved_at, moved_perf = count(), started, time.perf_counter()
+    while last < target:
+        now = loop.time()
+        if now - moved_at > stall or now - started > budget:
+            break
+        await asyncio.sleep(0.01)
+        current = count()
+        if current != last:
+            last, moved_at, moved_perf = current, loop.time(), time.perf_counter()
+    return last, moved_perf
+
+
+class ErrorCount(logging.Handler):
+    """Counts ERROR records (e.g. "database is locked"), keeping the first few messages."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+        self.samples: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.samples) < 5:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text += f": {type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+            self.samples.append(text[:300])
+
+    def figures(self) -> JSON:
+        return {"errors_logged": self.count, "error_samples": self.samples}
+
+
+@contextmanager
+def counting_errors() -> Iterator[ErrorCount]:
+    handler = ErrorCount()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)

@@ -1,0 +1,359 @@
+"""Thousands of sessions with a tool running each: memory, instant replies, recovery.
+
+On the real core (SQLite file, the offline model through the openai SDK, the in-process
+adapter with Telegram's typing interval), with bench.long_tools loaded through the
+tool_modules setting:
+
+  memory     N sessions each start "wait 3600 seconds" (in batches, so no transient peak
+             inflates the figure); resident memory per session is the RSS delta over N,
+             and tracemalloc's delta per session over the last sessions added.
+  instant    messages to random busy sessions at a steady rate: submit -> the adapter's
+             send of the instant reply, p50/p95/p99, with only a few sessions running
+             (baseline, measured first) and with all N running.
+  recovery   the runtime stops with every tool running; a new Runtime opens the same file
+             and `engine.start()` recovers every session: the time until the model got
+             every session's call after its interrupted tool (the tool is not rerun-safe,
+             so it is closed "interrupted by a restart"), and until every answer was sent.
+
+Goals: < 20 KiB per session, recovery < 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import random
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bench import experiments
+from bench.common import (
+    JSON,
+    counting_errors,
+    latency_summary,
+    make_parser,
+    ratio,
+    rss_bytes,
+    table,
+    wait_progress,
+    write_result,
+)
+from bench.long_tools import START_TEXT
+from bench.memory_chat import TimedChat
+from bench.store_calls import counted
+from bot.events import ReplyKind
+from bot.offline import FakeOpenAI
+from bot.runtime import Runtime
+from bot.settings import Settings
+
+NAME = "scale"
+KIB_GOAL = 20.0
+RECOVERY_GOAL = 10.0
+INSTANT_TEXTS = ("¿Sigues ahí?", "Hola", "are you there?", "ok", "¿Qué tal?")
+WAIT_PER_SESSION = 0.05  # generous drain budget: seconds per session, plus a minute
+# No progress for this long: the rest is stuck, stop waiting. Long, because recovering
+# sessions advance in lockstep and the first may finish only when the last does.
+STALL_SECONDS = 90.0
+
+
+@dataclass(frozen=True)
+class Size:
+    sessions: int
+    baseline_sessions: int
+    traced_sessions: int
+    instant_messages: int
+    instant_rate: float
+    batch: int
+
+
+SIZES = {
+    "tiny": Size(20, 5, 10, 10, 50.0, 10),
+    "small": Size(1000, 20, 200, 200, 50.0, 200),
+    "full": Size(10_000, 20, 1000, 500, 50.0, 250),
+}
+
+
+class CountingModel(FakeOpenAI):
+    """The offline model, counting the calls that carry a tool result (no request kept)."""
+
+    def __init__(self) -> None:
+        super().__init__(record=False)
+        self.after_tool = 0
+
+    async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body: Any = json.loads(await request.text())
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and any(
+            isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages", ())
+        ):
+            self.after_tool += 1
+        return await super()._chat_completions(request)
+
+
+def _settings(db: Path, model: FakeOpenAI) -> Settings:
+    return Settings(
+        _env_file=None,
+        database_url=f"sqlite+aiosqlite:///{db}",
+        openai_api_key="bench",
+        openai_base_url=model.base_url,
+        openai_max_retries=0,
+        tool_modules=["bench.long_tools"],
+    )
+
+
+def _drain_budget(count: int) -> float:
+    return 60.0 + count * WAIT_PER_SESSION
+
+
+async def start_tools(chat: TimedChat, first: int, count: int, batch: int) -> None:
+    """Sessions first..first+count-1 each start the long tool; waits for every notice."""
+    for start in range(first, first + count, batch):
+        chats = range(start, min(start + batch, first + count))
+        expected = len(chat.sent) + len(chats)
+        for index in chats:
+            await chat.say(START_TEXT, chat=f"chat-{index}", user=f"user-{index}")
+        await chat.wait_for(expected, timeout=_drain_budget(len(chats)))
+
+
+async def instant_latencies(
+    chat: TimedChat, sessions: int, count: int, rate: float, tag: str
+) -> list[float]:
+    """Messages to random busy sessions at `rate`; seconds from submit to the reply."""
+    rng = random.Random(count * 7919 + sessions)
+    asked: dict[str, float] = {}
+    for number in range(count):
+        index = rng.randrange(sessions)
+        message_id = f"{tag}-{number}"
+        asked[message_id] = time.perf_counter()
+        await chat.say(
+            INSTANT_TEXTS[number % len(INSTANT_TEXTS)],
+            chat=f"chat-{index}",
+            user=f"user-{index}",
+            message_id=message_id,
+        )
+        await asyncio.sleep(1 / rate)
+    deadline = time.perf_counter() + _drain_budget(count)
+    while any(m not in chat.replied_at for m in asked) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    return [chat.replied_at[m] - t for m, t in asked.items() if m in chat.replied_at]
+
+
+def _settle() -> int:
+    gc.collect()
+    return rss_bytes()
+
+
+async def measure(size: Size, db: Path) -> JSON:
+    figures: JSON = {}
+    total = size.baseline_sessions + size.sessions + size.traced_sessions
+    model = CountingModel()
+    async with model, Runtime(_settings(db, model)) as runtime:
+        chat = TimedChat(runtime.engine)
+        await chat.start()
+        await runtime.engine.start()
+
+        await start_tools(chat, 0, size.baseline_sessions, size.batch)
+        baseline = await instant_latencies(
+            chat, size.baseline_sessions, size.instant_messages, size.instant_rate, "base"
+        )
+        rss_before = _settle()
+        started = time.perf_counter()
+        await start_tools(chat, size.baseline_sessions, size.sessions, size.batch)
+        figures["setup_seconds"] = round(time.perf_counter() - started, 2)
+        await asyncio.sleep(1.0)  # let the last deliveries and typing tasks settle
+        rss_after = _settle()
+        busy = size.baseline_sessions + size.sessions
+
+        tracemalloc.start()
+        traced_before = tracemalloc.get_traced_memory()[0]
+        await start_tools(chat, busy, size.traced_sessions, size.batch)
+        await asyncio.sleep(0.5)
+        gc.collect()
+        traced_after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+
+        loaded = await instant_latencies(
+            chat, busy + size.traced_sessions, size.instant_messages, size.instant_rate, "load"
+        )
+        running = sum(1 for s in range(total) if chat.per_chat[f"chat-{s}"] >= 1)
+        figures["memory"] = {
+            "sessions": size.sessions,
+            "rss_delta_mib": round((rss_after - rss_before) / 2**20, 1),
+            "rss_kib_per_session": round((rss_after - rss_before) / 1024 / size.sessions, 2),
+            "traced_sessions": size.traced_sessions,
+            "tracemalloc_kib_per_session": round(
+                (traced_after - traced_before) / 1024 / size.traced_sessions, 2
+            ),
+            "goal_kib": KIB_GOAL,
+        }
+        figures["instant"] = {
+            "baseline_sessions": size.baseline_sessions,
+            "busy_sessions": busy + size.traced_sessions,
+            "messages": size.instant_messages,
+            "rate_per_second": size.instant_rate,
+            "baseline": latency_summary(baseline),
+            "loaded": latency_summary(loaded),
+            "answered": len(baseline) + len(loaded),
+            "asked": 2 * size.instant_messages,
+        }
+        figures["sessions_with_tool_running"] = running
+        figures["typing_calls"] = chat.typings
+        interims = chat.kinds[ReplyKind.INTERIM]
+        figures["instant"]["instant_replies"] = interims
+    figures["recovery"] = await recover(db, total)
+    return figures
+
+
+async def recover(db: Path, sessions: int) -> JSON:
+    """A new runtime on the stopped bot's file: how long until every session moved on."""
+    model = CountingModel()
+    async with model:
+        opened = time.perf_counter()
+        async with Runtime(_settings(db, model)) as runtime:
+            chat = TimedChat(runtime.engine)
+            await chat.start()
+            started = time.perf_counter()
+            with counted() as calls:
+                await runtime.engine.start()
+                start_returned = time.perf_counter()
+                budget = _drain_budget(sessions)
+                reached, reached_at = await wait_progress(
+                    lambda: model.after_tool, sessions, stall=STALL_SECONDS, budget=budget
+                )
+                answers, answered_at = await wait_progress(
+                    lambda: chat.kinds[ReplyKind.ANSWER],
+                    sessions,
+                    stall=STALL_SECONDS,
+                    budget=budget,
+                )
+            return {
+                "sessions": sessions,
+                "runtime_open_seconds": round(started - opened, 3),
+                "engine_start_returned_seconds": round(start_returned - started, 3),
+                # None when some session never got there (see reached_llm / answers_sent).
+                "all_reached_llm_seconds": _elapsed(reached == sessions, started, reached_at),
+                "all_answered_seconds": _elapsed(answers == sessions, started, answered_at),
+                "reached_llm": reached,
+                "answers_sent": answers,
+                "goal_seconds": RECOVERY_GOAL,
+                "store_calls": calls.per_message(sessions),
+            }
+
+
+def _elapsed(complete: bool, started: float, finished: float) -> float | None:
+    return round(finished - started, 3) if complete else None
+
+
+def verdicts(figures: JSON) -> JSON:
+    memory, recovery = figures["memory"], figures["recovery"]
+    return {
+        "memory_goal_met": memory["rss_kib_per_session"] < KIB_GOAL
+        and memory["tracemalloc_kib_per_session"] < KIB_GOAL,
+        "recovery_goal_met": recovery["all_reached_llm_seconds"] is not None
+        and recovery["all_reached_llm_seconds"] < RECOVERY_GOAL,
+        "instant_p99_ratio_loaded_to_baseline": ratio(
+            figures["instant"]["loaded"]["p99_ms"], figures["instant"]["baseline"]["p99_ms"]
+        ),
+        "all_answered": figures["instant"]["answered"] == figures["instant"]["asked"]
+        and recovery["answers_sent"] == recovery["sessions"],
+    }
+
+
+def _or_count(seconds: float | None, count: int) -> object:
+    return seconds if seconds is not None else f"only {count:,} got there"
+
+
+def report(figures: JSON) -> str:
+    memory, instant, recovery = figures["memory"], figures["instant"], figures["recovery"]
+    checks = figures["verdicts"]
+    rows: list[Sequence[Any]] = [
+        ("sessions with a tool running", memory["sessions"], "", ""),
+        ("setup (s)", figures["setup_seconds"], "", ""),
+        ("RSS per session (KiB)", memory["rss_kib_per_session"], f"< {KIB_GOAL}", ""),
+        (
+            f"tracemalloc per session (KiB, last {memory['traced_sessions']})",
+            memory["tracemalloc_kib_per_session"],
+            f"< {KIB_GOAL}",
+            "met" if checks["memory_goal_met"] else "MISSED",
+        ),
+        (
+            f"instant reply p50/p99 ms, {instant['baseline_sessions']} busy sessions",
+            f"{instant['baseline']['p50_ms']} / {instant['baseline']['p99_ms']}",
+            "",
+            "",
+        ),
+        (
+            f"instant reply p50/p99 ms, {instant['busy_sessions']} busy sessions",
+            f"{instant['loaded']['p50_ms']} / {instant['loaded']['p99_ms']}",
+            "",
+            f"p99 x{checks['instant_p99_ratio_loaded_to_baseline']}",
+        ),
+        ("recovery: Runtime opened (s)", recovery["runtime_open_seconds"], "", ""),
+        (
+            f"recovery: all {recovery['sessions']} sessions at the LLM call (s)",
+            _or_count(recovery["all_reached_llm_seconds"], recovery["reached_llm"]),
+            f"< {RECOVERY_GOAL}",
+            "met" if checks["recovery_goal_met"] else "MISSED",
+        ),
+        (
+            "recovery: all answers sent (s)",
+            _or_count(recovery["all_answered_seconds"], recovery["answers_sent"]),
+            "",
+            "",
+        ),
+        (
+            "every message answered",
+            "yes" if checks["all_answered"] else "NO",
+            "",
+            "",
+        ),
+        ("errors logged", figures["errors_logged"], "0", ""),
+    ]
+    return table("Scale (SQLite file)", ("figure", "value", "goal", "verdict"), rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser(NAME, __doc__ or NAME)
+    parser.add_argument(
+        "--experiment",
+        dest="experiments",
+        choices=experiments.EXPERIMENTS,
+        nargs="+",
+        default=[],
+        help="run with these what-if changes to the core (bench.experiments)",
+    )
+    parser.add_argument(
+        "--sessions", type=int, default=None, help="override the size's session count"
+    )
+    args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    if args.sessions:
+        size = replace(size, sessions=args.sessions)
+    with (
+        tempfile.TemporaryDirectory(prefix="stillhere-bench-") as tmp,
+        counting_errors() as errors,
+        experiments.applied(args.experiments),
+    ):
+        figures = asyncio.run(measure(size, Path(tmp) / "scale.db"))
+    figures.update(errors.figures())
+    figures["experiments"] = sorted(args.experiments)
+    figures["verdicts"] = verdicts(figures)
+    print(report(figures))
+    path = write_result(NAME, args.size, args.out, {"setup": vars(size), **figures})
+    print(f"\nwritten {path}")
+    return 0 if figures["verdicts"]["all_answered"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
