@@ -12,6 +12,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, create_model
@@ -39,7 +40,9 @@ class ToolSpec:
     def label(self, language: str) -> str:
         return self.labels.get(language) or self.labels.get("en") or self.name.replace("_", " ")
 
+    @cached_property
     def openai_schema(self) -> dict[str, Any]:
+        """Built once: it is sent with every LLM call."""
         parameters = self.arguments.model_json_schema()
         parameters.pop("title", None)
         for prop in parameters.get("properties", {}).values():
@@ -164,7 +167,7 @@ class Registry:
 
     def openai_tools(self, *, include_admin: bool) -> list[dict[str, Any]]:
         return [
-            spec.openai_schema()
+            spec.openai_schema
             for spec in self._specs.values()
             if include_admin or not spec.admin_only
         ]
