@@ -66,7 +66,8 @@ class Size:
 
 
 SIZES = {
-    "tiny": Size(chats=(3,), rounds=2, trials=1, paced=4),
+    # tiny is the smoke test's: every part runs once, as little as possible.
+    "tiny": Size(chats=(2,), rounds=1, trials=1, paced=2, variants=("stillhere", "echo")),
     "small": Size(chats=(10, 100), rounds=3, trials=2, paced=30),
     "full": Size(chats=(10, 100, 1000), rounds=3, trials=2, paced=50),
 }
