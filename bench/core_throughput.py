@@ -33,6 +33,7 @@ from sqlalchemy import insert
 from bench import experiments
 from bench.common import (
     JSON,
+    counting_errors,
     cpu_seconds,
     drop_postgres_database,
     fresh_postgres_database,
@@ -121,9 +122,11 @@ async def run_stillhere(url: str, size: Size) -> tuple[int, float]:
             async def talk(index: int, count: int) -> None:
                 chat_id = f"chat-{index}"
                 texts = itertools.cycle(TEXTS)
-                for sent in range(count):
-                    await chat.say(next(texts), chat=chat_id, user=f"user-{index}")
-                    await chat.wait_chat(chat_id, sent + 1, ANSWER_TIMEOUT)
+                taken = 0
+                for _ in range(count):
+                    if await chat.submit(next(texts), chat=chat_id, user=f"user-{index}"):
+                        taken += 1
+                        await chat.wait_chat(chat_id, taken, ANSWER_TIMEOUT)
 
             started = time.perf_counter()
             await asyncio.gather(*(talk(i, n) for i, n in enumerate(_per_chat(size))))
@@ -414,9 +417,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     size = SIZES[args.size]
-    runs, notes = asyncio.run(measure(size, systems(args.experiments)))
-    summary = summarize(runs)
-    calls = asyncio.run(breakdown(size))
+    with counting_errors() as errors:
+        runs, notes = asyncio.run(measure(size, systems(args.experiments)))
+        summary = summarize(runs)
+        calls = asyncio.run(breakdown(size))
+    if errors.count:
+        notes.append(f"{errors.count} errors logged, e.g. {errors.samples[0]}")
     print(report(summary, notes))
     print()
     print(report_breakdown(calls))
@@ -429,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "summary": summary,
             "notes": notes,
             "storage_breakdown": calls,
+            **errors.figures(),
             "runs": [
                 {
                     **vars(r),

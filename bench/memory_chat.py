@@ -8,12 +8,15 @@ tests' 50 ms, which at thousands of busy sessions would measure the typing loop,
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 
 from adapters.memory import MemoryAdapter
 from bot.core_api import ChatCore
 from bot.events import ConversationKey, OutgoingMessage, ReplyKind
+
+log = logging.getLogger(__name__)
 
 TELEGRAM_TYPING_INTERVAL = 4.5
 
@@ -25,6 +28,7 @@ class TimedChat(MemoryAdapter):
         self.per_chat: Counter[str] = Counter()
         self.kinds: Counter[ReplyKind] = Counter()
         self.typings = 0
+        self.refused: list[str] = []
         self._chat_changed = asyncio.Condition()
 
     @property
@@ -45,6 +49,19 @@ class TimedChat(MemoryAdapter):
     async def typing(self, conversation: ConversationKey) -> None:
         # Counted, not kept: 10,000 sessions would otherwise grow a list for the whole run.
         self.typings += 1
+
+    async def submit(
+        self, text: str, *, chat: str, user: str, message_id: str | None = None
+    ) -> bool:
+        """`say()`, except that a submit that raises is counted (and logged) instead of
+        ending the benchmark: an adapter would drop that message, and so it is reported."""
+        try:
+            await self.say(text, chat=chat, user=user, message_id=message_id)
+        except Exception as exc:
+            self.refused.append(f"{type(exc).__name__}: {exc}"[:300])
+            log.error("submit failed in %s: %s", chat, self.refused[-1])
+            return False
+        return True
 
     async def wait_chat(self, chat: str, count: int, timeout: float) -> None:
         """Until `chat` has received at least `count` replies."""

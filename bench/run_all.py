@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 
 from bench import core_throughput, llm_calls, scale, telegram_latency
@@ -29,7 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, run in BENCHMARKS.items():
         print(f"\n=== {name} (--size {args.size}) ===", flush=True)
         started = time.perf_counter()
-        status = run(["--size", args.size, "--out", str(args.out)])
+        try:
+            status = run(["--size", args.size, "--out", str(args.out)])
+        except Exception:
+            # One broken benchmark must not hide the others' figures.
+            traceback.print_exc()
+            status = 2
         print(f"=== {name}: exit {status} after {time.perf_counter() - started:.0f} s ===")
         if status != 0:
             failed.append(name)
