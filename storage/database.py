@@ -33,6 +33,14 @@ def ensure_sqlite_directory(url: str) -> None:
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     ensure_sqlite_directory(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        # SQLite has one writer at a time. With several pooled connections, a transaction
+        # that read before writing fails at once with "database is locked" when another
+        # commits first (its busy handler cannot help there). One connection per process
+        # makes transactions queue in asyncio instead, which is also faster.
+        kwargs.setdefault("pool_size", 1)
+        kwargs.setdefault("max_overflow", 0)
+        kwargs.setdefault("pool_timeout", 600)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.process import bot_environment, run_bot
+from tests.support.process import bot_environment, read_until, run_bot, start_bot
 
 
 def test_console_run_offline_with_piped_stdin(tmp_path: Path) -> None:
     env = bot_environment(
         f"sqlite+aiosqlite:///{tmp_path}/data/bot.db", STILLHERE_TEST_TOOL_DELAY="1.0"
     )
-    result = run_bot(tmp_path, env, "Dame la hora actual\n¿Sigues ahí?\n")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    bot = start_bot(tmp_path, env)
+    try:
+        assert bot.stdin is not None and bot.stdout is not None
+        bot.stdin.write("Dame la hora actual\n")
+        bot.stdin.flush()
+        banner_and_working = read_until(bot.stdout, "bot> ")  # the tool runs now
+        bot.stdin.write("¿Sigues ahí?\n")
+        bot.stdin.close()  # end of input: the bot finishes what it started, then exits
+        rest = bot.stdout.read()  # until the bot exits (its log output is a few KB)
+        assert bot.stderr is not None
+        errors = bot.stderr.read()
+        bot.wait(timeout=60)
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+    assert bot.returncode == 0, errors
+    out = "\n".join(banner_and_working) + "\n" + rest
     assert "OFFLINE DEMO MODEL" in out
     replies = [line for line in out.splitlines() if line.startswith("bot> ")]
     # working line, the instant status reply (Spanish, counting the tool), the final answer
@@ -21,7 +35,7 @@ def test_console_run_offline_with_piped_stdin(tmp_path: Path) -> None:
     assert "1 herramienta" in replies[1] and "consultar la hora" in replies[1]
     assert "Son las" in replies[2] and "¿Sigues ahí?" in replies[2]
     assert (tmp_path / "data" / "bot.db").exists()
-    assert "rejected" not in result.stderr
+    assert "rejected" not in errors
 
 
 def test_console_commands(tmp_path: Path) -> None:
