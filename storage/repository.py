@@ -478,17 +478,20 @@ class SqlStore:
         )
         return found
 
+    async def _round_calls(self, tx: Tx, message: MessageRow) -> list[ToolCallRow]:
+        rows = await tx.scalars(
+            select(ToolCallRow)
+            .where(ToolCallRow.message_id == message.id)
+            .order_by(ToolCallRow.seq)
+        )
+        return list(rows)
+
     async def open_tool_calls(self, session_id: int) -> list[ToolCallInfo]:
         async with self._tx() as tx:
             message = await self._open_round(tx, session_id)
             if message is None:
                 return []
-            rows = await tx.scalars(
-                select(ToolCallRow)
-                .where(ToolCallRow.message_id == message.id)
-                .order_by(ToolCallRow.seq)
-            )
-            return [_tool_info(r) for r in rows]
+            return [_tool_info(r) for r in await self._round_calls(tx, message)]
 
     async def mark_tool_running(self, tool_call_id: int) -> None:
         async with self._tx() as tx, tx.begin():
@@ -516,13 +519,7 @@ class SqlStore:
             message = await self._open_round(tx, session_id)
             if message is None:
                 return False
-            calls = list(
-                await tx.scalars(
-                    select(ToolCallRow)
-                    .where(ToolCallRow.message_id == message.id)
-                    .order_by(ToolCallRow.seq)
-                )
-            )
+            calls = await self._round_calls(tx, message)
             if any(c.status in UNFINISHED for c in calls):
                 return False
             if not await self._claim(tx, session_id, SessionState.TOOLS, SessionState.LLM):
@@ -580,13 +577,7 @@ class SqlStore:
                         finished_at=now(),
                     )
                 )
-                calls = list(
-                    await tx.scalars(
-                        select(ToolCallRow)
-                        .where(ToolCallRow.message_id == message.id)
-                        .order_by(ToolCallRow.seq)
-                    )
-                )
+                calls = await self._round_calls(tx, message)
                 await self.place_round(tx, session_id, message, calls)
             position = await self._next_position(tx, session_id)
             queued = await tx.scalars(
