@@ -57,7 +57,7 @@ class Runtime:
             max_retries=settings.openai_max_retries,
         )
         registry = default_registry(settings.tool_modules)
-        gates = build_gates(settings, store)
+        access = AccessGate.from_settings(settings)
         self._engine = Engine(
             store=store,
             llm=self.llm,
@@ -65,8 +65,8 @@ class Runtime:
             runner=ToolRunner(registry, settings.tool_timeout_seconds),
             book=ReplyBook.load(),
             config=EngineConfig.from_settings(settings),
-            gates=gates,
-            access=next(g for g in gates if isinstance(g, AccessGate)),
+            gates=build_gates(settings, store, access),
+            access=access,
         )
         return self
 

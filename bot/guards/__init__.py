@@ -13,12 +13,8 @@ from bot.policies import Gate
 from bot.settings import Settings
 
 
-def build_gates(settings: Settings, ledger: UsageLedger) -> list[Gate]:
-    return [
-        AccessGate.from_settings(settings),
-        RateGate.from_settings(settings),
-        BudgetGate.from_settings(settings, ledger),
-    ]
+def build_gates(settings: Settings, ledger: UsageLedger, access: AccessGate) -> list[Gate]:
+    return [access, RateGate.from_settings(settings), BudgetGate.from_settings(settings, ledger)]
 
 
 __all__ = ["AccessGate", "BudgetGate", "RateGate", "UsageLedger", "build_gates"]
