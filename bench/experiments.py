@@ -4,24 +4,29 @@ edits the core. Nothing on disk changes; `applied()` restores everything on exit
 
   nolimit      python-telegram-bot's flood limiter without its 30/s and 20/min caps (not a
                recommendation: it separates our own cost from Telegram's published limit).
-  onewriter    SQLite behind a pool of one connection: transactions queue in asyncio (FIFO,
-               no timeout) instead of in SQLite's busy handler, which sleeps and then fails
-               with "database is locked" (storage/database.py: create_engine).
   notyping     no typing indicator while tools run (bot/presence.py, bot/session.py); every
                measured session has a tool running, so this is simply "no typing".
   sdkbypass    the openai SDK's request transform skipped (bot/llm.py: post the body we
                already built as plain JSON; the transform walks every history message).
-  schemacache  tool schemas built once, not on every LLM call (bot/tools/registry.py).
+  recoverwaves at most RECOVER_AT_ONCE sessions run their recovery step at a time
+               (bot/engine.py: start), so sessions finish one wave after another instead of
+               all of them advancing in lockstep through one connection.
+
+Two earlier switches were applied to the core by the lead and are gone from here: one
+SQLite connection per process (storage/database.py, was "onewriter") and tool schemas built
+once (bot/tools/registry.py, was "schemacache"); RESULTS.md has their before/after figures.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-EXPERIMENTS = ("nolimit", "onewriter", "notyping", "sdkbypass", "schemacache")
+EXPERIMENTS = ("nolimit", "notyping", "sdkbypass", "recoverwaves")
+RECOVER_AT_ONCE = 32
 
 
 def check(names: Iterable[str]) -> frozenset[str]:
@@ -40,14 +45,6 @@ def _unlimited(max_retries: int) -> Any:
     )
 
 
-def _one_writer(url: str, **kwargs: Any) -> Any:
-    from storage.database import create_engine
-
-    if url.startswith("sqlite"):
-        kwargs.update(pool_size=1, max_overflow=0)
-    return create_engine(url, **kwargs)
-
-
 def _no_typing(self: object, session_id: int, key: object, sink: object) -> None:
     return None
 
@@ -62,17 +59,18 @@ async def _as_is(data: object, expected_type: object) -> object:
     return data
 
 
-def _cached_tools(original: Any) -> Any:
-    cache: dict[tuple[int, bool], list[dict[str, Any]]] = {}
+def _in_waves(original: Any) -> Any:
+    gates: dict[int, asyncio.Semaphore] = {}
 
     @functools.wraps(original)
-    def openai_tools(self: Any, *, include_admin: bool) -> list[dict[str, Any]]:
-        key = (id(self), include_admin)
-        if key not in cache:
-            cache[key] = original(self, include_admin=include_admin)
-        return cache[key]
+    async def on_recover(self: Any) -> None:
+        # One semaphore per event loop: tests and benchmarks run several loops in turn.
+        loop = id(asyncio.get_running_loop())
+        gate = gates.setdefault(loop, asyncio.Semaphore(RECOVER_AT_ONCE))
+        async with gate:
+            await original(self)
 
-    return openai_tools
+    return on_recover
 
 
 def _targets(name: str) -> list[tuple[object, str, object]]:
@@ -81,10 +79,6 @@ def _targets(name: str) -> list[tuple[object, str, object]]:
         import adapters.telegram.adapter as telegram_adapter
 
         return [(telegram_adapter, "ChatActionExemptRateLimiter", _unlimited)]
-    if name == "onewriter":
-        import bot.runtime
-
-        return [(bot.runtime, "create_engine", _one_writer)]
     if name == "notyping":
         from bot.presence import TypingKeeper
 
@@ -93,10 +87,10 @@ def _targets(name: str) -> list[tuple[object, str, object]]:
         import openai.resources.chat.completions.completions as completions
 
         return [(completions, "async_maybe_transform", _as_is)]
-    if name == "schemacache":
-        from bot.tools.registry import Registry
+    if name == "recoverwaves":
+        from bot.session import SessionActor
 
-        return [(Registry, "openai_tools", _cached_tools(Registry.openai_tools))]
+        return [(SessionActor, "_on_recover", _in_waves(SessionActor._on_recover))]
     raise ValueError(f"unknown experiment {name!r}")
 
 

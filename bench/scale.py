@@ -88,6 +88,7 @@ class CountingModel(FakeOpenAI):
     def __init__(self) -> None:
         super().__init__(record=False)
         self.after_tool = 0
+        self.after_tool_at: list[float] = []
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -98,6 +99,7 @@ class CountingModel(FakeOpenAI):
             isinstance(m, dict) and m.get("role") == "tool" for m in body.get("messages", ())
         ):
             self.after_tool += 1
+            self.after_tool_at.append(time.perf_counter())
         return await super()._chat_completions(request)
 
 
@@ -154,12 +156,28 @@ async def instant_latencies(
     return [chat.replied_at[m] - t for m, t in asked.items() if m in chat.replied_at]
 
 
+def _top_growth(
+    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, sessions: int
+) -> list[JSON]:
+    """Where the traced sessions' memory was allocated: the lines that grew most."""
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    stats = after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "lineno")
+    return [
+        {
+            "where": f"{stat.traceback[0].filename.split('site-packages/')[-1]}"
+            f":{stat.traceback[0].lineno}",
+            "kib_per_session": round(stat.size_diff / 1024 / sessions, 2),
+        }
+        for stat in stats[:12]
+    ]
+
+
 def _settle() -> int:
     gc.collect()
     return rss_bytes()
 
 
-async def measure(size: Size, db: Path) -> JSON:
+async def measure(size: Size, db: Path, profile: bool = False) -> JSON:
     figures: JSON = {}
     total = size.baseline_sessions + size.sessions + size.traced_sessions
     model = CountingModel()
@@ -182,10 +200,12 @@ async def measure(size: Size, db: Path) -> JSON:
 
         tracemalloc.start()
         traced_before = tracemalloc.get_traced_memory()[0]
+        snapshot_before = tracemalloc.take_snapshot()
         await start_tools(chat, busy, size.traced_sessions, size.batch)
         await asyncio.sleep(0.5)
         gc.collect()
         traced_after = tracemalloc.get_traced_memory()[0]
+        growth = _top_growth(snapshot_before, tracemalloc.take_snapshot(), size.traced_sessions)
         tracemalloc.stop()
 
         with counted() as instant_calls:
@@ -202,6 +222,7 @@ async def measure(size: Size, db: Path) -> JSON:
                 (traced_after - traced_before) / 1024 / size.traced_sessions, 2
             ),
             "goal_kib": KIB_GOAL,
+            "tracemalloc_top_lines": growth,
         }
         figures["instant"] = {
             "baseline_sessions": size.baseline_sessions,
@@ -220,11 +241,11 @@ async def measure(size: Size, db: Path) -> JSON:
         figures["instant"]["instant_replies"] = interims
         figures["instant"]["store_calls"] = instant_calls.per_message(size.instant_messages)
     # Sessions whose start was refused (see submits_refused) have nothing to recover.
-    figures["recovery"] = await recover(db, figures["sessions_with_tool_running"])
+    figures["recovery"] = await recover(db, figures["sessions_with_tool_running"], profile)
     return figures
 
 
-async def recover(db: Path, sessions: int) -> JSON:
+async def recover(db: Path, sessions: int, profile: bool = False) -> JSON:
     """A new runtime on the stopped bot's file: how long until every session moved on."""
     model = CountingModel()
     async with model:
@@ -233,6 +254,7 @@ async def recover(db: Path, sessions: int) -> JSON:
             chat = TimedChat(runtime.engine)
             await chat.start()
             started = time.perf_counter()
+            profiler = _profiler() if profile else None
             with counted() as calls:
                 await runtime.engine.start()
                 start_returned = time.perf_counter()
@@ -246,10 +268,15 @@ async def recover(db: Path, sessions: int) -> JSON:
                     stall=STALL_SECONDS,
                     budget=budget,
                 )
+            report = None
+            if profiler is not None:
+                profiler.stop()
+                report = profiler.output_text(unicode=True, show_all=False)
             return {
                 "sessions": sessions,
                 "runtime_open_seconds": round(started - opened, 3),
                 "engine_start_returned_seconds": round(start_returned - started, 3),
+                "half_reached_llm_seconds": _half(model.after_tool_at, sessions, started),
                 # None when some session never got there (see reached_llm / answers_sent).
                 "all_reached_llm_seconds": _elapsed(reached == sessions, started, reached_at),
                 "all_answered_seconds": _elapsed(answers == sessions, started, answered_at),
@@ -257,7 +284,23 @@ async def recover(db: Path, sessions: int) -> JSON:
                 "answers_sent": answers,
                 "goal_seconds": RECOVERY_GOAL,
                 "store_calls": calls.per_message(sessions),
+                "profile": report,
             }
+
+
+def _profiler() -> Any:
+    """pyinstrument, sampling every task the loop runs (not async-aware on purpose)."""
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.001, async_mode="disabled")
+    profiler.start()
+    return profiler
+
+
+def _half(moments: Sequence[float], sessions: int, started: float) -> float | None:
+    """When half of the sessions had reached the LLM call: lockstep shows up here."""
+    middle = (sessions + 1) // 2
+    return round(sorted(moments)[middle - 1] - started, 3) if len(moments) >= middle else None
 
 
 def _elapsed(complete: bool, started: float, finished: float) -> float | None:
@@ -311,6 +354,12 @@ def report(figures: JSON) -> str:
         ),
         ("recovery: Runtime opened (s)", recovery["runtime_open_seconds"], "", ""),
         (
+            "recovery: half of them at the LLM call (s)",
+            _or_count(recovery["half_reached_llm_seconds"], recovery["reached_llm"]),
+            "",
+            "",
+        ),
+        (
             f"recovery: all {recovery['sessions']} sessions at the LLM call (s)",
             _or_count(recovery["all_reached_llm_seconds"], recovery["reached_llm"]),
             f"< {RECOVERY_GOAL}",
@@ -346,6 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--sessions", type=int, default=None, help="override the size's session count"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the recovery (pyinstrument); report in <out>/scale.recovery.profile.txt",
+    )
     args = parser.parse_args(argv)
     size = SIZES[args.size]
     if args.sessions:
@@ -355,12 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         counting_errors() as errors,
         experiments.applied(args.experiments),
     ):
-        figures = asyncio.run(measure(size, Path(tmp) / "scale.db"))
+        figures = asyncio.run(measure(size, Path(tmp) / "scale.db", args.profile))
     figures.update(errors.figures())
     figures["experiments"] = sorted(args.experiments)
     figures["verdicts"] = verdicts(figures)
     print(report(figures))
+    profile = figures["recovery"].pop("profile")
     path = write_result(NAME, args.size, args.out, {"setup": vars(size), **figures})
+    if profile is not None:
+        profile_path = args.out / f"{NAME}.recovery.profile.txt"
+        profile_path.write_text(profile, encoding="utf-8")
+        print(f"profile: {profile_path}")
     print(f"\nwritten {path}")
     return 0 if figures["verdicts"]["all_answered"] else 1
 

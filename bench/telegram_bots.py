@@ -46,7 +46,7 @@ POLL_TIMEOUT = 10
 
 
 def parse_variant(variant: str) -> tuple[str, frozenset[str]]:
-    """ "stillhere+onewriter" -> ("stillhere", {"onewriter"}) (see bench.experiments)."""
+    """stillhere+notyping -> ("stillhere", {"notyping"}) (see bench.experiments)."""
     base, *options = variant.split("+")
     if base not in VARIANTS or (options and base not in OURS):
         raise ValueError(f"unknown bot {base!r}; use one of {', '.join(VARIANTS)}")

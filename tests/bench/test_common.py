@@ -28,7 +28,7 @@ def test_unknown_experiments_and_bots_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown experiment"):
         experiments.check(["turbo"])
     with pytest.raises(ValueError, match="unknown bot"):
-        parse_variant("echo+onewriter")
+        parse_variant("echo+notyping")
     with pytest.raises(ValueError, match="unknown experiment"):
         parse_variant("stillhere+turbo")
     assert parse_variant("stillhere-nolimit+notyping") == (
