@@ -93,6 +93,8 @@ class Engine:
         self.typing = TypingKeeper()
         self.prompt_stats = PromptStats()
         self._actors: dict[int, SessionActor] = {}
+        # Consecutive failed steps per session, kept here because actors come and go.
+        self.step_failures: dict[int, int] = {}
         self._sinks: dict[str, ReplySink] = {}
         self._control_task: asyncio.Task[None] | None = None
 
@@ -236,6 +238,16 @@ class Engine:
         if actor is None:
             actor = self._actors[session_id] = SessionActor(self, session_id)
         return actor
+
+    def recover_later(self, session_id: int, delay: float) -> None:
+        """Posts Recover after `delay` to whichever actor then owns the session (the one
+        that asked may have retired meanwhile)."""
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            self._actor(session_id).post(Recover())
+
+        self.tasks.spawn(later(), f"recover-later-{session_id}")
 
     def retire(self, actor: SessionActor) -> None:
         if self._actors.get(actor.session_id) is actor:

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RERUNS_AFTER_RESTART = 3
+MAX_STEP_RETRIES = 5
+STEP_RETRY_SECONDS = 2.0
 MAX_CALL_ID = 40
 
 
@@ -125,6 +127,7 @@ class SessionActor:
                 event = await self._mailbox.get()
                 try:
                     await self._handle(event)
+                    self.engine.step_failures.pop(self.session_id, None)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -135,8 +138,24 @@ class SessionActor:
                     )
                     if isinstance(event, Cancel | Reset) and not event.done.done():
                         event.done.set_exception(RuntimeError("the session could not do it"))
+                    self._retry_later()
         finally:
             self._loop_task = None
+
+    def _retry_later(self) -> None:
+        """A failed step (database busy or down) is not the end of the conversation: look
+        at the stored state again after a pause, a few times, as a restart would."""
+        failures = self.engine.step_failures.get(self.session_id, 0) + 1
+        self.engine.step_failures[self.session_id] = failures
+        if failures > MAX_STEP_RETRIES:
+            log.error(
+                "session gave up after %d failed steps; `stillhere admin repair` resumes it",
+                failures - 1,
+                extra={"session": self.label},
+            )
+            self.engine.step_failures.pop(self.session_id, None)
+            return
+        self.engine.recover_later(self.session_id, STEP_RETRY_SECONDS * failures)
 
     async def stop(self) -> None:
         """Shutdown: work in flight is abandoned, not finished; recovery resumes it."""

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+POOL_TIMEOUT_SECONDS = 600
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -40,7 +41,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         # makes transactions queue in asyncio instead, which is also faster.
         kwargs.setdefault("pool_size", 1)
         kwargs.setdefault("max_overflow", 0)
-        kwargs.setdefault("pool_timeout", 600)
+    # A burst (thousands of sessions recovering after a restart) must queue for a
+    # connection, not fail after SQLAlchemy's default 30 s wait.
+    kwargs.setdefault("pool_timeout", POOL_TIMEOUT_SECONDS)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -91,3 +91,28 @@ async def test_invalid_tool_arguments_reach_the_model_as_a_validation_error(
     tool_message = chat_requests(fake_openai)[1]["messages"][-1]  # type: ignore[index]
     assert tool_message["role"] == "tool"
     assert "invalid arguments" in tool_message["content"]
+
+
+async def test_a_failed_storage_step_is_retried_and_the_message_answered(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot import session
+
+    monkeypatch.setattr(session, "STEP_RETRY_SECONDS", 0.05)
+    async with make_core() as (runtime, chat):
+        store = runtime.engine.store
+        real_begin_turn = store.begin_turn
+        failures = iter([ConnectionError("database went away"), None])
+
+        async def flaky_begin_turn(session_id: int) -> object:
+            error = next(failures, None)
+            if error is not None:
+                raise error
+            return await real_begin_turn(session_id)
+
+        monkeypatch.setattr(store, "begin_turn", flaky_begin_turn)
+        await chat.say("hello after a hiccup")
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert sent[0].message.kind is ReplyKind.ANSWER
+    assert "hello after a hiccup" in sent[0].message.text
