@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from bot.interim.classify import InterimKind, classify
-from bot.interim.replies import RunningTool
 from bot.llm import Completion, LLMError, ToolCallRequest
 from bot.prompt import build_request
 from bot.store import PlannedCall, SessionInfo, SessionState, ToolCallInfo
@@ -338,21 +337,15 @@ class SessionActor:
             task.cancel()
         return len(self._tool_tasks)
 
-    async def running_tools(self, info: SessionInfo) -> list[RunningTool]:
-        calls = await self.engine.store.open_tool_calls(self.session_id)
-        return self.engine.describe_running(calls, info.language)
-
     async def _defer_queued(self, info: SessionInfo) -> None:
         engine = self.engine
         queued = await engine.store.queued_messages(self.session_id)
         if not queued:
             return
-        running = await self.running_tools(info)
+        context = await engine.store.interim_context(self.session_id, info.turn)
+        running = engine.describe_running(context.calls, info.language)
         # Oldest first, newest last: the picker needs to know which text was sent last.
-        avoid = await engine.store.turn_interims(self.session_id, info.turn)
-        last = await engine.store.last_interim(self.session_id)
-        if last:
-            avoid.append(last)
+        avoid = list(context.recent_replies)
         wants_cancel = False
         for message in queued:
             kind = classify(message.text, info.language)

@@ -72,6 +72,15 @@ class ToolCallInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class InterimContext:
+    """What an instant reply needs, read in one go: the round's calls, and the instant
+    replies this session got recently (oldest first, the very last one last)."""
+
+    calls: list[ToolCallInfo]
+    recent_replies: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedCall:
     request: ToolCallRequest
     timeout_seconds: float
@@ -124,7 +133,7 @@ class Store(Protocol):
 
     async def turn_interims(self, session_id: int, turn: int) -> list[str]: ...
 
-    async def last_interim(self, session_id: int) -> str | None: ...
+    async def interim_context(self, session_id: int, turn: int) -> InterimContext: ...
 
     async def record_answer(self, session_id: int, text: str, usage: Usage) -> int:
         """llm -> idle with the answer in the history and in the outbox."""

@@ -23,6 +23,7 @@ from bot.llm import Usage
 from bot.store import (
     Control,
     HistoryEntry,
+    InterimContext,
     OutboxItem,
     PlannedCall,
     QueuedMessage,
@@ -43,6 +44,8 @@ from storage.models import (
 )
 
 UNFINISHED = (ToolStatus.PENDING.value, ToolStatus.RUNNING.value)
+# Instant replies looked at to avoid repeats: more than one turn's worth in practice.
+RECENT_INTERIMS = 20
 
 
 def now() -> datetime:
@@ -292,6 +295,22 @@ class SqlStore:
                 for r in rows
             ]
 
+    async def interim_context(self, session_id: int, turn: int) -> InterimContext:
+        async with self._tx() as tx:
+            message = await self._open_round(tx, session_id)
+            calls = [] if message is None else await self._round_calls(tx, message)
+            interims = await tx.execute(
+                select(MessageRow.turn, MessageRow.content)
+                .where(MessageRow.session_id == session_id, MessageRow.status == "interim")
+                .order_by(MessageRow.id.desc())
+                .limit(RECENT_INTERIMS)
+            )
+            newest_first = list(interims)
+            recent = [text or "" for row_turn, text in reversed(newest_first) if row_turn == turn]
+            if newest_first and (not recent or newest_first[0][1] != recent[-1]):
+                recent.append(newest_first[0][1] or "")  # the last one, even from a past turn
+            return InterimContext([_tool_info(c) for c in calls], recent)
+
     async def turn_interims(self, session_id: int, turn: int) -> list[str]:
         async with self._tx() as tx:
             rows = await tx.scalars(
@@ -304,16 +323,6 @@ class SqlStore:
                 .order_by(MessageRow.id)
             )
             return [r or "" for r in rows]
-
-    async def last_interim(self, session_id: int) -> str | None:
-        async with self._tx() as tx:
-            found: str | None = await tx.scalar(
-                select(MessageRow.content)
-                .where(MessageRow.session_id == session_id, MessageRow.status == "interim")
-                .order_by(MessageRow.id.desc())
-                .limit(1)
-            )
-            return found
 
     def _llm_call(
         self, session: SessionRow, usage: Usage | None, error: str | None = None
