@@ -224,15 +224,18 @@ async def drop_postgres_database(server_url: str, name: str) -> None:
 async def wait_progress(
     count: Callable[[], int], target: int, *, stall: float, budget: float
 ) -> tuple[int, float]:
-    """Polls `count()` until it reaches `target`, stops moving for `stall` seconds, or
-    `budget` runs out. Returns the last count and when (perf_counter) it last moved, so a
-    stuck run reports how far it got and how long that took, not the time spent waiting."""
+    """Polls `count()` until it reaches `target`, stops moving for `stall` seconds once it
+    has moved, or `budget` runs out. Returns the last count and when (perf_counter) it last
+    moved, so a stuck run reports how far it got and how long that took, not the time spent
+    waiting. Before the first move only the budget counts: work that advances in lockstep
+    may show nothing for a long while, then everything at once."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    last, moved_at, moved_perf = count(), started, time.perf_counter()
+    first = last = count()
+    moved_at, moved_perf = started, time.perf_counter()
     while last < target:
         now = loop.time()
-        if now - moved_at > stall or now - started > budget:
+        if (last != first and now - moved_at > stall) or now - started > budget:
             break
         await asyncio.sleep(0.01)
         current = count()

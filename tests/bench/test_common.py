@@ -81,3 +81,16 @@ async def test_wait_progress_gives_up_when_nothing_moves() -> None:
     reached, _ = await wait_progress(lambda: counter[0], 10, stall=0.1, budget=5.0)
     await task
     assert reached == 3
+
+
+async def test_wait_progress_waits_out_a_slow_start_within_the_budget() -> None:
+    counter = [0]
+
+    async def late() -> None:
+        await asyncio.sleep(0.2)
+        counter[0] = 2
+
+    task = asyncio.create_task(late())
+    reached, _ = await wait_progress(lambda: counter[0], 2, stall=0.05, budget=5.0)
+    await task
+    assert reached == 2
