@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 from bot.events import DeliveryError, OutgoingMessage, ReplySink
 from bot.store import OutboxItem, Store
@@ -44,19 +45,24 @@ class Courier:
     def busy(self) -> bool:
         return bool(self._running)
 
-    def kick(self, session_id: int) -> None:
-        """Something was added to this session's outbox: deliver it soon."""
+    def kick(self, session_id: int, ready: Sequence[OutboxItem] = ()) -> None:
+        """Something was added to this session's outbox: deliver it soon. `ready` are rows
+        the writer already claimed for this worker with nothing older waiting: they are
+        sent without reading the outbox first."""
         if session_id in self._running:
+            # The running drain reads the outbox again when it is done, rows claimed for
+            # this worker included.
             self._again.add(session_id)
             return
-        task = self._tasks.spawn(self._drain(session_id), f"session-{session_id}")
+        task = self._tasks.spawn(self._drain(session_id, ready), f"session-{session_id}")
         self._running[session_id] = task
 
-    async def _drain(self, session_id: int) -> None:
+    async def _drain(self, session_id: int, ready: Sequence[OutboxItem]) -> None:
         try:
             while True:
                 self._again.discard(session_id)
-                for item in await self.store.undelivered(session_id):
+                items, ready = ready or await self.store.undelivered(session_id), ()
+                for item in items:
                     if self._closing.is_set() or not await self._deliver(item):
                         return
                 if session_id not in self._again:
@@ -79,8 +85,11 @@ class Courier:
             reply_to_user_id=item.reply_to_user_id,
         )
         attempts = item.attempts
+        claimed = item.claimed
         while True:
-            if not await self.store.claim_delivery(item.id, self.worker, CLAIM_LEASE_SECONDS):
+            if not claimed and not await self.store.claim_delivery(
+                item.id, self.worker, CLAIM_LEASE_SECONDS
+            ):
                 # Another worker is sending this session's replies; it sends the later
                 # ones too (or, if it died, the sweep retries once its lease ends).
                 return False
@@ -99,6 +108,7 @@ class Courier:
                 )
                 return True
             attempts += 1
+            claimed = False  # a failed send releases the claim
             give_up = permanent or attempts >= MAX_ATTEMPTS
             await self.store.mark_delivery_failed(item.id, error, permanent=permanent)
             log.warning(

@@ -19,10 +19,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from bot.courier import CLAIM_LEASE_SECONDS
 from bot.interim.classify import InterimKind, classify
 from bot.llm import Completion, LLMError, ToolCallRequest
 from bot.prompt import build_request
-from bot.store import PlannedCall, SessionInfo, SessionState, ToolCallInfo
+from bot.store import (
+    InterimContext,
+    PlannedCall,
+    PlannedInterim,
+    QueuedMessage,
+    SessionInfo,
+    SessionState,
+    ToolCallInfo,
+)
 from bot.tasks import TaskSet
 from bot.tools.runner import (
     CANCELLED_BY_OPERATOR,
@@ -185,22 +194,20 @@ class SessionActor:
     # --- turns -----------------------------------------------------------------------------
 
     async def _on_wake(self) -> None:
-        info = await self.engine.store.get_session(self.session_id)
-        if info.archived:
-            return
-        if info.state == SessionState.IDLE:
+        # One transaction whether tools run (the messages are answered at once) or not.
+        info = await self._defer_queued()
+        if info.state == SessionState.IDLE and not info.archived:
             await self._start_turn()
-        elif info.state == SessionState.TOOLS:
-            await self._defer_queued(info)
         # state llm: messages stay queued; the call's end picks them all up in one turn.
 
-    async def _start_turn(self) -> None:
+    async def _start_turn(self) -> bool:
         info = await self.engine.store.begin_turn(self.session_id)
         if info is None:
-            return
+            return False
         log.info("turn started", extra={"session": self.label, "turn": info.turn})
         self.engine.typing.start(self.session_id, info.key, self.engine.sink(info.key.platform))
         self._spawn_llm(info)
+        return True
 
     def _spawn_llm(self, info: SessionInfo) -> None:
         if self._llm_task is None:
@@ -270,9 +277,7 @@ class SessionActor:
         await self._after_turn()
 
     async def _after_turn(self) -> None:
-        if await self.engine.store.queued_messages(self.session_id):
-            await self._start_turn()
-        else:
+        if not await self._start_turn():
             self.engine.typing.stop(self.session_id)
 
     async def _start_tools(
@@ -296,7 +301,7 @@ class SessionActor:
         )
         for row in rows:
             self._spawn_tool(row)
-        await self._defer_queued(await engine.store.get_session(self.session_id))
+        await self._defer_queued()
 
     # --- tools -----------------------------------------------------------------------------
 
@@ -337,30 +342,39 @@ class SessionActor:
             task.cancel()
         return len(self._tool_tasks)
 
-    async def _defer_queued(self, info: SessionInfo) -> None:
+    async def _defer_queued(self) -> SessionInfo:
+        """Answers what users said while tools run; returns the session as it was found."""
         engine = self.engine
-        queued = await engine.store.queued_messages(self.session_id)
-        if not queued:
-            return
-        context = await engine.store.interim_context(self.session_id, info.turn)
+        deferral = await engine.store.defer_queued(
+            self.session_id, self._plan_interims, engine.config.worker_id, CLAIM_LEASE_SECONDS
+        )
+        if not deferral.planned:
+            return deferral.info
+        for choice in deferral.planned:
+            log.info(
+                "instant reply: %s",
+                choice.kind,
+                extra={"session": self.label, "turn": deferral.info.turn},
+            )
+        engine.courier.kick(self.session_id, deferral.ready)
+        if any(choice.kind == InterimKind.CANCEL.value for choice in deferral.planned):
+            self._cancel_tools(CANCELLED_BY_USER)
+        return deferral.info
+
+    def _plan_interims(
+        self, info: SessionInfo, queued: Sequence[QueuedMessage], context: InterimContext
+    ) -> list[PlannedInterim]:
+        engine = self.engine
         running = engine.describe_running(context.calls, info.language)
         # Oldest first, newest last: the picker needs to know which text was sent last.
         avoid = list(context.recent_replies)
-        wants_cancel = False
+        planned = []
         for message in queued:
             kind = classify(message.text, info.language)
-            wants_cancel = wants_cancel or kind.kind == InterimKind.CANCEL
             text = engine.book.interim(kind.kind, kind.language, running, avoid, engine.rng)
             avoid.append(text)
-            await engine.store.defer_with_interim(
-                self.session_id, message.id, text, kind.kind.value, kind.language
-            )
-            log.info(
-                "instant reply: %s", kind.kind, extra={"session": self.label, "turn": info.turn}
-            )
-            engine.courier.kick(self.session_id)
-        if wants_cancel:
-            self._cancel_tools(CANCELLED_BY_USER)
+            planned.append(PlannedInterim(message.id, text, kind.kind.value, kind.language))
+        return planned
 
     # --- recovery and operators ------------------------------------------------------------
 
@@ -393,7 +407,7 @@ class SessionActor:
                 self._spawn_tool(call)
             else:
                 await store.finish_tool(call.id, INTERRUPTED)
-        await self._defer_queued(info)
+        await self._defer_queued()
         if not self._tool_tasks:
             await self._close_round()
 

@@ -7,7 +7,7 @@ row that change produces, so a crash can never separate them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -81,6 +81,23 @@ class InterimContext:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedInterim:
+    """The instant reply chosen for one queued message."""
+
+    message_id: int
+    text: str
+    kind: str
+    language: str
+
+
+# Picks the instant replies for a session's queued messages; pure and quick, because it
+# runs inside the transaction that stores its choices.
+InterimPlanner = Callable[
+    [SessionInfo, Sequence[QueuedMessage], InterimContext], Sequence[PlannedInterim]
+]
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedCall:
     request: ToolCallRequest
     timeout_seconds: float
@@ -96,6 +113,19 @@ class OutboxItem:
     kind: ReplyKind
     text: str
     attempts: int
+    # Already claimed for this worker by the transaction that wrote it.
+    claimed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Deferral:
+    """What `defer_queued` saw and did: the session as it found it, the instant replies it
+    stored, and those of them claimed for sending at once (none while older replies of the
+    session still wait, since a session's replies go out in order)."""
+
+    info: SessionInfo
+    planned: list[PlannedInterim]
+    ready: list[OutboxItem]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +151,6 @@ class Store(Protocol):
 
     async def active_session_id(self, key: ConversationKey) -> int | None: ...
 
-    async def queued_messages(self, session_id: int) -> list[QueuedMessage]: ...
-
     # --- turns ---
     async def begin_turn(self, session_id: int) -> SessionInfo | None:
         """idle -> llm when messages are queued: they join the history. None otherwise
@@ -132,8 +160,6 @@ class Store(Protocol):
     async def history(self, session_id: int) -> list[HistoryEntry]: ...
 
     async def turn_interims(self, session_id: int, turn: int) -> list[str]: ...
-
-    async def interim_context(self, session_id: int, turn: int) -> InterimContext: ...
 
     async def record_answer(self, session_id: int, text: str, usage: Usage) -> int:
         """llm -> idle with the answer in the history and in the outbox."""
@@ -157,10 +183,12 @@ class Store(Protocol):
         """llm -> idle, keeping the history as it was; the apology goes to the outbox."""
         ...
 
-    async def defer_with_interim(
-        self, session_id: int, message_id: int, text: str, kind: str, language: str
-    ) -> int:
-        """A message that arrived while tools run: deferred, answered with `text`."""
+    async def defer_queued(
+        self, session_id: int, plan: InterimPlanner, worker: str, lease_seconds: float
+    ) -> Deferral:
+        """Messages that arrived while tools run, in one transaction: when the session is
+        in `tools`, each queued message is deferred and answered with the reply `plan`
+        picks for it. In any other state nothing changes and the session is returned."""
         ...
 
     # --- tools ---

@@ -22,8 +22,10 @@ from bot.guards.budget import TokenTotals
 from bot.llm import Usage
 from bot.store import (
     Control,
+    Deferral,
     HistoryEntry,
     InterimContext,
+    InterimPlanner,
     OutboxItem,
     PlannedCall,
     QueuedMessage,
@@ -86,6 +88,28 @@ def _tool_info(row: ToolCallRow) -> ToolCallInfo:
         attempts=row.attempts,
         started_at=row.started_at,
         result=row.result,
+    )
+
+
+def _outbox_item(row: OutboxRow, claimed: bool = False) -> OutboxItem:
+    return OutboxItem(
+        id=row.id,
+        session_id=row.session_id,
+        key=ConversationKey(row.platform, row.chat_id, row.thread_id),
+        reply_to_id=row.reply_to_id,
+        reply_to_user_id=row.reply_to_user_id,
+        kind=ReplyKind(row.kind),
+        text=row.text,
+        attempts=row.attempts,
+        claimed=claimed,
+    )
+
+
+def _undelivered(session_id: int) -> tuple[Any, ...]:
+    return (
+        OutboxRow.session_id == session_id,
+        OutboxRow.delivered_at.is_(None),
+        OutboxRow.failed.is_(False),
     )
 
 
@@ -233,18 +257,6 @@ class SqlStore:
             )
             return found
 
-    async def queued_messages(self, session_id: int) -> list[QueuedMessage]:
-        async with self._tx() as tx:
-            rows = await tx.scalars(
-                select(MessageRow)
-                .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
-                .order_by(MessageRow.id)
-            )
-            return [
-                QueuedMessage(r.id, r.content or "", r.platform_message_id, r.author_id)
-                for r in rows
-            ]
-
     # --- turns ---------------------------------------------------------------------------
 
     async def begin_turn(self, session_id: int) -> SessionInfo | None:
@@ -295,21 +307,20 @@ class SqlStore:
                 for r in rows
             ]
 
-    async def interim_context(self, session_id: int, turn: int) -> InterimContext:
-        async with self._tx() as tx:
-            message = await self._open_round(tx, session_id)
-            calls = [] if message is None else await self._round_calls(tx, message)
-            interims = await tx.execute(
-                select(MessageRow.turn, MessageRow.content)
-                .where(MessageRow.session_id == session_id, MessageRow.status == "interim")
-                .order_by(MessageRow.id.desc())
-                .limit(RECENT_INTERIMS)
-            )
-            newest_first = list(interims)
-            recent = [text or "" for row_turn, text in reversed(newest_first) if row_turn == turn]
-            if newest_first and (not recent or newest_first[0][1] != recent[-1]):
-                recent.append(newest_first[0][1] or "")  # the last one, even from a past turn
-            return InterimContext([_tool_info(c) for c in calls], recent)
+    async def _interim_context(self, tx: Tx, session_id: int, turn: int) -> InterimContext:
+        message = await self._open_round(tx, session_id)
+        calls = [] if message is None else await self._round_calls(tx, message)
+        interims = await tx.execute(
+            select(MessageRow.turn, MessageRow.content)
+            .where(MessageRow.session_id == session_id, MessageRow.status == "interim")
+            .order_by(MessageRow.id.desc())
+            .limit(RECENT_INTERIMS)
+        )
+        newest_first = list(interims)
+        recent = [text or "" for row_turn, text in reversed(newest_first) if row_turn == turn]
+        if newest_first and (not recent or newest_first[0][1] != recent[-1]):
+            recent.append(newest_first[0][1] or "")  # the last one, even from a past turn
+        return InterimContext([_tool_info(c) for c in calls], recent)
 
     async def turn_interims(self, session_id: int, turn: int) -> list[str]:
         async with self._tx() as tx:
@@ -446,35 +457,74 @@ class SqlStore:
             await tx.flush()
             return outbox.id
 
-    async def defer_with_interim(
-        self, session_id: int, message_id: int, text: str, kind: str, language: str
-    ) -> int:
+    async def defer_queued(
+        self, session_id: int, plan: InterimPlanner, worker: str, lease_seconds: float
+    ) -> Deferral:
         async with self._tx() as tx, tx.begin():
             session = await self._session_row(tx, session_id)
-            message = await tx.get(MessageRow, message_id)
-            if message is None or message.session_id != session_id:
-                raise LookupError(f"no message {message_id} in session {session_id}")
-            message.status = "deferred"
-            message.turn = session.turn
-            session.language = language
-            session.updated_at = now()
-            tx.add(
-                MessageRow(
-                    session_id=session_id,
-                    role="assistant",
-                    content=text,
-                    status="interim",
-                    turn=session.turn,
-                    kind=kind,
-                    created_at=now(),
+            info = _session_info(session)
+            if info.archived or info.state != SessionState.TOOLS:
+                return Deferral(info, [], [])
+            queued = {
+                row.id: row
+                for row in await tx.scalars(
+                    select(MessageRow)
+                    .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
+                    .order_by(MessageRow.id)
+                )
+            }
+            if not queued:
+                return Deferral(info, [], [])
+            context = await self._interim_context(tx, session_id, session.turn)
+            planned = list(
+                plan(
+                    info,
+                    [
+                        QueuedMessage(r.id, r.content or "", r.platform_message_id, r.author_id)
+                        for r in queued.values()
+                    ],
+                    context,
                 )
             )
-            outbox = self._outbox(
-                session, ReplyKind.INTERIM, text, message.platform_message_id, message.author_id
+            # Claimed here, not by the courier in two more transactions, unless an older
+            # reply still waits: that one goes first, through the courier's usual path.
+            older_waits = await tx.scalar(
+                select(OutboxRow.id).where(*_undelivered(session_id)).limit(1)
             )
-            tx.add(outbox)
+            stamp = now()
+            outboxes = []
+            for choice in planned:
+                message = queued[choice.message_id]
+                message.status = "deferred"
+                message.turn = session.turn
+                session.language = choice.language
+                tx.add(
+                    MessageRow(
+                        session_id=session_id,
+                        role="assistant",
+                        content=choice.text,
+                        status="interim",
+                        turn=session.turn,
+                        kind=choice.kind,
+                        created_at=stamp,
+                    )
+                )
+                outbox = self._outbox(
+                    session,
+                    ReplyKind.INTERIM,
+                    choice.text,
+                    message.platform_message_id,
+                    message.author_id,
+                )
+                if older_waits is None:
+                    outbox.claimed_by = worker
+                    outbox.claimed_until = stamp + timedelta(seconds=lease_seconds)
+                outboxes.append(outbox)
+            tx.add_all(outboxes)
+            session.updated_at = stamp
             await tx.flush()
-            return outbox.id
+            ready = [] if older_waits is not None else [_outbox_item(o, True) for o in outboxes]
+            return Deferral(info, planned, ready)
 
     # --- tools ---------------------------------------------------------------------------
 
@@ -610,27 +660,9 @@ class SqlStore:
     async def undelivered(self, session_id: int) -> list[OutboxItem]:
         async with self._tx() as tx:
             rows = await tx.scalars(
-                select(OutboxRow)
-                .where(
-                    OutboxRow.session_id == session_id,
-                    OutboxRow.delivered_at.is_(None),
-                    OutboxRow.failed.is_(False),
-                )
-                .order_by(OutboxRow.id)
+                select(OutboxRow).where(*_undelivered(session_id)).order_by(OutboxRow.id)
             )
-            return [
-                OutboxItem(
-                    id=r.id,
-                    session_id=r.session_id,
-                    key=ConversationKey(r.platform, r.chat_id, r.thread_id),
-                    reply_to_id=r.reply_to_id,
-                    reply_to_user_id=r.reply_to_user_id,
-                    kind=ReplyKind(r.kind),
-                    text=r.text,
-                    attempts=r.attempts,
-                )
-                for r in rows
-            ]
+            return [_outbox_item(r) for r in rows]
 
     async def claim_delivery(self, outbox_id: int, worker: str, lease_seconds: float) -> bool:
         stamp = now()

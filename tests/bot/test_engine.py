@@ -319,3 +319,62 @@ async def test_sessions_are_independent(
         assert sent[1].message.kind is ReplyKind.ANSWER
         await chat.command(CommandName.CANCEL, chat="slow")
         await runtime.engine.wait_idle()
+
+
+def count_store_calls(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the store methods called from now on; the operator control poll (every
+    second, whatever the chats do) is left out."""
+    called: list[str] = []
+    background = {"pending_controls", "finish_control", "sessions_with_undelivered"}
+    for name in dir(type(store)):
+        method = getattr(store, name)
+        if name.startswith("_") or not asyncio.iscoroutinefunction(method):
+            continue
+
+        def counted(method: Any, name: str) -> Any:
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                if name not in background:
+                    called.append(name)
+                return await method(*args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(store, name, counted(method, name))
+    return called
+
+
+async def test_an_instant_reply_costs_three_storage_transactions(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 1.0)
+    async with make_core() as (runtime, chat):
+        await chat.say("Dame la hora actual")
+        await chat.wait_for(1)
+        called = count_store_calls(runtime.engine.store, monkeypatch)
+        await chat.say("¿Sigues ahí?")
+        sent = await chat.wait_for(2)
+        calls_for_the_reply = list(called)
+        await runtime.engine.wait_idle()
+    assert sent[1].message.kind is ReplyKind.INTERIM
+    # Stored, deferred with its reply claimed for sending, marked delivered: the reads
+    # and the claim share the deferral's transaction.
+    assert calls_for_the_reply == ["record_inbound", "defer_queued", "mark_delivered"]
+
+
+async def test_an_instant_reply_waits_behind_an_older_undelivered_reply(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 1.5)
+    async with make_core() as (runtime, chat):
+        runtime.engine.courier.base_backoff = 0.001
+        # The "working" notice fails until the courier gives up: it stays in the outbox.
+        chat.fail_next = [DeliveryError("network down") for _ in range(6)]
+        await chat.say("Dame la hora actual")
+        async with asyncio.timeout(10):
+            while runtime.engine.courier.busy or chat.fail_next:
+                await asyncio.sleep(0.01)
+        await chat.say("¿Sigues ahí?")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    # The session's replies keep their order: the notice first, then the instant reply.
+    assert kinds(sent)[:2] == [ReplyKind.WORKING, ReplyKind.INTERIM]
