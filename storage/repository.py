@@ -8,13 +8,15 @@ updated and leaves the session to the winner.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession as Tx
 
 from bot.events import ConversationKey, InboundMessage, ReplyKind
@@ -36,6 +38,7 @@ from bot.store import (
 from bot.tools.runner import ToolOutcome, ToolStatus
 from storage.database import sessionmaker
 from storage.models import (
+    Base,
     ControlRow,
     LLMCallRow,
     MessageRow,
@@ -160,56 +163,79 @@ class SqlStore:
             created_at=now(),
         )
 
-    async def _get_or_create_session(self, tx: Tx, message: InboundMessage) -> SessionRow:
-        key = active_key(message.conversation)
-        row = await tx.scalar(select(SessionRow).where(SessionRow.active_key == key))
-        if row is not None:
-            if message.chat_title and row.chat_title != message.chat_title:
-                row.chat_title = message.chat_title
-            return row
-        c = message.conversation
-        stamp = now()
-        row = SessionRow(
-            platform=c.platform,
-            chat_id=c.chat_id,
-            thread_id=c.thread_id,
-            active_key=key,
-            chat_title=message.chat_title,
-            is_private=message.is_private,
-            state=SessionState.IDLE,
-            language="en",
-            turn=0,
-            tool_rounds=0,
-            turn_is_admin=False,
-            created_at=stamp,
-            updated_at=stamp,
+    async def _take_in(
+        self, conn: AsyncConnection, message: InboundMessage, language: str | None
+    ) -> tuple[int, int] | None:
+        """Dedupe + the conversation's active session, in the caller's transaction, in
+        plain SQL (every message passes here). Returns the session's id and turn, or None
+        for a message seen before."""
+        seen = self._insert_ignoring_duplicates(ProcessedUpdateRow).values(
+            key=message.dedupe_key, created_at=now()
         )
-        tx.add(row)
-        await tx.flush()
-        return row
-
-    async def _take_in(self, tx: Tx, message: InboundMessage) -> SessionRow | None:
-        """Dedupe + session, in the caller's transaction; None for a seen message. A racing
-        duplicate fails the commit on the primary key, and the caller's retry lands here."""
-        seen = await tx.scalar(
-            select(ProcessedUpdateRow.key).where(ProcessedUpdateRow.key == message.dedupe_key)
-        )
-        if seen is not None:
+        if not (await conn.execute(seen)).rowcount:
             return None
-        tx.add(ProcessedUpdateRow(key=message.dedupe_key, created_at=now()))
-        return await self._get_or_create_session(tx, message)
+        key, stamp = active_key(message.conversation), now()
+        changes: dict[str, Any] = {"updated_at": stamp}
+        if language is not None:
+            changes["language"] = language
+        if message.chat_title:
+            changes["chat_title"] = message.chat_title
+        found = (
+            await conn.execute(
+                update(SessionRow)
+                .where(SessionRow.active_key == key)
+                .values(**changes)
+                .returning(SessionRow.id, SessionRow.turn)
+            )
+        ).first()
+        if found is not None:
+            return found.id, found.turn
+        c = message.conversation
+        created = await conn.scalar(
+            insert(SessionRow)
+            .values(
+                platform=c.platform,
+                chat_id=c.chat_id,
+                thread_id=c.thread_id,
+                active_key=key,
+                chat_title=message.chat_title,
+                is_private=message.is_private,
+                state=SessionState.IDLE,
+                language=language or "en",
+                turn=0,
+                tool_rounds=0,
+                turn_is_admin=False,
+                created_at=stamp,
+                updated_at=stamp,
+            )
+            .returning(SessionRow.id)
+        )
+        assert created is not None  # INSERT ... RETURNING always returns the row
+        return int(created), 0
 
-    async def _with_retry_on_conflict(self, message: InboundMessage, work: Any) -> int | None:
-        # Two workers may take in the same message, or create the same conversation's
-        # session, at once; a unique key fails one commit and its retry sees the winner's row.
+    def _insert_ignoring_duplicates(self, model: type[Base]) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            return postgresql_insert(model).on_conflict_do_nothing()
+        return sqlite_insert(model).on_conflict_do_nothing()
+
+    async def _take_in_and(
+        self,
+        message: InboundMessage,
+        language: str | None,
+        row: Callable[[int, int], tuple[type[Base], dict[str, Any]]],
+    ) -> int | None:
+        """Takes the message in and inserts the one row `row(session_id)` describes. Two
+        workers may create the same conversation's session at once: the unique active key
+        fails one transaction, and its retry finds the winner's session."""
         for attempt in range(2):
             try:
-                async with self._tx() as tx, tx.begin():
-                    session = await self._take_in(tx, message)
-                    if session is None:
+                async with self.engine.begin() as conn:
+                    taken = await self._take_in(conn, message, language)
+                    if taken is None:
                         return None
-                    await work(tx, session)
-                    return session.id
+                    model, values = row(*taken)
+                    await conn.execute(insert(model).values(**values))
+                    return taken[0]
             except IntegrityError:
                 if attempt:
                     raise
@@ -218,33 +244,39 @@ class SqlStore:
     # --- taking messages in ------------------------------------------------------------
 
     async def record_inbound(self, message: InboundMessage, language: str) -> int | None:
-        async def work(tx: Tx, session: SessionRow) -> None:
-            session.updated_at = now()
-            session.language = language
-            tx.add(
-                MessageRow(
-                    session_id=session.id,
-                    role="user",
-                    content=message.text,
-                    author_id=message.user_id,
-                    author_name=message.display_name,
-                    platform_message_id=message.message_id,
-                    status="queued",
-                    turn=session.turn,
-                    kind="admin" if message.is_admin else None,
-                    created_at=message.timestamp,
-                )
-            )
+        def queued(session_id: int, turn: int) -> tuple[type[Base], dict[str, Any]]:
+            return MessageRow, {
+                "session_id": session_id,
+                "role": "user",
+                "content": message.text,
+                "author_id": message.user_id,
+                "author_name": message.display_name,
+                "platform_message_id": message.message_id,
+                "status": "queued",
+                "turn": turn,
+                "kind": "admin" if message.is_admin else None,
+                "created_at": message.timestamp,
+            }
 
-        return await self._with_retry_on_conflict(message, work)
+        return await self._take_in_and(message, language, queued)
 
     async def record_notice(self, message: InboundMessage, text: str) -> int | None:
-        async def work(tx: Tx, session: SessionRow) -> None:
-            tx.add(
-                self._outbox(session, ReplyKind.NOTICE, text, message.message_id, message.user_id)
-            )
+        c = message.conversation
 
-        return await self._with_retry_on_conflict(message, work)
+        def notice(session_id: int, _turn: int) -> tuple[type[Base], dict[str, Any]]:
+            return OutboxRow, {
+                "session_id": session_id,
+                "platform": c.platform,
+                "chat_id": c.chat_id,
+                "thread_id": c.thread_id,
+                "reply_to_id": message.message_id,
+                "reply_to_user_id": message.user_id,
+                "kind": ReplyKind.NOTICE.value,
+                "text": text,
+                "created_at": now(),
+            }
+
+        return await self._take_in_and(message, None, notice)
 
     async def get_session(self, session_id: int) -> SessionInfo:
         async with self._tx() as tx:
@@ -553,8 +585,8 @@ class SqlStore:
             return [_tool_info(r) for r in await self._round_calls(tx, message)]
 
     async def mark_tool_running(self, tool_call_id: int) -> None:
-        async with self._tx() as tx, tx.begin():
-            await tx.execute(
+        async with self.engine.begin() as conn:
+            await conn.execute(
                 update(ToolCallRow)
                 .where(ToolCallRow.id == tool_call_id, ToolCallRow.status.in_(UNFINISHED))
                 .values(
@@ -565,13 +597,13 @@ class SqlStore:
             )
 
     async def finish_tool(self, tool_call_id: int, outcome: ToolOutcome) -> bool:
-        async with self._tx() as tx, tx.begin():
-            result = await tx.execute(
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
                 update(ToolCallRow)
                 .where(ToolCallRow.id == tool_call_id, ToolCallRow.status.in_(UNFINISHED))
                 .values(status=outcome.status.value, result=outcome.result, finished_at=now())
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(result.rowcount)
 
     async def close_tool_round(self, session_id: int) -> bool:
         async with self._tx() as tx, tx.begin():
@@ -666,8 +698,8 @@ class SqlStore:
 
     async def claim_delivery(self, outbox_id: int, worker: str, lease_seconds: float) -> bool:
         stamp = now()
-        async with self._tx() as tx, tx.begin():
-            result = await tx.execute(
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
                 update(OutboxRow)
                 .where(
                     OutboxRow.id == outbox_id,
@@ -680,11 +712,11 @@ class SqlStore:
                 )
                 .values(claimed_by=worker, claimed_until=stamp + timedelta(seconds=lease_seconds))
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return bool(result.rowcount)
 
     async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None:
-        async with self._tx() as tx, tx.begin():
-            await tx.execute(
+        async with self.engine.begin() as conn:
+            await conn.execute(
                 update(OutboxRow)
                 .where(OutboxRow.id == outbox_id)
                 .values(
@@ -698,8 +730,8 @@ class SqlStore:
             )
 
     async def mark_delivery_failed(self, outbox_id: int, error: str, permanent: bool) -> None:
-        async with self._tx() as tx, tx.begin():
-            await tx.execute(
+        async with self.engine.begin() as conn:
+            await conn.execute(
                 update(OutboxRow)
                 .where(OutboxRow.id == outbox_id)
                 .values(
