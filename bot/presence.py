@@ -1,4 +1,10 @@
-"""Keeps the platform's typing indicator alive while a session works."""
+"""Keeps the platform's typing indicator alive while a session works, for a while.
+
+Only for a while: a tool may run for an hour, and an hour of "typing…" says nothing the
+"working on it" notice did not, while it costs one platform call per chat every few
+seconds (with a thousand busy chats, more calls than their replies). The session starts it
+again whenever the model is asked, so the answer is announced as it is being written.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +16,12 @@ from bot.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
+TYPING_LIMIT_SECONDS = 60.0
+
 
 class TypingKeeper:
-    def __init__(self) -> None:
+    def __init__(self, limit_seconds: float = TYPING_LIMIT_SECONDS) -> None:
+        self.limit_seconds = limit_seconds
         self._tasks = TaskSet("typing")
         self._running: dict[int, asyncio.Task[None]] = {}
 
@@ -20,7 +29,7 @@ class TypingKeeper:
         if sink is None or session_id in self._running:
             return
         self._running[session_id] = self._tasks.spawn(
-            self._keep(key, sink), f"session-{session_id}"
+            self._keep(session_id, key, sink), f"session-{session_id}"
         )
 
     def stop(self, session_id: int) -> None:
@@ -28,16 +37,24 @@ class TypingKeeper:
         if task is not None:
             task.cancel()
 
-    async def _keep(self, key: ConversationKey, sink: ReplySink) -> None:
-        while True:
-            try:
-                await sink.typing(key)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # A lost typing indicator is cosmetic; the reply itself is what matters.
-                log.debug("typing indicator failed for %s: %s", key, exc)
-            await asyncio.sleep(sink.typing_interval)
+    async def _keep(self, session_id: int, key: ConversationKey, sink: ReplySink) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limit_seconds
+        try:
+            while True:
+                try:
+                    await sink.typing(key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # A lost typing indicator is cosmetic; the reply itself is what matters.
+                    log.debug("typing indicator failed for %s: %s", key, exc)
+                if loop.time() + sink.typing_interval > deadline:
+                    return
+                await asyncio.sleep(sink.typing_interval)
+        finally:
+            if self._running.get(session_id) is asyncio.current_task():
+                del self._running[session_id]
 
     async def stop_all(self) -> None:
         await self._tasks.cancel_all()

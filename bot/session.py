@@ -205,12 +205,13 @@ class SessionActor:
         if info is None:
             return False
         log.info("turn started", extra={"session": self.label, "turn": info.turn})
-        self.engine.typing.start(self.session_id, info.key, self.engine.sink(info.key.platform))
         self._spawn_llm(info)
         return True
 
     def _spawn_llm(self, info: SessionInfo) -> None:
         if self._llm_task is None:
+            # Typing again: it may have timed out while long tools ran.
+            self.engine.typing.start(self.session_id, info.key, self.engine.sink(info.key.platform))
             self._llm_task = self._work.spawn(self._call_llm(info), "llm")
 
     async def _call_llm(self, info: SessionInfo) -> None:
@@ -394,10 +395,10 @@ class SessionActor:
         if info.state == SessionState.IDLE:
             await self._start_turn()
             return
-        engine.typing.start(self.session_id, info.key, engine.sink(info.key.platform))
         if info.state == SessionState.LLM:
             self._spawn_llm(info)
             return
+        engine.typing.start(self.session_id, info.key, engine.sink(info.key.platform))
         for call in calls:
             if call.status.finished or call.id in self._tool_tasks:
                 continue

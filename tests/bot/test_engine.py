@@ -378,3 +378,22 @@ async def test_an_instant_reply_waits_behind_an_older_undelivered_reply(
         await runtime.engine.wait_idle()
     # The session's replies keep their order: the notice first, then the instant reply.
     assert kinds(sent)[:2] == [ReplyKind.WORKING, ReplyKind.INTERIM]
+
+
+async def test_typing_stops_during_long_tools_and_comes_back_for_the_answer(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 1.2)
+    fake_openai.think_seconds = 0.3
+    async with make_core() as (runtime, chat):
+        runtime.engine.typing.limit_seconds = 0.1
+        await chat.say("Dame la hora actual")
+        await chat.wait_for(1)  # the tool runs from here on
+        await asyncio.sleep(0.5)
+        while_tool_runs = len(chat.typing_calls)
+        await asyncio.sleep(0.3)
+        assert len(chat.typing_calls) == while_tool_runs  # timed out, tool still running
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER]
+    assert len(chat.typing_calls) > while_tool_runs  # the model was asked again
