@@ -23,6 +23,8 @@ MAX_ATTEMPTS = 6
 MAX_BACKOFF_SECONDS = 60.0
 STOP_GRACE_SECONDS = 5.0
 CLAIM_LEASE_SECONDS = 60.0
+# How soon to look again at a session whose older reply another worker is sending.
+HELD_RETRY_SECONDS = 2.0
 
 
 class Courier:
@@ -36,6 +38,7 @@ class Courier:
         self._tasks = TaskSet("courier")
         self._running: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
+        self._looking_again: set[int] = set()
         self._closing = asyncio.Event()
 
     def attach(self, sink: ReplySink) -> None:
@@ -48,7 +51,7 @@ class Courier:
     def kick(self, session_id: int, ready: Sequence[OutboxItem] = ()) -> None:
         """Something was added to this session's outbox: deliver it soon. `ready` are rows
         the writer already claimed for this worker with nothing older waiting: they are
-        sent without reading the outbox first."""
+        sent without another transaction to claim them."""
         if session_id in self._running:
             # The running drain reads the outbox again when it is done, rows claimed for
             # this worker included.
@@ -61,7 +64,7 @@ class Courier:
         try:
             while True:
                 self._again.discard(session_id)
-                items, ready = ready or await self.store.undelivered(session_id), ()
+                items, ready = ready or await self._claim(session_id), ()
                 for item in items:
                     if self._closing.is_set() or not await self._deliver(item):
                         return
@@ -69,6 +72,24 @@ class Courier:
                     return
         finally:
             self._running.pop(session_id, None)
+
+    async def _claim(self, session_id: int) -> list[OutboxItem]:
+        claim = await self.store.claim_undelivered(session_id, self.worker, CLAIM_LEASE_SECONDS)
+        if claim.blocked and session_id not in self._looking_again:
+            # The other worker sends its row, but it was not told about the rows after it:
+            # look again soon rather than leave them to the sweep.
+            self._looking_again.add(session_id)
+            self._tasks.spawn(self._look_again(session_id), f"session-{session_id}-held")
+        return claim.items
+
+    async def _look_again(self, session_id: int) -> None:
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), HELD_RETRY_SECONDS)
+        finally:
+            self._looking_again.discard(session_id)
+        if not self._closing.is_set():
+            self.kick(session_id)
 
     async def _deliver(self, item: OutboxItem) -> bool:
         """Sends one row; False when the session's later rows must wait (order matters)."""
@@ -85,7 +106,7 @@ class Courier:
             reply_to_user_id=item.reply_to_user_id,
         )
         attempts = item.attempts
-        claimed = item.claimed
+        claimed = True  # every row gets here claimed; a retry claims it again
         while True:
             if not claimed and not await self.store.claim_delivery(
                 item.id, self.worker, CLAIM_LEASE_SECONDS

@@ -194,19 +194,30 @@ class SessionActor:
     # --- turns -----------------------------------------------------------------------------
 
     async def _on_wake(self) -> None:
-        # One transaction whether tools run (the messages are answered at once) or not.
-        info = await self._defer_queued()
-        if info.state == SessionState.IDLE and not info.archived:
-            await self._start_turn()
-        # state llm: messages stay queued; the call's end picks them all up in one turn.
+        await self._take_queued()
 
-    async def _start_turn(self) -> bool:
-        info = await self.engine.store.begin_turn(self.session_id)
-        if info is None:
-            return False
-        log.info("turn started", extra={"session": self.label, "turn": info.turn})
-        self._spawn_llm(info)
-        return True
+    async def _take_queued(self) -> bool:
+        """Idle: queued messages start a turn (True). Tools: each gets its instant reply.
+        LLM: they stay queued; the call's end picks them all up in one turn."""
+        engine = self.engine
+        intake = await engine.store.take_queued(
+            self.session_id, self._plan_interims, engine.config.worker_id, CLAIM_LEASE_SECONDS
+        )
+        if intake.turn_started:
+            log.info("turn started", extra={"session": self.label, "turn": intake.info.turn})
+            self._spawn_llm(intake.info)
+            return True
+        if intake.planned:
+            for choice in intake.planned:
+                log.info(
+                    "instant reply: %s",
+                    choice.kind,
+                    extra={"session": self.label, "turn": intake.info.turn},
+                )
+            engine.courier.kick(self.session_id, intake.ready)
+            if any(choice.kind == InterimKind.CANCEL.value for choice in intake.planned):
+                self._cancel_tools(CANCELLED_BY_USER)
+        return False
 
     def _spawn_llm(self, info: SessionInfo) -> None:
         if self._llm_task is None:
@@ -278,7 +289,7 @@ class SessionActor:
         await self._after_turn()
 
     async def _after_turn(self) -> None:
-        if not await self._start_turn():
+        if not await self._take_queued():
             self.engine.typing.stop(self.session_id)
 
     async def _start_tools(
@@ -302,7 +313,7 @@ class SessionActor:
         )
         for row in rows:
             self._spawn_tool(row)
-        await self._defer_queued()
+        await self._take_queued()
 
     # --- tools -----------------------------------------------------------------------------
 
@@ -343,25 +354,6 @@ class SessionActor:
             task.cancel()
         return len(self._tool_tasks)
 
-    async def _defer_queued(self) -> SessionInfo:
-        """Answers what users said while tools run; returns the session as it was found."""
-        engine = self.engine
-        deferral = await engine.store.defer_queued(
-            self.session_id, self._plan_interims, engine.config.worker_id, CLAIM_LEASE_SECONDS
-        )
-        if not deferral.planned:
-            return deferral.info
-        for choice in deferral.planned:
-            log.info(
-                "instant reply: %s",
-                choice.kind,
-                extra={"session": self.label, "turn": deferral.info.turn},
-            )
-        engine.courier.kick(self.session_id, deferral.ready)
-        if any(choice.kind == InterimKind.CANCEL.value for choice in deferral.planned):
-            self._cancel_tools(CANCELLED_BY_USER)
-        return deferral.info
-
     def _plan_interims(
         self, info: SessionInfo, queued: Sequence[QueuedMessage], context: InterimContext
     ) -> list[PlannedInterim]:
@@ -393,7 +385,7 @@ class SessionActor:
             self._cancel_outcome = self._cancel_outcome or CANCELLED_BY_OPERATOR
             self._tool_tasks[task_id].cancel()
         if info.state == SessionState.IDLE:
-            await self._start_turn()
+            await self._take_queued()
             return
         if info.state == SessionState.LLM:
             self._spawn_llm(info)
@@ -408,7 +400,7 @@ class SessionActor:
                 self._spawn_tool(call)
             else:
                 await store.finish_tool(call.id, INTERRUPTED)
-        await self._defer_queued()
+        await self._take_queued()
         if not self._tool_tasks:
             await self._close_round()
 

@@ -8,7 +8,7 @@ row that change produces, so a crash can never separate them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -113,19 +113,28 @@ class OutboxItem:
     kind: ReplyKind
     text: str
     attempts: int
-    # Already claimed for this worker by the transaction that wrote it.
-    claimed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class Deferral:
-    """What `defer_queued` saw and did: the session as it found it, the instant replies it
-    stored, and those of them claimed for sending at once (none while older replies of the
-    session still wait, since a session's replies go out in order)."""
+class OutboxClaim:
+    """Replies claimed for sending, in order; `blocked` when an older one of the session
+    is held by another worker, so the rest wait for it."""
+
+    items: list[OutboxItem]
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """What `take_queued` did with a session's queued messages. `info` is the session after
+    it; `turn_started` when they joined the history (the session was idle); `planned`, the
+    instant replies stored for them (tools were running), of which `ready` are claimed for
+    sending at once (none while older replies of the session wait: replies keep order)."""
 
     info: SessionInfo
-    planned: list[PlannedInterim]
-    ready: list[OutboxItem]
+    turn_started: bool = False
+    planned: list[PlannedInterim] = field(default_factory=list)
+    ready: list[OutboxItem] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +161,12 @@ class Store(Protocol):
     async def active_session_id(self, key: ConversationKey) -> int | None: ...
 
     # --- turns ---
-    async def begin_turn(self, session_id: int) -> SessionInfo | None:
-        """idle -> llm when messages are queued: they join the history. None otherwise
-        (nothing queued, or another worker took the turn)."""
+    async def take_queued(
+        self, session_id: int, plan: InterimPlanner, worker: str, lease_seconds: float
+    ) -> Intake:
+        """The queued messages, in one transaction whatever the state. Idle: they join the
+        history and a turn starts (idle -> llm). Tools: each is deferred and answered with
+        the reply `plan` picks. LLM (or archived, or nothing queued): nothing changes."""
         ...
 
     async def history(self, session_id: int) -> list[HistoryEntry]: ...
@@ -183,14 +195,6 @@ class Store(Protocol):
         """llm -> idle, keeping the history as it was; the apology goes to the outbox."""
         ...
 
-    async def defer_queued(
-        self, session_id: int, plan: InterimPlanner, worker: str, lease_seconds: float
-    ) -> Deferral:
-        """Messages that arrived while tools run, in one transaction: when the session is
-        in `tools`, each queued message is deferred and answered with the reply `plan`
-        picks for it. In any other state nothing changes and the session is returned."""
-        ...
-
     # --- tools ---
     async def open_tool_calls(self, session_id: int) -> list[ToolCallInfo]:
         """Every call of the round in progress, finished or not, in the model's order."""
@@ -212,7 +216,12 @@ class Store(Protocol):
         ...
 
     # --- outbox ---
-    async def undelivered(self, session_id: int) -> list[OutboxItem]: ...
+    async def claim_undelivered(
+        self, session_id: int, worker: str, lease_seconds: float
+    ) -> OutboxClaim:
+        """The session's unsent replies in order, claimed for `worker`, up to the first one
+        another worker holds (that worker sends it and those after it)."""
+        ...
 
     async def claim_delivery(self, outbox_id: int, worker: str, lease_seconds: float) -> bool:
         """Takes the row for sending; False while another worker holds it."""

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession as Tx
@@ -24,10 +25,11 @@ from bot.guards.budget import TokenTotals
 from bot.llm import Usage
 from bot.store import (
     Control,
-    Deferral,
     HistoryEntry,
+    Intake,
     InterimContext,
     InterimPlanner,
+    OutboxClaim,
     OutboxItem,
     PlannedCall,
     QueuedMessage,
@@ -94,7 +96,7 @@ def _tool_info(row: ToolCallRow) -> ToolCallInfo:
     )
 
 
-def _outbox_item(row: OutboxRow, claimed: bool = False) -> OutboxItem:
+def _outbox_item(row: OutboxRow | Row[Any]) -> OutboxItem:
     return OutboxItem(
         id=row.id,
         session_id=row.session_id,
@@ -104,7 +106,6 @@ def _outbox_item(row: OutboxRow, claimed: bool = False) -> OutboxItem:
         kind=ReplyKind(row.kind),
         text=row.text,
         attempts=row.attempts,
-        claimed=claimed,
     )
 
 
@@ -113,6 +114,16 @@ def _undelivered(session_id: int) -> tuple[Any, ...]:
         OutboxRow.session_id == session_id,
         OutboxRow.delivered_at.is_(None),
         OutboxRow.failed.is_(False),
+    )
+
+
+def _claimable(worker: str, stamp: datetime) -> Any:
+    """Free, already this worker's (a restart takes its own claims back at once), or held
+    under a lease that ran out (its worker died)."""
+    return or_(
+        OutboxRow.claimed_by.is_(None),
+        OutboxRow.claimed_by == worker,
+        OutboxRow.claimed_until < stamp,
     )
 
 
@@ -291,8 +302,13 @@ class SqlStore:
 
     # --- turns ---------------------------------------------------------------------------
 
-    async def begin_turn(self, session_id: int) -> SessionInfo | None:
+    async def take_queued(
+        self, session_id: int, plan: InterimPlanner, worker: str, lease_seconds: float
+    ) -> Intake:
         async with self._tx() as tx, tx.begin():
+            session = await self._session_row(tx, session_id)
+            if session.active_key is None or session.state == SessionState.LLM:
+                return Intake(_session_info(session))
             queued = list(
                 await tx.scalars(
                     select(MessageRow)
@@ -301,31 +317,35 @@ class SqlStore:
                 )
             )
             if not queued:
-                return None
-            last = queued[-1]
-            session = await self._session_row(tx, session_id)
-            turn = session.turn + 1
-            claimed = await self._claim(
-                tx,
-                session_id,
-                SessionState.IDLE,
-                SessionState.LLM,
-                turn=turn,
-                tool_rounds=0,
-                reply_to_id=last.platform_message_id,
-                reply_to_user_id=last.author_id,
-                turn_user_id=last.author_id,
-                turn_is_admin=last.kind == "admin",
-            )
-            if not claimed:
-                return None
-            position = await self._next_position(tx, session_id)
-            for offset, row in enumerate(queued):
-                row.status = "history"
-                row.position = position + offset
-                row.turn = turn
-            await tx.refresh(session)
-            return _session_info(session)
+                return Intake(_session_info(session))
+            if session.state == SessionState.IDLE:
+                return await self._begin_turn(tx, session, queued)
+            return await self._defer(tx, session, queued, plan, worker, lease_seconds)
+
+    async def _begin_turn(self, tx: Tx, session: SessionRow, queued: list[MessageRow]) -> Intake:
+        last = queued[-1]
+        turn = session.turn + 1
+        claimed = await self._claim(
+            tx,
+            session.id,
+            SessionState.IDLE,
+            SessionState.LLM,
+            turn=turn,
+            tool_rounds=0,
+            reply_to_id=last.platform_message_id,
+            reply_to_user_id=last.author_id,
+            turn_user_id=last.author_id,
+            turn_is_admin=last.kind == "admin",
+        )
+        await tx.refresh(session)
+        if not claimed:  # another worker took the turn
+            return Intake(_session_info(session))
+        position = await self._next_position(tx, session.id)
+        for offset, row in enumerate(queued):
+            row.status = "history"
+            row.position = position + offset
+            row.turn = turn
+        return Intake(_session_info(session), turn_started=True)
 
     async def history(self, session_id: int) -> list[HistoryEntry]:
         async with self._tx() as tx:
@@ -489,74 +509,67 @@ class SqlStore:
             await tx.flush()
             return outbox.id
 
-    async def defer_queued(
-        self, session_id: int, plan: InterimPlanner, worker: str, lease_seconds: float
-    ) -> Deferral:
-        async with self._tx() as tx, tx.begin():
-            session = await self._session_row(tx, session_id)
-            info = _session_info(session)
-            if info.archived or info.state != SessionState.TOOLS:
-                return Deferral(info, [], [])
-            queued = {
-                row.id: row
-                for row in await tx.scalars(
-                    select(MessageRow)
-                    .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
-                    .order_by(MessageRow.id)
-                )
-            }
-            if not queued:
-                return Deferral(info, [], [])
-            context = await self._interim_context(tx, session_id, session.turn)
-            planned = list(
-                plan(
-                    info,
-                    [
-                        QueuedMessage(r.id, r.content or "", r.platform_message_id, r.author_id)
-                        for r in queued.values()
-                    ],
-                    context,
+    async def _defer(
+        self,
+        tx: Tx,
+        session: SessionRow,
+        rows: list[MessageRow],
+        plan: InterimPlanner,
+        worker: str,
+        lease_seconds: float,
+    ) -> Intake:
+        session_id, info = session.id, _session_info(session)
+        queued = {row.id: row for row in rows}
+        context = await self._interim_context(tx, session_id, session.turn)
+        planned = list(
+            plan(
+                info,
+                [
+                    QueuedMessage(r.id, r.content or "", r.platform_message_id, r.author_id)
+                    for r in queued.values()
+                ],
+                context,
+            )
+        )
+        # Claimed here rather than by the courier in a transaction of its own, unless an
+        # older reply still waits: that one goes first, through the courier's usual path.
+        older_waits = await tx.scalar(
+            select(OutboxRow.id).where(*_undelivered(session_id)).limit(1)
+        )
+        stamp = now()
+        outboxes = []
+        for choice in planned:
+            message = queued[choice.message_id]
+            message.status = "deferred"
+            message.turn = session.turn
+            session.language = choice.language
+            tx.add(
+                MessageRow(
+                    session_id=session_id,
+                    role="assistant",
+                    content=choice.text,
+                    status="interim",
+                    turn=session.turn,
+                    kind=choice.kind,
+                    created_at=stamp,
                 )
             )
-            # Claimed here, not by the courier in two more transactions, unless an older
-            # reply still waits: that one goes first, through the courier's usual path.
-            older_waits = await tx.scalar(
-                select(OutboxRow.id).where(*_undelivered(session_id)).limit(1)
+            outbox = self._outbox(
+                session,
+                ReplyKind.INTERIM,
+                choice.text,
+                message.platform_message_id,
+                message.author_id,
             )
-            stamp = now()
-            outboxes = []
-            for choice in planned:
-                message = queued[choice.message_id]
-                message.status = "deferred"
-                message.turn = session.turn
-                session.language = choice.language
-                tx.add(
-                    MessageRow(
-                        session_id=session_id,
-                        role="assistant",
-                        content=choice.text,
-                        status="interim",
-                        turn=session.turn,
-                        kind=choice.kind,
-                        created_at=stamp,
-                    )
-                )
-                outbox = self._outbox(
-                    session,
-                    ReplyKind.INTERIM,
-                    choice.text,
-                    message.platform_message_id,
-                    message.author_id,
-                )
-                if older_waits is None:
-                    outbox.claimed_by = worker
-                    outbox.claimed_until = stamp + timedelta(seconds=lease_seconds)
-                outboxes.append(outbox)
-            tx.add_all(outboxes)
-            session.updated_at = stamp
-            await tx.flush()
-            ready = [] if older_waits is not None else [_outbox_item(o, True) for o in outboxes]
-            return Deferral(info, planned, ready)
+            if older_waits is None:
+                outbox.claimed_by = worker
+                outbox.claimed_until = stamp + timedelta(seconds=lease_seconds)
+            outboxes.append(outbox)
+        tx.add_all(outboxes)
+        session.updated_at = stamp
+        await tx.flush()
+        ready = [] if older_waits is not None else [_outbox_item(o) for o in outboxes]
+        return Intake(_session_info(session), planned=planned, ready=ready)
 
     # --- tools ---------------------------------------------------------------------------
 
@@ -689,12 +702,35 @@ class SqlStore:
 
     # --- outbox --------------------------------------------------------------------------
 
-    async def undelivered(self, session_id: int) -> list[OutboxItem]:
-        async with self._tx() as tx:
-            rows = await tx.scalars(
-                select(OutboxRow).where(*_undelivered(session_id)).order_by(OutboxRow.id)
+    async def claim_undelivered(
+        self, session_id: int, worker: str, lease_seconds: float
+    ) -> OutboxClaim:
+        stamp = now()
+        async with self.engine.begin() as conn:
+            # One conditional UPDATE: on PostgreSQL a worker racing for the same rows waits
+            # for this commit and then finds them claimed.
+            rows = await conn.execute(
+                update(OutboxRow)
+                .where(*_undelivered(session_id), _claimable(worker, stamp))
+                .values(claimed_by=worker, claimed_until=stamp + timedelta(seconds=lease_seconds))
+                .returning(*OutboxRow.__table__.columns)
             )
-            return [_outbox_item(r) for r in rows]
+            items = sorted((_outbox_item(row) for row in rows), key=lambda item: item.id)
+            held = await conn.scalar(
+                select(func.min(OutboxRow.id)).where(
+                    *_undelivered(session_id), OutboxRow.claimed_by != worker
+                )
+            )
+            if held is None:
+                return OutboxClaim(items, blocked=False)
+            later = [item.id for item in items if item.id > held]
+            if later:
+                await conn.execute(
+                    update(OutboxRow)
+                    .where(OutboxRow.id.in_(later))
+                    .values(claimed_by=None, claimed_until=None)
+                )
+            return OutboxClaim([item for item in items if item.id < held], blocked=True)
 
     async def claim_delivery(self, outbox_id: int, worker: str, lease_seconds: float) -> bool:
         stamp = now()
@@ -704,11 +740,7 @@ class SqlStore:
                 .where(
                     OutboxRow.id == outbox_id,
                     OutboxRow.delivered_at.is_(None),
-                    or_(
-                        OutboxRow.claimed_by.is_(None),
-                        OutboxRow.claimed_by == worker,
-                        OutboxRow.claimed_until < stamp,
-                    ),
+                    _claimable(worker, stamp),
                 )
                 .values(claimed_by=worker, claimed_until=stamp + timedelta(seconds=lease_seconds))
             )

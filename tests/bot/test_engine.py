@@ -358,7 +358,7 @@ async def test_an_instant_reply_costs_three_storage_transactions(
     assert sent[1].message.kind is ReplyKind.INTERIM
     # Stored, deferred with its reply claimed for sending, marked delivered: the reads
     # and the claim share the deferral's transaction.
-    assert calls_for_the_reply == ["record_inbound", "defer_queued", "mark_delivered"]
+    assert calls_for_the_reply == ["record_inbound", "take_queued", "mark_delivered"]
 
 
 async def test_an_instant_reply_waits_behind_an_older_undelivered_reply(

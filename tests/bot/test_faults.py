@@ -4,6 +4,7 @@ history stays valid, and the next message works."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -101,16 +102,16 @@ async def test_a_failed_storage_step_is_retried_and_the_message_answered(
     monkeypatch.setattr(session, "STEP_RETRY_SECONDS", 0.05)
     async with make_core() as (runtime, chat):
         store = runtime.engine.store
-        real_begin_turn = store.begin_turn
+        real_take_queued = store.take_queued
         failures = iter([ConnectionError("database went away"), None])
 
-        async def flaky_begin_turn(session_id: int) -> object:
+        async def flaky_take_queued(session_id: int, *args: Any) -> object:
             error = next(failures, None)
             if error is not None:
                 raise error
-            return await real_begin_turn(session_id)
+            return await real_take_queued(session_id, *args)
 
-        monkeypatch.setattr(store, "begin_turn", flaky_begin_turn)
+        monkeypatch.setattr(store, "take_queued", flaky_take_queued)
         await chat.say("hello after a hiccup")
         sent = await chat.wait_for(1)
         await runtime.engine.wait_idle()

@@ -10,11 +10,14 @@ import pytest
 from sqlalchemy import select
 
 from adapters.memory import MemoryAdapter
-from bot.events import ReplyKind
+from bot.events import ConversationKey, InboundMessage, ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
+from storage.database import create_engine
+from storage.migrate import upgrade
 from storage.models import MessageRow, OutboxRow, SessionRow
+from storage.repository import SqlStore
 from tests.conftest import core_settings
 from tests.support import slow_tools
 
@@ -71,3 +74,43 @@ async def test_two_workers_share_a_conversation(
     assert len(closing) == sessions[0].turn
     assert fake_openai.rejected == []
     assert all(validate(r["messages"]) == [] for r in fake_openai.requests)
+
+
+async def test_a_worker_claims_a_sessions_replies_only_up_to_one_another_worker_holds(
+    database_url: str,
+) -> None:
+    """Replies go out in order: while worker two holds the second reply, worker one may
+    send the first but must leave the third alone, even though nobody holds it."""
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        store = SqlStore(engine)
+        conversation = ConversationKey("memory", "chat-1", "")
+        for number in range(3):
+            message = InboundMessage(
+                conversation, "u1", "Ana", "a sticker", f"m{number}", True, True
+            )
+            session_id = await store.record_notice(message, f"reply {number}")
+        assert session_id is not None
+        async with engine.connect() as conn:
+            ids = list(await conn.scalars(select(OutboxRow.id).order_by(OutboxRow.id)))
+        first, second, third = ids
+        assert await store.claim_delivery(second, "two", lease_seconds=60)
+
+        claim = await store.claim_undelivered(session_id, "one", lease_seconds=60)
+        assert [item.id for item in claim.items] == [first] and claim.blocked
+        # The third is not held for worker one: two, which sends the second, sends it next.
+        assert await store.claim_delivery(third, "two", lease_seconds=60)
+
+        await store.mark_delivered(first, "p1")
+        await store.mark_delivered(second, "p2")
+        claim = await store.claim_undelivered(session_id, "one", lease_seconds=60)
+        assert claim.items == [] and claim.blocked
+        await store.mark_delivered(third, "p3")
+        async with engine.connect() as conn:
+            sent = list(
+                await conn.scalars(select(OutboxRow.platform_message_id).order_by(OutboxRow.id))
+            )
+        assert sent == ["p1", "p2", "p3"]
+    finally:
+        await engine.dispose()

@@ -1,0 +1,52 @@
+"""The courier with two workers' claims on one session's replies."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+import pytest
+from sqlalchemy import select
+
+from adapters.memory import MemoryAdapter
+from bot import courier as courier_module
+from bot.core_api import ChatCore
+from bot.courier import Courier
+from bot.events import ConversationKey, InboundMessage
+from storage.database import create_engine
+from storage.migrate import upgrade
+from storage.models import OutboxRow
+from storage.repository import SqlStore
+
+
+async def test_rows_after_one_held_by_another_worker_go_out_once_it_is_sent(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(courier_module, "HELD_RETRY_SECONDS", 0.05)
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    courier = Courier(SqlStore(engine), "one")
+    try:
+        store = SqlStore(engine)
+        conversation = ConversationKey("memory", "chat-1", "")
+        for number in range(3):
+            message = InboundMessage(conversation, "u1", "Ana", "?", f"m{number}", True, True)
+            session_id = await store.record_notice(message, f"reply {number}")
+        assert session_id is not None
+        async with engine.connect() as conn:
+            second = list(await conn.scalars(select(OutboxRow.id).order_by(OutboxRow.id)))[1]
+        # Worker two holds the second reply: the third must wait for it.
+        assert await store.claim_delivery(second, "two", lease_seconds=60)
+        sink = MemoryAdapter(cast(ChatCore, object()))  # it only sends here: no core needed
+        courier.attach(sink)
+        courier.kick(session_id)
+        await sink.wait_for(1)
+        await asyncio.sleep(0.2)
+        assert [s.message.text for s in sink.sent] == ["reply 0"]
+        await store.mark_delivered(second, "sent-by-two")
+        # No kick and no sweep: the courier looks again by itself.
+        await sink.wait_for(2, timeout=5)
+        assert [s.message.text for s in sink.sent] == ["reply 0", "reply 2"]
+    finally:
+        await courier.stop()
+        await engine.dispose()
