@@ -50,6 +50,8 @@ ROUND_TEXTS = ("¿Sigues ahí?", "Hola", "¿Qué tal?", "Ok", "are you there?", 
 FIRST_CHAT = 20_000
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+# A profiled bot renders minutes of samples on its way out.
+PROFILED_STOP_TIMEOUT = 600.0
 # Telegram allows about 30 messages/s per bot; paced load stays well under it.
 PACED_RATE = 10.0
 
@@ -207,12 +209,15 @@ class BotProcess:
             return
         if process.stdin is not None:
             process.stdin.close()
+        limit = PROFILED_STOP_TIMEOUT if self.profile else STOP_TIMEOUT
         try:
-            async with asyncio.timeout(STOP_TIMEOUT):
+            async with asyncio.timeout(limit):
                 await process.wait()
         except TimeoutError:
             await self._kill()
-            raise RuntimeError(f"{self.variant} did not stop within {STOP_TIMEOUT}s") from None
+            raise RuntimeError(
+                f"{self.variant} did not stop within {limit}s:\n{self.tail()}"
+            ) from None
         if process.returncode != 0 and exc == (None, None, None):
             raise RuntimeError(f"{self.variant} exited with {process.returncode}:\n{self.tail()}")
 
