@@ -41,7 +41,7 @@ class Runtime:
         if settings.db_auto_upgrade:
             await upgrade(settings.database_url)
         self.db = create_engine(settings.database_url)
-        store = SqlStore(self.db)
+        store = SqlStore(self.db, worker=self.settings.worker_id)
         base_url = settings.openai_base_url
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
         if settings.uses_offline_model():

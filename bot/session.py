@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from bot.courier import CLAIM_LEASE_SECONDS
 from bot.interim.classify import InterimKind, classify
 from bot.llm import Completion, LLMError, ToolCallRequest
 from bot.prompt import build_request
@@ -200,9 +199,7 @@ class SessionActor:
         """Idle: queued messages start a turn (True). Tools: each gets its instant reply.
         LLM: they stay queued; the call's end picks them all up in one turn."""
         engine = self.engine
-        intake = await engine.store.take_queued(
-            self.session_id, self._plan_interims, engine.config.worker_id, CLAIM_LEASE_SECONDS
-        )
+        intake = await engine.store.take_queued(self.session_id, self._plan_interims)
         if intake.turn_started:
             log.info("turn started", extra={"session": self.label, "turn": intake.info.turn})
             self._spawn_llm(intake.info)
@@ -277,15 +274,15 @@ class SessionActor:
             if content is None:
                 result = LLMError("empty_answer", "the model answered with no text")
             else:
-                await store.record_answer(self.session_id, content, result.usage)
+                ready = await store.record_answer(self.session_id, content, result.usage)
                 log.info("turn answered", extra={"session": self.label, "turn": info.turn})
-                engine.courier.kick(self.session_id)
+                engine.courier.kick(self.session_id, ready)
                 await self._after_turn()
                 return
         log.warning("LLM call failed: %s", result, extra={"session": self.label, "turn": info.turn})
         apology = engine.book.phrase("apology", info.language)
-        await store.record_llm_failure(self.session_id, str(result), apology)
-        engine.courier.kick(self.session_id)
+        ready = await store.record_llm_failure(self.session_id, str(result), apology)
+        engine.courier.kick(self.session_id, ready)
         await self._after_turn()
 
     async def _after_turn(self) -> None:
@@ -302,10 +299,11 @@ class SessionActor:
         engine = self.engine
         planned = [PlannedCall(c, engine.runner.timeout_for(c.name)) for c in calls]
         notice = content or engine.book.phrase("working", info.language)
-        rows = await engine.store.record_tool_calls(
+        tool_round = await engine.store.record_tool_calls(
             self.session_id, content, planned, notice, completion.usage
         )
-        engine.courier.kick(self.session_id)
+        rows = tool_round.calls
+        engine.courier.kick(self.session_id, tool_round.ready)
         log.info(
             "tools started: %s",
             ", ".join(r.name for r in rows),

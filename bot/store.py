@@ -116,6 +116,14 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolRound:
+    """The calls `record_tool_calls` stored, and its notice if claimed for sending now."""
+
+    calls: list[ToolCallInfo]
+    ready: list[OutboxItem]
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxClaim:
     """Replies claimed for sending, in order; `blocked` when an older one of the session
     is held by another worker, so the rest wait for it."""
@@ -145,6 +153,10 @@ class Control:
 
 
 class Store(Protocol):
+    """A store made for a worker (`WORKER_ID`) claims the replies it writes for that worker
+    when nothing older of the session waits, and returns them as `ready`: the courier sends
+    those without a transaction of its own to claim them."""
+
     # --- taking messages in ---
     async def record_inbound(self, message: InboundMessage, language: str) -> int | None:
         """Stores a message as queued in its conversation's active session (created on
@@ -161,9 +173,7 @@ class Store(Protocol):
     async def active_session_id(self, key: ConversationKey) -> int | None: ...
 
     # --- turns ---
-    async def take_queued(
-        self, session_id: int, plan: InterimPlanner, worker: str, lease_seconds: float
-    ) -> Intake:
+    async def take_queued(self, session_id: int, plan: InterimPlanner) -> Intake:
         """The queued messages, in one transaction whatever the state. Idle: they join the
         history and a turn starts (idle -> llm). Tools: each is deferred and answered with
         the reply `plan` picks. LLM (or archived, or nothing queued): nothing changes."""
@@ -173,8 +183,9 @@ class Store(Protocol):
 
     async def turn_interims(self, session_id: int, turn: int) -> list[str]: ...
 
-    async def record_answer(self, session_id: int, text: str, usage: Usage) -> int:
-        """llm -> idle with the answer in the history and in the outbox."""
+    async def record_answer(self, session_id: int, text: str, usage: Usage) -> list[OutboxItem]:
+        """llm -> idle with the answer in the history and in the outbox. Returns the answer
+        if it was claimed for sending at once (see `Intake.ready`)."""
         ...
 
     async def record_tool_calls(
@@ -184,15 +195,16 @@ class Store(Protocol):
         calls: Sequence[PlannedCall],
         notice: str,
         usage: Usage,
-    ) -> list[ToolCallInfo]:
+    ) -> ToolRound:
         """llm -> tools: the assistant message waits outside the history until every call
         has its result; `notice` goes to the outbox."""
         ...
 
     async def record_llm_failure(
         self, session_id: int, error: str, apology: str, usage: Usage | None = None
-    ) -> int:
-        """llm -> idle, keeping the history as it was; the apology goes to the outbox."""
+    ) -> list[OutboxItem]:
+        """llm -> idle, keeping the history as it was; the apology goes to the outbox (and
+        is returned if claimed for sending at once)."""
         ...
 
     # --- tools ---

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession as Tx
 
+from bot.courier import CLAIM_LEASE_SECONDS
 from bot.events import ConversationKey, InboundMessage, ReplyKind
 from bot.guards.budget import TokenTotals
 from bot.llm import Usage
@@ -36,6 +37,7 @@ from bot.store import (
     SessionInfo,
     SessionState,
     ToolCallInfo,
+    ToolRound,
 )
 from bot.tools.runner import ToolOutcome, ToolStatus
 from storage.database import sessionmaker
@@ -128,8 +130,17 @@ def _claimable(worker: str, stamp: datetime) -> Any:
 
 
 class SqlStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        worker: str | None = None,
+        lease_seconds: float = CLAIM_LEASE_SECONDS,
+    ) -> None:
+        """`worker`: the bot's WORKER_ID, whose courier sends what this store writes; None
+        (the admin CLI) leaves new replies unclaimed for the bot to take."""
         self.engine = engine
+        self.worker = worker
+        self.lease_seconds = lease_seconds
         self._tx = sessionmaker(engine)
 
     # --- helpers -------------------------------------------------------------------
@@ -154,6 +165,20 @@ class SqlStore:
         )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def _claim_values(self, tx: Tx, session_id: int) -> dict[str, Any]:
+        """Claim columns for replies about to be added: empty unless this store has a worker
+        and nothing older of the session waits (replies go out in order; an older one goes
+        first, through the courier's claim). Call before adding them."""
+        if self.worker is None:
+            return {}
+        older = await tx.scalar(select(OutboxRow.id).where(*_undelivered(session_id)).limit(1))
+        if older is not None:
+            return {}
+        return {
+            "claimed_by": self.worker,
+            "claimed_until": now() + timedelta(seconds=self.lease_seconds),
+        }
+
     def _outbox(
         self,
         session: SessionRow,
@@ -161,8 +186,10 @@ class SqlStore:
         text: str,
         reply_to: str | None,
         user: str | None,
+        claim: dict[str, Any] | None = None,
     ) -> OutboxRow:
         return OutboxRow(
+            **(claim or {}),
             session_id=session.id,
             platform=session.platform,
             chat_id=session.chat_id,
@@ -302,9 +329,7 @@ class SqlStore:
 
     # --- turns ---------------------------------------------------------------------------
 
-    async def take_queued(
-        self, session_id: int, plan: InterimPlanner, worker: str, lease_seconds: float
-    ) -> Intake:
+    async def take_queued(self, session_id: int, plan: InterimPlanner) -> Intake:
         async with self._tx() as tx, tx.begin():
             session = await self._session_row(tx, session_id)
             if session.active_key is None or session.state == SessionState.LLM:
@@ -320,7 +345,7 @@ class SqlStore:
                 return Intake(_session_info(session))
             if session.state == SessionState.IDLE:
                 return await self._begin_turn(tx, session, queued)
-            return await self._defer(tx, session, queued, plan, worker, lease_seconds)
+            return await self._defer(tx, session, queued, plan)
 
     async def _begin_turn(self, tx: Tx, session: SessionRow, queued: list[MessageRow]) -> Intake:
         last = queued[-1]
@@ -401,13 +426,14 @@ class SqlStore:
             created_at=now(),
         )
 
-    async def record_answer(self, session_id: int, text: str, usage: Usage) -> int:
+    async def record_answer(self, session_id: int, text: str, usage: Usage) -> list[OutboxItem]:
         async with self._tx() as tx, tx.begin():
             session = await self._session_row(tx, session_id)
             if not await self._claim(
                 tx, session_id, SessionState.LLM, SessionState.IDLE, last_error=None
             ):
                 raise RuntimeError(f"session {session_id} is not waiting for an answer")
+            claim = await self._claim_values(tx, session_id)
             tx.add(
                 MessageRow(
                     session_id=session_id,
@@ -422,11 +448,16 @@ class SqlStore:
             )
             tx.add(self._llm_call(session, usage))
             outbox = self._outbox(
-                session, ReplyKind.ANSWER, text, session.reply_to_id, session.reply_to_user_id
+                session,
+                ReplyKind.ANSWER,
+                text,
+                session.reply_to_id,
+                session.reply_to_user_id,
+                claim,
             )
             tx.add(outbox)
             await tx.flush()
-            return outbox.id
+            return [_outbox_item(outbox)] if claim else []
 
     async def record_tool_calls(
         self,
@@ -435,7 +466,7 @@ class SqlStore:
         calls: Sequence[PlannedCall],
         notice: str,
         usage: Usage,
-    ) -> list[ToolCallInfo]:
+    ) -> ToolRound:
         async with self._tx() as tx, tx.begin():
             session = await self._session_row(tx, session_id)
             if not await self._claim(
@@ -447,6 +478,7 @@ class SqlStore:
                 last_error=None,
             ):
                 raise RuntimeError(f"session {session_id} is not waiting for the model")
+            claim = await self._claim_values(tx, session_id)
             message = MessageRow(
                 session_id=session_id,
                 role="assistant",
@@ -475,21 +507,21 @@ class SqlStore:
             ]
             tx.add_all(rows)
             tx.add(self._llm_call(session, usage))
-            tx.add(
-                self._outbox(
-                    session,
-                    ReplyKind.WORKING,
-                    notice,
-                    session.reply_to_id,
-                    session.reply_to_user_id,
-                )
+            outbox = self._outbox(
+                session,
+                ReplyKind.WORKING,
+                notice,
+                session.reply_to_id,
+                session.reply_to_user_id,
+                claim,
             )
+            tx.add(outbox)
             await tx.flush()
-            return [_tool_info(r) for r in rows]
+            return ToolRound([_tool_info(r) for r in rows], [_outbox_item(outbox)] if claim else [])
 
     async def record_llm_failure(
         self, session_id: int, error: str, apology: str, usage: Usage | None = None
-    ) -> int:
+    ) -> list[OutboxItem]:
         async with self._tx() as tx, tx.begin():
             session = await self._session_row(tx, session_id)
             if not await self._claim(
@@ -501,13 +533,19 @@ class SqlStore:
                 last_error_at=now(),
             ):
                 raise RuntimeError(f"session {session_id} is not waiting for the model")
+            claim = await self._claim_values(tx, session_id)
             tx.add(self._llm_call(session, usage, error))
             outbox = self._outbox(
-                session, ReplyKind.ERROR, apology, session.reply_to_id, session.reply_to_user_id
+                session,
+                ReplyKind.ERROR,
+                apology,
+                session.reply_to_id,
+                session.reply_to_user_id,
+                claim,
             )
             tx.add(outbox)
             await tx.flush()
-            return outbox.id
+            return [_outbox_item(outbox)] if claim else []
 
     async def _defer(
         self,
@@ -515,8 +553,6 @@ class SqlStore:
         session: SessionRow,
         rows: list[MessageRow],
         plan: InterimPlanner,
-        worker: str,
-        lease_seconds: float,
     ) -> Intake:
         session_id, info = session.id, _session_info(session)
         queued = {row.id: row for row in rows}
@@ -531,11 +567,7 @@ class SqlStore:
                 context,
             )
         )
-        # Claimed here rather than by the courier in a transaction of its own, unless an
-        # older reply still waits: that one goes first, through the courier's usual path.
-        older_waits = await tx.scalar(
-            select(OutboxRow.id).where(*_undelivered(session_id)).limit(1)
-        )
+        claim = await self._claim_values(tx, session_id)
         stamp = now()
         outboxes = []
         for choice in planned:
@@ -560,15 +592,13 @@ class SqlStore:
                 choice.text,
                 message.platform_message_id,
                 message.author_id,
+                claim,
             )
-            if older_waits is None:
-                outbox.claimed_by = worker
-                outbox.claimed_until = stamp + timedelta(seconds=lease_seconds)
             outboxes.append(outbox)
         tx.add_all(outboxes)
         session.updated_at = stamp
         await tx.flush()
-        ready = [] if older_waits is not None else [_outbox_item(o) for o in outboxes]
+        ready = [_outbox_item(o) for o in outboxes] if claim else []
         return Intake(_session_info(session), planned=planned, ready=ready)
 
     # --- tools ---------------------------------------------------------------------------

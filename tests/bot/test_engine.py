@@ -397,3 +397,30 @@ async def test_typing_stops_during_long_tools_and_comes_back_for_the_answer(
         await runtime.engine.wait_idle()
     assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER]
     assert len(chat.typing_calls) > while_tool_runs  # the model was asked again
+
+
+async def test_an_answered_message_costs_seven_storage_calls(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+        called = count_store_calls(runtime.engine.store, monkeypatch)
+        await chat.say("and again")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert sent[1].message.kind is ReplyKind.ANSWER
+    # The answer is claimed for sending by the transaction that records it; after the
+    # turn, one more look for messages that came meanwhile.
+    assert sorted(called) == sorted(
+        [
+            "record_inbound",
+            "take_queued",
+            "history",
+            "get_session",
+            "record_answer",
+            "mark_delivered",
+            "take_queued",
+        ]
+    )
