@@ -145,8 +145,8 @@ class SqlStore:
 
     # --- helpers -------------------------------------------------------------------
 
-    async def _session_row(self, tx: Tx, session_id: int) -> SessionRow:
-        row = await tx.get(SessionRow, session_id)
+    async def _session_row(self, tx: Tx, session_id: int, lock: bool = False) -> SessionRow:
+        row = await tx.get(SessionRow, session_id, with_for_update=lock)
         if row is None:
             raise LookupError(f"no session {session_id}")
         return row
@@ -331,7 +331,10 @@ class SqlStore:
 
     async def take_queued(self, session_id: int, plan: InterimPlanner) -> Intake:
         async with self._tx() as tx, tx.begin():
-            session = await self._session_row(tx, session_id)
+            # Locked (PostgreSQL; SQLite has one writer anyway): a worker closing the tool
+            # round meanwhile would otherwise miss a message deferred against the state
+            # read here, and leave it out of the history.
+            session = await self._session_row(tx, session_id, lock=True)
             if session.active_key is None or session.state == SessionState.LLM:
                 return Intake(_session_info(session))
             queued = list(
