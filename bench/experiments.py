@@ -8,25 +8,20 @@ edits the core. Nothing on disk changes; `applied()` restores everything on exit
                measured session has a tool running, so this is simply "no typing".
   sdkbypass    the openai SDK's request transform skipped (bot/llm.py: post the body we
                already built as plain JSON; the transform walks every history message).
-  recoverwaves at most RECOVER_AT_ONCE sessions run their recovery step at a time
-               (bot/engine.py: start), so sessions finish one wave after another instead of
-               all of them advancing in lockstep through one connection.
 
-Two earlier switches were applied to the core by the lead and are gone from here: one
-SQLite connection per process (storage/database.py, was "onewriter") and tool schemas built
-once (bot/tools/registry.py, was "schemacache"); RESULTS.md has their before/after figures.
+Switches applied to the core are gone from here: one SQLite connection per process
+(storage/database.py, was "onewriter"), tool schemas built once (bot/tools/registry.py, was
+"schemacache") and recovery in waves (bot/engine.py RECOVERY_CONCURRENCY, was
+"recoverwaves"); RESULTS.md has their figures.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-EXPERIMENTS = ("nolimit", "notyping", "sdkbypass", "recoverwaves")
-RECOVER_AT_ONCE = 32
+EXPERIMENTS = ("nolimit", "notyping", "sdkbypass")
 
 
 def check(names: Iterable[str]) -> frozenset[str]:
@@ -59,20 +54,6 @@ async def _as_is(data: object, expected_type: object) -> object:
     return data
 
 
-def _in_waves(original: Any) -> Any:
-    gates: dict[int, asyncio.Semaphore] = {}
-
-    @functools.wraps(original)
-    async def on_recover(self: Any) -> None:
-        # One semaphore per event loop: tests and benchmarks run several loops in turn.
-        loop = id(asyncio.get_running_loop())
-        gate = gates.setdefault(loop, asyncio.Semaphore(RECOVER_AT_ONCE))
-        async with gate:
-            await original(self)
-
-    return on_recover
-
-
 def _targets(name: str) -> list[tuple[object, str, object]]:
     """(object, attribute, new value) for each patch of one experiment."""
     if name == "nolimit":
@@ -87,10 +68,6 @@ def _targets(name: str) -> list[tuple[object, str, object]]:
         import openai.resources.chat.completions.completions as completions
 
         return [(completions, "async_maybe_transform", _as_is)]
-    if name == "recoverwaves":
-        from bot.session import SessionActor
-
-        return [(SessionActor, "_on_recover", _in_waves(SessionActor._on_recover))]
     raise ValueError(f"unknown experiment {name!r}")
 
 

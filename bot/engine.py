@@ -33,6 +33,10 @@ from bot.tools.runner import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER, ToolOutco
 log = logging.getLogger(__name__)
 
 CONTROL_POLL_SECONDS = 1.0
+# Sessions that run their recovery step at once after a restart. All of them at once
+# (thousands, after a crash under load) would queue a new message's transactions behind
+# every one of theirs, and advance them all in lockstep so that none finishes early.
+RECOVERY_CONCURRENCY = 32
 # How often replies left undelivered (platform down, a dead worker's claim) are retried.
 SWEEP_EVERY_POLLS = 30
 # In a group, these change the conversation for everyone: only admins, once admins are set.
@@ -97,6 +101,7 @@ class Engine:
         self.step_failures: dict[int, int] = {}
         self._sinks: dict[str, ReplySink] = {}
         self._control_task: asyncio.Task[None] | None = None
+        self.recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
 
     # --- adapters' side (bot.core_api.ChatCore) ---------------------------------------------
 

@@ -370,6 +370,10 @@ class SessionActor:
     # --- recovery and operators ------------------------------------------------------------
 
     async def _on_recover(self) -> None:
+        async with self.engine.recovery_slots:
+            await self._recover()
+
+    async def _recover(self) -> None:
         engine, store = self.engine, self.engine.store
         info = await store.get_session(self.session_id)
         if info.archived:

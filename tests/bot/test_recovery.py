@@ -8,12 +8,14 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
+from bot import engine as engine_module
 from bot.events import DeliveryError, ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
 from bot.prompt import to_openai
 from bot.runtime import Runtime
 from storage.models import OutboxRow, ToolCallRow
+from storage.repository import SqlStore
 from tests.conftest import core_settings, started_core
 from tests.support import slow_tools
 
@@ -95,3 +97,39 @@ async def test_message_stored_but_not_handled_is_handled_after_restart(
         await second.engine.wait_idle()
     assert [s.message.kind for s in sent] == [ReplyKind.ANSWER]
     assert "are you awake?" in sent[0].message.text
+
+
+async def test_recovery_takes_a_few_sessions_at_a_time_and_reaches_them_all(
+    database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of sessions recovering at once would queue every new message behind all
+    their transactions; a bounded number at a time leaves room for the living."""
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    monkeypatch.setattr(engine_module, "RECOVERY_CONCURRENCY", 2)
+    settings = core_settings(database_url, fake_openai)
+    chats = [f"chat-{n}" for n in range(5)]
+    async with started_core(settings) as (_first, chat):
+        for name in chats:
+            await chat.say("Dame la hora actual", chat=name)
+        await chat.wait_for(len(chats))  # every chat has its tool running
+
+    running, most = 0, 0
+    real_open_tool_calls = SqlStore.open_tool_calls
+
+    async def slow_open_tool_calls(self: SqlStore, session_id: int) -> object:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(0.05)
+            return await real_open_tool_calls(self, session_id)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(SqlStore, "open_tool_calls", slow_open_tool_calls)
+    async with started_core(settings) as (second, chat2):
+        sent = await chat2.wait_for(len(chats))
+        await second.engine.wait_idle()
+    assert sorted(s.message.conversation.chat_id for s in sent) == chats
+    assert all("interrupted by a restart" in s.message.text for s in sent)
+    assert most == 2
