@@ -388,8 +388,7 @@ class SqlStore:
             ]
 
     async def _interim_context(self, tx: Tx, session_id: int, turn: int) -> InterimContext:
-        message = await self._open_round(tx, session_id)
-        calls = [] if message is None else await self._round_calls(tx, message)
+        _, calls = await self._open_round_calls(tx, session_id)
         interims = await tx.execute(
             select(MessageRow.turn, MessageRow.content)
             .where(MessageRow.session_id == session_id, MessageRow.status == "interim")
@@ -623,12 +622,27 @@ class SqlStore:
         )
         return list(rows)
 
+    async def _open_round_calls(
+        self, tx: Tx, session_id: int
+    ) -> tuple[MessageRow | None, list[ToolCallRow]]:
+        """The round in progress (its assistant message) and its calls, in one query."""
+        rows = list(
+            await tx.execute(
+                select(MessageRow, ToolCallRow)
+                .join(ToolCallRow, ToolCallRow.message_id == MessageRow.id)
+                .where(MessageRow.session_id == session_id, MessageRow.status == "pending_calls")
+                .order_by(MessageRow.id, ToolCallRow.seq)
+            )
+        )
+        if not rows:
+            return None, []
+        message = rows[0][0]
+        return message, [call for owner, call in rows if owner is message]
+
     async def open_tool_calls(self, session_id: int) -> list[ToolCallInfo]:
         async with self._tx() as tx:
-            message = await self._open_round(tx, session_id)
-            if message is None:
-                return []
-            return [_tool_info(r) for r in await self._round_calls(tx, message)]
+            _, calls = await self._open_round_calls(tx, session_id)
+            return [_tool_info(r) for r in calls]
 
     async def mark_tool_running(self, tool_call_id: int) -> None:
         async with self.engine.begin() as conn:
@@ -653,10 +667,9 @@ class SqlStore:
 
     async def close_tool_round(self, session_id: int) -> bool:
         async with self._tx() as tx, tx.begin():
-            message = await self._open_round(tx, session_id)
+            message, calls = await self._open_round_calls(tx, session_id)
             if message is None:
                 return False
-            calls = await self._round_calls(tx, message)
             if any(c.status in UNFINISHED for c in calls):
                 return False
             if not await self._claim(tx, session_id, SessionState.TOOLS, SessionState.LLM):
