@@ -1,9 +1,9 @@
-"""Keeps the platform's typing indicator alive while a session works, for a while.
+"""Keeps the platform's typing indicator alive while the model writes, for a while.
 
-Only for a while: a tool may run for an hour, and an hour of "typing…" says nothing the
-"working on it" notice did not, while it costs one platform call per chat every few
-seconds (with a thousand busy chats, more calls than their replies). The session starts it
-again whenever the model is asked, so the answer is announced as it is being written.
+The session shows it while the model is asked and stops it when tools start: a tool may
+run for an hour, and an hour of "typing…" says nothing the "working on it" notice did not,
+while it costs one platform call per chat every few seconds (with a thousand busy chats,
+more calls than their replies). The limit ends it for a model call that hangs.
 """
 
 from __future__ import annotations

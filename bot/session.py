@@ -303,6 +303,9 @@ class SessionActor:
             self.session_id, content, planned, notice, completion.usage
         )
         rows = tool_round.calls
+        # "Typing" means a message is being written; while tools run, the notice says
+        # what happens instead. The model's next call shows it again.
+        engine.typing.stop(self.session_id)
         engine.courier.kick(self.session_id, tool_round.ready)
         log.info(
             "tools started: %s",
@@ -392,7 +395,6 @@ class SessionActor:
         if info.state == SessionState.LLM:
             self._spawn_llm(info)
             return
-        engine.typing.start(self.session_id, info.key, engine.sink(info.key.platform))
         for call in calls:
             if call.status.finished or call.id in self._tool_tasks:
                 continue
