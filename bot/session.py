@@ -218,7 +218,7 @@ class SessionActor:
 
     def _spawn_llm(self, info: SessionInfo) -> None:
         if self._llm_task is None:
-            # Typing again: it may have timed out while long tools ran.
+            # Typing while the model writes; it stopped if tools ran before this call.
             self.engine.typing.start(self.session_id, info.key, self.engine.sink(info.key.platform))
             self._llm_task = self._work.spawn(self._call_llm(info), "llm")
 
