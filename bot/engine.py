@@ -269,6 +269,8 @@ class Engine:
         sessions = await self.store.sessions_needing_work()
         if sessions:
             log.info("recovering %d sessions", len(sessions))
+        for session_id in await self.store.sessions_with_undelivered():
+            self.courier.kick(session_id)
         for session_id in sessions:
             self._actor(session_id).post(Recover())
         self._control_task = self.tasks.spawn(self._poll_controls(), "controls")
@@ -301,6 +303,7 @@ class Engine:
             count = await self.cancel_tools(session_id, CANCELLED_BY_OPERATOR)
             return f"cancelled {count} running tool call(s)"
         if action == "recover":
+            self.courier.kick(session_id)
             self._actor(session_id).post(Recover())
             return "session handed back to the engine"
         if action == "reset":

@@ -343,9 +343,10 @@ class SessionActor:
             await self._close_round()
 
     async def _close_round(self) -> None:
-        if await self.engine.store.close_tool_round(self.session_id):
+        info = await self.engine.store.close_tool_round(self.session_id)
+        if info is not None:
             self._cancel_outcome = None
-            self._spawn_llm(await self.engine.store.get_session(self.session_id))
+            self._spawn_llm(info)
 
     def _cancel_tools(self, outcome: ToolOutcome) -> int:
         if not self._tool_tasks:
@@ -381,7 +382,6 @@ class SessionActor:
         info = await store.get_session(self.session_id)
         if info.archived:
             return
-        engine.courier.kick(self.session_id)
         calls = await store.open_tool_calls(self.session_id)
         open_ids = {c.id for c in calls if not c.status.finished}
         for task_id in [t for t in self._tool_tasks if t not in open_ids]:

@@ -218,9 +218,10 @@ class Store(Protocol):
         """Records the one result of a call; False if it already had one."""
         ...
 
-    async def close_tool_round(self, session_id: int) -> bool:
+    async def close_tool_round(self, session_id: int) -> SessionInfo | None:
         """tools -> llm once every call has a result: the assistant message, its tool
-        results and then the deferred messages join the history, in one transaction."""
+        results and then the deferred messages join the history, in one transaction.
+        Returns the session then, or None if the round is not done (or not open)."""
         ...
 
     async def archive_session(self, session_id: int) -> None:

@@ -665,17 +665,17 @@ class SqlStore:
             )
             return bool(result.rowcount)
 
-    async def close_tool_round(self, session_id: int) -> bool:
+    async def close_tool_round(self, session_id: int) -> SessionInfo | None:
         async with self._tx() as tx, tx.begin():
             message, calls = await self._open_round_calls(tx, session_id)
             if message is None:
-                return False
+                return None
             if any(c.status in UNFINISHED for c in calls):
-                return False
+                return None
             if not await self._claim(tx, session_id, SessionState.TOOLS, SessionState.LLM):
-                return False
+                return None
             await self.place_round(tx, session_id, message, calls)
-            return True
+            return _session_info(await self._session_row(tx, session_id))
 
     async def place_round(
         self, tx: Tx, session_id: int, message: MessageRow, calls: Sequence[ToolCallRow]
