@@ -497,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=_variant,
         nargs="+",
         default=None,
-        help="only these bots (stillhere+notyping+sdkbypass tries recommended core changes)",
+        help="only these bots (stillhere+notyping tries a what-if change, see bench.experiments)",
     )
     args = parser.parse_args(argv)
     size = SIZES[args.size]

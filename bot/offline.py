@@ -52,6 +52,14 @@ def _invalid(message: str, param: str | None = None, code: str | None = None) ->
     return _error_body(message, "invalid_request_error", param, code)
 
 
+def _unauthorized() -> JSON:
+    return _invalid(
+        "You didn't provide an API key. You need to provide your API key in an Authorization "
+        "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        code=None,
+    )
+
+
 # --- request checks --------------------------------------------------------------------------
 
 
@@ -463,6 +471,8 @@ class FakeOpenAI:
         self.think_seconds = think_seconds
         self.record = record
         self.requests: list[JSON] = []
+        # Each chat request's Authorization header (None when it had none), as recorded.
+        self.authorizations: list[str | None] = []
         self.rejected: list[JSON] = []
         self._script: deque[_Scripted] = deque()
         self._runner: web.AppRunner | None = None
@@ -566,8 +576,13 @@ class FakeOpenAI:
             body: Any = json.loads(raw)
         except ValueError:
             body = None
+        authorization = request.headers.get("Authorization")
         if self.record:
             self.requests.append(body if isinstance(body, dict) else {"unparsed_body": raw})
+            self.authorizations.append(authorization)
+        if not (authorization or "").removeprefix("Bearer ").strip():
+            # OpenAI's answer to a request without a key: the SDK must always send one.
+            return self._reject(_unauthorized(), status=401)
         problem = request_error(body)
         if problem is not None:
             return self._reject(problem)
@@ -599,10 +614,10 @@ class FakeOpenAI:
             message = rules_reply(body)
         return web.json_response(completion(body, message))
 
-    def _reject(self, body: JSON) -> web.Response:
+    def _reject(self, body: JSON, status: int = 400) -> web.Response:
         self.rejected.append(body)
         log.warning("offline model rejected a request: %s", body["error"]["message"])
-        return web.json_response(body, status=400)
+        return web.json_response(body, status=status)
 
     async def _pause(self, seconds: float) -> None:
         if seconds > 0:

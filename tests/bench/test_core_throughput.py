@@ -30,5 +30,5 @@ def test_tiny_run_measures_all_three_systems(
 
 
 def test_an_experiment_is_measured_beside_the_unchanged_core(tmp_path: Path) -> None:
-    chosen = core_throughput.systems(["sdkbypass"])
-    assert list(chosen) == ["stillhere", "raw", "raw+llm", "stillhere+sdkbypass"]
+    chosen = core_throughput.systems(["notyping"])
+    assert list(chosen) == ["stillhere", "raw", "raw+llm", "stillhere+notyping"]

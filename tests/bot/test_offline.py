@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
@@ -232,9 +233,12 @@ async def test_request_shape_errors_are_400s(
     assert len(fake.rejected) == 1
 
 
+KEY = {"Authorization": "Bearer sk-test"}
+
+
 async def post_raw(fake: FakeOpenAI, data: str) -> tuple[int, Any]:
     async with (
-        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession(headers=KEY) as session,
         session.post(f"{fake.base_url}/chat/completions", data=data) as response,
     ):
         return response.status, await response.json()
@@ -432,7 +436,7 @@ async def test_a_scripted_error_carries_openais_shape_and_retry_after_ms(
 ) -> None:
     fake.script_error(429, retry_after_ms=10)
     async with (
-        aiohttp.ClientSession() as session,
+        aiohttp.ClientSession(headers=KEY) as session,
         session.post(
             f"{fake.base_url}/chat/completions",
             json={"model": "m", "messages": [user("hi")]},
@@ -546,3 +550,15 @@ async def test_serve_forever_answers_until_cancelled() -> None:
         server.cancel()
         with pytest.raises(asyncio.CancelledError):
             await server
+
+
+async def test_a_request_without_a_bearer_key_is_refused_as_openai_would(
+    fake_openai: FakeOpenAI,
+) -> None:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient() as http:
+        refused = await http.post(f"{fake_openai.base_url}/chat/completions", json=body)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["type"] == "invalid_request_error"
+    assert "API key" in refused.json()["error"]["message"]
+    assert fake_openai.authorizations == [None]
