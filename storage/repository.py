@@ -605,23 +605,6 @@ class SqlStore:
 
     # --- tools ---------------------------------------------------------------------------
 
-    async def _open_round(self, tx: Tx, session_id: int) -> MessageRow | None:
-        found: MessageRow | None = await tx.scalar(
-            select(MessageRow)
-            .where(MessageRow.session_id == session_id, MessageRow.status == "pending_calls")
-            .order_by(MessageRow.id)
-            .limit(1)
-        )
-        return found
-
-    async def _round_calls(self, tx: Tx, message: MessageRow) -> list[ToolCallRow]:
-        rows = await tx.scalars(
-            select(ToolCallRow)
-            .where(ToolCallRow.message_id == message.id)
-            .order_by(ToolCallRow.seq)
-        )
-        return list(rows)
-
     async def _open_round_calls(
         self, tx: Tx, session_id: int
     ) -> tuple[MessageRow | None, list[ToolCallRow]]:
@@ -712,22 +695,14 @@ class SqlStore:
     async def archive_session(self, session_id: int) -> None:
         async with self._tx() as tx, tx.begin():
             session = await self._session_row(tx, session_id)
-            message = await self._open_round(tx, session_id)
+            message, calls = await self._open_round_calls(tx, session_id)
             if message is not None:
                 # Never leave an unanswered block behind, even in an archived history.
-                await tx.execute(
-                    update(ToolCallRow)
-                    .where(
-                        ToolCallRow.message_id == message.id,
-                        ToolCallRow.status.in_(UNFINISHED),
-                    )
-                    .values(
-                        status=ToolStatus.CANCELLED.value,
-                        result="cancelled: the conversation was reset",
-                        finished_at=now(),
-                    )
-                )
-                calls = await self._round_calls(tx, message)
+                for call in calls:
+                    if call.status in UNFINISHED:
+                        call.status = ToolStatus.CANCELLED.value
+                        call.result = "cancelled: the conversation was reset"
+                        call.finished_at = now()
                 await self.place_round(tx, session_id, message, calls)
             position = await self._next_position(tx, session_id)
             queued = await tx.scalars(
