@@ -23,7 +23,15 @@ from bot.llm import LLMClient
 from bot.policies import Gate, Verdict
 from bot.presence import TypingKeeper
 from bot.prompt import PromptStats
-from bot.session import Cancel, Recover, Reset, SessionActor, Wake, seconds_since
+from bot.session import (
+    MAX_RERUNS_AFTER_RESTART,
+    Cancel,
+    Recover,
+    Reset,
+    SessionActor,
+    Wake,
+    seconds_since,
+)
 from bot.settings import GroupMode, Settings
 from bot.store import SessionState, Store, ToolCallInfo
 from bot.tasks import TaskSet
@@ -33,9 +41,10 @@ from bot.tools.runner import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER, ToolOutco
 log = logging.getLogger(__name__)
 
 CONTROL_POLL_SECONDS = 1.0
-# Sessions that run their recovery step at once after a restart. All of them at once
-# (thousands, after a crash under load) would queue a new message's transactions behind
-# every one of theirs, and advance them all in lockstep so that none finishes early.
+# Sessions that run their recovery step, or their follow-up model call, at once after a
+# restart. All of them at once (thousands, after a crash under load) would queue a new
+# message's transactions and model call behind every one of theirs, and advance them all
+# in lockstep so that none finishes early.
 RECOVERY_CONCURRENCY = 32
 # How often replies left undelivered (platform down, a dead worker's claim) are retried.
 SWEEP_EVERY_POLLS = 30
@@ -244,6 +253,11 @@ class Engine:
             actor = self._actors[session_id] = SessionActor(self, session_id)
         return actor
 
+    @property
+    def rerunnable(self) -> frozenset[str]:
+        """Tools that may run again after a restart interrupted them."""
+        return frozenset(spec.name for spec in self.registry if spec.rerun_safe)
+
     def recover_later(self, session_id: int, delay: float) -> None:
         """Posts Recover after `delay` to whichever actor then owns the session (the one
         that asked may have retired meanwhile)."""
@@ -266,9 +280,10 @@ class Engine:
 
     async def start(self) -> None:
         """Crash recovery, then the operator control poll. Call after adapters attach."""
+        closed = await self.store.repair_after_restart(self.rerunnable, MAX_RERUNS_AFTER_RESTART)
         sessions = await self.store.sessions_needing_work()
         if sessions:
-            log.info("recovering %d sessions", len(sessions))
+            log.info("recovering %d sessions (%d tool rounds closed)", len(sessions), closed)
         for session_id in await self.store.sessions_with_undelivered():
             self.courier.kick(session_id)
         for session_id in sessions:

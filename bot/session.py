@@ -12,6 +12,7 @@ why a message arriving while tools run is answered at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Sequence
@@ -216,13 +217,20 @@ class SessionActor:
                 self._cancel_tools(CANCELLED_BY_USER)
         return False
 
-    def _spawn_llm(self, info: SessionInfo) -> None:
+    def _spawn_llm(self, info: SessionInfo, slots: asyncio.Semaphore | None = None) -> None:
+        """`slots`: wait for one before calling (recovery: thousands of follow-up calls at
+        once would leave new messages' calls waiting behind them all)."""
         if self._llm_task is None:
+            self._llm_task = self._work.spawn(self._call_llm(info, slots), "llm")
+
+    async def _call_llm(self, info: SessionInfo, slots: asyncio.Semaphore | None) -> None:
+        async with slots if slots is not None else contextlib.nullcontext():
             # Typing while the model writes; it stopped if tools ran before this call.
             self.engine.typing.start(self.session_id, info.key, self.engine.sink(info.key.platform))
-            self._llm_task = self._work.spawn(self._call_llm(info), "llm")
+            result = await self._complete(info)
+        self.post(LLMDone(result))
 
-    async def _call_llm(self, info: SessionInfo) -> None:
+    async def _complete(self, info: SessionInfo) -> Completion | LLMError:
         engine = self.engine
         result: Completion | LLMError
         try:
@@ -254,7 +262,7 @@ class SessionActor:
         except Exception as exc:
             log.exception("preparing the LLM call failed", extra={"session": self.label})
             result = LLMError("internal", f"{type(exc).__name__}: {exc}")
-        self.post(LLMDone(result))
+        return result
 
     async def _on_llm_done(self, result: Completion | LLMError) -> None:
         self._llm_task = None
@@ -393,13 +401,12 @@ class SessionActor:
             await self._take_queued()
             return
         if info.state == SessionState.LLM:
-            self._spawn_llm(info)
+            self._spawn_llm(info, engine.recovery_slots)
             return
         for call in calls:
             if call.status.finished or call.id in self._tool_tasks:
                 continue
-            spec = engine.registry.get(call.name)
-            if spec is not None and spec.rerun_safe and call.attempts < MAX_RERUNS_AFTER_RESTART:
+            if call.name in engine.rerunnable and call.attempts < MAX_RERUNS_AFTER_RESTART:
                 log.info("re-running %s after a restart", call.name, extra={"session": self.label})
                 self._spawn_tool(call)
             else:

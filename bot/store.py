@@ -7,7 +7,7 @@ row that change produces, so a crash can never separate them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -245,6 +245,13 @@ class Store(Protocol):
     async def mark_delivery_failed(self, outbox_id: int, error: str, permanent: bool) -> None: ...
 
     # --- recovery and operators ---
+    async def repair_after_restart(self, rerunnable: Collection[str], max_reruns: int) -> int:
+        """Start-up, before any session runs: every unfinished call of an open round gets
+        "interrupted by a restart", except those of tools in `rerunnable` tried fewer than
+        `max_reruns` times; each round then complete closes (tools -> llm), for all
+        sessions at once. Returns how many rounds it closed."""
+        ...
+
     async def sessions_needing_work(self) -> list[int]: ...
 
     async def sessions_with_undelivered(self) -> list[int]: ...

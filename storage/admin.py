@@ -929,16 +929,14 @@ class AdminStore:
     async def _apply(self, tx: Tx, plan: _Plan, now: datetime) -> None:
         session_id = plan.session.id
         for message in plan.rounds:
-            round_calls = plan.calls[message.id]
-            for call in round_calls:
+            for call in plan.calls[message.id]:
                 if call.status in UNFINISHED:
                     # The same change as SqlStore.finish_tool with the operator's outcome.
                     call.status = CANCELLED_BY_OPERATOR.status.value
                     call.result = CANCELLED_BY_OPERATOR.result
                     call.finished_at = now
-            await tx.flush()
-            await self.store.place_round(tx, session_id, message, round_calls)
-            await tx.flush()
+        if plan.rounds:
+            await self.store.place_rounds(tx, [session_id])
         if plan.new_state is not None:
             await tx.execute(
                 update(SessionRow)
@@ -965,6 +963,7 @@ class AdminStore:
             select(MessageRow)
             .where(MessageRow.session_id == session_id, MessageRow.position.is_not(None))
             .order_by(MessageRow.position)
+            .execution_options(populate_existing=True)
         )
         problems = _problems([_item(r) for r in rows], self.system_prompt, False)
         if problems:
@@ -975,9 +974,9 @@ class AdminStore:
         rows = {
             r.id: r
             for r in await tx.scalars(
-                select(MessageRow).where(
-                    MessageRow.session_id == session_id, MessageRow.position.is_not(None)
-                )
+                select(MessageRow)
+                .where(MessageRow.session_id == session_id, MessageRow.position.is_not(None))
+                .execution_options(populate_existing=True)
             )
         }
         items = sorted((_item(r) for r in rows.values()), key=_by_position)

@@ -8,11 +8,12 @@ updated and leaves the session to the winner.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 from typing import Any
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -39,7 +40,7 @@ from bot.store import (
     ToolCallInfo,
     ToolRound,
 )
-from bot.tools.runner import ToolOutcome, ToolStatus
+from bot.tools.runner import INTERRUPTED, ToolOutcome, ToolStatus
 from storage.database import sessionmaker
 from storage.models import (
     Base,
@@ -55,6 +56,9 @@ from storage.models import (
 UNFINISHED = (ToolStatus.PENDING.value, ToolStatus.RUNNING.value)
 # Instant replies looked at to avoid repeats: more than one turn's worth in practice.
 RECENT_INTERIMS = 20
+# Sessions whose interrupted rounds one start-up transaction closes: few statements for
+# all of them, short enough that a new message waits on it for milliseconds.
+REPAIR_BATCH = 500
 
 
 def now() -> datetime:
@@ -650,47 +654,137 @@ class SqlStore:
 
     async def close_tool_round(self, session_id: int) -> SessionInfo | None:
         async with self._tx() as tx, tx.begin():
-            message, calls = await self._open_round_calls(tx, session_id)
-            if message is None:
+            if not await self._close_rounds(tx, [session_id]):
                 return None
-            if any(c.status in UNFINISHED for c in calls):
-                return None
-            if not await self._claim(tx, session_id, SessionState.TOOLS, SessionState.LLM):
-                return None
-            await self.place_round(tx, session_id, message, calls)
             return _session_info(await self._session_row(tx, session_id))
 
-    async def place_round(
-        self, tx: Tx, session_id: int, message: MessageRow, calls: Sequence[ToolCallRow]
-    ) -> None:
-        # The whole block enters the history at once: the assistant message, one tool
-        # message per call in the model's order, then what users said meanwhile.
-        position = await self._next_position(tx, session_id)
-        message.status = "history"
-        message.position = position
-        for call in calls:
-            position += 1
-            tx.add(
-                MessageRow(
-                    session_id=session_id,
-                    role="tool",
-                    content=call.result or "",
-                    tool_call_id=call.call_id,
-                    status="history",
-                    position=position,
-                    turn=message.turn,
-                    created_at=now(),
+    async def _close_rounds(self, tx: Tx, session_ids: Sequence[int]) -> list[int]:
+        """tools -> llm for those of the sessions whose round has every result (the
+        compare-and-set comes first, so a worker that loses it changes nothing), and their
+        rounds join the history. Returns the sessions closed."""
+        pending = and_(MessageRow.session_id == SessionRow.id, MessageRow.status == "pending_calls")
+        unfinished = (
+            select(ToolCallRow.id)
+            .join(MessageRow, ToolCallRow.message_id == MessageRow.id)
+            .where(pending, ToolCallRow.status.in_(UNFINISHED))
+            .exists()
+        )
+        closed = list(
+            await tx.scalars(
+                update(SessionRow)
+                .where(
+                    SessionRow.id.in_(session_ids),
+                    SessionRow.state == SessionState.TOOLS,
+                    exists().where(pending),
+                    ~unfinished,
+                )
+                .values(state=SessionState.LLM, updated_at=now())
+                .returning(SessionRow.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        await self.place_rounds(tx, closed)
+        return closed
+
+    async def place_rounds(self, tx: Tx, session_ids: Sequence[int]) -> None:
+        """Each session's open rounds enter its history whole, a few statements for them
+        all: the assistant message, one tool message per call in the model's order, then
+        what users said meanwhile. Every call must have its result. Plain SQL: a caller
+        holding these rows as objects reads them again with `populate_existing`."""
+        if not session_ids:
+            return
+        await tx.flush()
+        mine = MessageRow.session_id.in_(session_ids)
+        ends = await tx.execute(
+            select(MessageRow.session_id, func.max(MessageRow.position))
+            .where(mine)
+            .group_by(MessageRow.session_id)
+        )
+        last: dict[int, int] = {session_id: end or 0 for session_id, end in ends}
+        rounds = await tx.execute(
+            select(MessageRow.session_id, MessageRow.id, MessageRow.turn, ToolCallRow)
+            .outerjoin(ToolCallRow, ToolCallRow.message_id == MessageRow.id)
+            .where(mine, MessageRow.status == "pending_calls")
+            .order_by(MessageRow.session_id, MessageRow.id, ToolCallRow.seq)
+        )
+        deferred: dict[int, list[int]] = {}
+        for session_id, message_id in await tx.execute(
+            select(MessageRow.session_id, MessageRow.id)
+            .where(mine, MessageRow.status == "deferred")
+            .order_by(MessageRow.id)
+        ):
+            deferred.setdefault(session_id, []).append(message_id)
+        stamp = now()
+        moved: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] = []
+        for (session_id, message_id, turn), row in groupby(rounds, key=lambda r: tuple(r[:3])):
+            position = last.get(session_id, 0) + 1
+            moved.append({"row_id": message_id, "row_position": position})
+            for *_, call in row:
+                if call is None:
+                    continue
+                position += 1
+                results.append(
+                    {
+                        "session_id": session_id,
+                        "role": "tool",
+                        "content": call.result or "",
+                        "tool_call_id": call.call_id,
+                        "status": "history",
+                        "position": position,
+                        "turn": turn,
+                        "created_at": stamp,
+                    }
+                )
+            for waiting in deferred.pop(session_id, []):
+                position += 1
+                moved.append({"row_id": waiting, "row_position": position})
+            last[session_id] = position
+        messages = Base.metadata.tables[MessageRow.__tablename__]
+        await tx.execute(
+            update(messages)
+            .where(messages.c.id == bindparam("row_id"))
+            .values(status="history", position=bindparam("row_position")),
+            moved,
+        )
+        if results:
+            await tx.execute(insert(messages), results)
+
+    async def repair_after_restart(self, rerunnable: Collection[str], max_reruns: int) -> int:
+        """Start-up, before any actor runs: every call the last process left unfinished
+        gets "interrupted by a restart" unless its tool may run again (`rerunnable`, fewer
+        than `max_reruns` attempts), and each round left with every result closes. Set-wise
+        and in batches, so ten thousand sessions take seconds and new messages interleave.
+        Returns the number of rounds closed."""
+        stamp = now()
+        async with self.engine.begin() as conn:
+            in_round = select(MessageRow.id).where(MessageRow.status == "pending_calls")
+            await conn.execute(
+                update(ToolCallRow)
+                .where(
+                    ToolCallRow.status.in_(UNFINISHED),
+                    ToolCallRow.message_id.in_(in_round),
+                    ~and_(ToolCallRow.name.in_(rerunnable), ToolCallRow.attempts < max_reruns),
+                )
+                .values(
+                    status=INTERRUPTED.status.value, result=INTERRUPTED.result, finished_at=stamp
                 )
             )
-        deferred = await tx.scalars(
-            select(MessageRow)
-            .where(MessageRow.session_id == session_id, MessageRow.status == "deferred")
-            .order_by(MessageRow.id)
-        )
-        for row in deferred:
-            position += 1
-            row.status = "history"
-            row.position = position
+        closed, after = 0, 0
+        while True:
+            async with self._tx() as tx, tx.begin():
+                batch = list(
+                    await tx.scalars(
+                        select(SessionRow.id)
+                        .where(SessionRow.state == SessionState.TOOLS, SessionRow.id > after)
+                        .order_by(SessionRow.id)
+                        .limit(REPAIR_BATCH)
+                    )
+                )
+                if not batch:
+                    return closed
+                closed += len(await self._close_rounds(tx, batch))
+                after = batch[-1]
 
     async def archive_session(self, session_id: int) -> None:
         async with self._tx() as tx, tx.begin():
@@ -703,7 +797,7 @@ class SqlStore:
                         call.status = ToolStatus.CANCELLED.value
                         call.result = "cancelled: the conversation was reset"
                         call.finished_at = now()
-                await self.place_round(tx, session_id, message, calls)
+                await self.place_rounds(tx, [session_id])
             position = await self._next_position(tx, session_id)
             queued = await tx.scalars(
                 select(MessageRow)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, get_type_hints, overload
@@ -159,7 +159,7 @@ class Registry:
     def get(self, name: str) -> ToolSpec | None:
         return self._specs.get(name)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[ToolSpec]:
         return iter(self._specs.values())
 
     def __len__(self) -> int:

@@ -21,4 +21,7 @@ def test_tiny_run_recovers_every_session(tmp_path: Path) -> None:
     recovery = result["recovery"]
     assert recovery["reached_llm"] == recovery["answers_sent"] == total
     assert recovery["all_reached_llm_seconds"] is not None
-    assert any(row["method"] == "finish_tool" for row in recovery["store_calls"])
+    assert recovery["left_in_tool_round"] == recovery["calls_left_without_result"] == 0
+    assert recovery["newcomers_answered"] == recovery["newcomer_answer"]["count"] == size.newcomers
+    repairs = [row for row in recovery["store_calls"] if row["method"] == "repair_after_restart"]
+    assert len(repairs) == 1

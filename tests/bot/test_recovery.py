@@ -4,6 +4,7 @@ one on the same database carries every turn to exactly one final answer."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -11,6 +12,7 @@ from sqlalchemy import select
 from bot import engine as engine_module
 from bot.events import DeliveryError, ReplyKind
 from bot.history import validate
+from bot.llm import Completion, LLMClient
 from bot.offline import FakeOpenAI
 from bot.prompt import to_openai
 from bot.runtime import Runtime
@@ -132,4 +134,40 @@ async def test_recovery_takes_a_few_sessions_at_a_time_and_reaches_them_all(
         await second.engine.wait_idle()
     assert sorted(s.message.conversation.chat_id for s in sent) == chats
     assert all("interrupted by a restart" in s.message.text for s in sent)
+    assert most == 2
+
+
+async def test_recovery_bounds_the_follow_up_model_calls_and_answers_every_session(
+    database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the set-wise repair every session waits for its model call; they are made a
+    few at a time, so a new message's call never queues behind thousands of them."""
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    monkeypatch.setattr(engine_module, "RECOVERY_CONCURRENCY", 2)
+    settings = core_settings(database_url, fake_openai)
+    chats = [f"chat-{n}" for n in range(5)]
+    async with started_core(settings) as (_first, chat):
+        for name in chats:
+            await chat.say("Dame la hora actual", chat=name)
+        await chat.wait_for(len(chats))
+
+    calling, most = 0, 0
+    real_complete = LLMClient.complete
+
+    async def slow_complete(self: LLMClient, *args: Any, **kwargs: Any) -> Completion:
+        nonlocal calling, most
+        calling += 1
+        most = max(most, calling)
+        try:
+            await asyncio.sleep(0.05)
+            return await real_complete(self, *args, **kwargs)
+        finally:
+            calling -= 1
+
+    monkeypatch.setattr(LLMClient, "complete", slow_complete)
+    async with started_core(settings) as (second, chat2):
+        sent = await chat2.wait_for(len(chats))
+        await second.engine.wait_idle()
+    assert sorted(s.message.conversation.chat_id for s in sent) == chats
+    assert all(s.message.kind is ReplyKind.ANSWER for s in sent)
     assert most == 2

@@ -1,0 +1,90 @@
+"""SqlStore against a database a stopped core left behind: the start-up repair."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from bot.history import validate
+from bot.offline import FakeOpenAI
+from bot.prompt import to_openai
+from bot.store import SessionState
+from storage.database import create_engine
+from storage.models import MessageRow, SessionRow, ToolCallRow
+from storage.repository import SqlStore
+from tests.conftest import core_settings, started_core
+from tests.support import slow_tools
+
+BUSY_CHATS = 12
+
+
+async def test_repair_closes_every_interrupted_round_in_a_few_statements_for_all(
+    database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    monkeypatch.setattr(slow_tools, "_slow_once_calls", 0)
+    settings = core_settings(database_url, fake_openai)
+    async with started_core(settings) as (_core, chat):
+        await chat.say("hello", chat="idle")
+        await chat.wait_for(1)
+        fake_openai.script_tool_calls([("get_current_time", {}), ("slow_once", {})])
+        await chat.say("do two things", chat="rerun")
+        await chat.wait_for(2)
+        busy = [f"busy-{n}" for n in range(BUSY_CHATS)]
+        for name in busy:
+            await chat.say("Dame la hora actual", chat=name)
+        await chat.wait_for(2 + BUSY_CHATS)
+        await chat.say("¿sigues ahí?", chat="busy-0")  # deferred: joins after the result
+        await chat.say("still there?", chat="rerun")
+        await chat.wait_for(4 + BUSY_CHATS)
+    # The core stopped as a deploy stops it: every tool still running, nothing closed.
+
+    engine = create_engine(settings.database_url)
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    store = SqlStore(engine)
+    try:
+        closed = await store.repair_after_restart({"slow_once"}, max_reruns=3)
+        repair_statements = len(statements)
+        async with store._tx() as tx:
+            sessions = {row.chat_id: row for row in await tx.scalars(select(SessionRow))}
+            calls = list(await tx.scalars(select(ToolCallRow).order_by(ToolCallRow.id)))
+            deferred = list(
+                await tx.scalars(select(MessageRow).where(MessageRow.status == "deferred"))
+            )
+        histories = {
+            name: [to_openai(e, name_authors=False) for e in await store.history(row.id)]
+            for name, row in sessions.items()
+        }
+    finally:
+        await engine.dispose()
+
+    assert closed == BUSY_CHATS
+    # One statement for the calls, then a handful per batch of sessions: not per session.
+    assert repair_statements <= 10 < BUSY_CHATS
+    assert {name: row.state for name, row in sessions.items()} == {
+        "idle": SessionState.IDLE,
+        "rerun": SessionState.TOOLS,  # slow_once may run again: the engine re-runs it
+        **{name: SessionState.LLM for name in busy},
+    }
+    by_session = {row.id: name for name, row in sessions.items()}
+    assert sorted((by_session[c.session_id], c.name, c.status, c.result) for c in calls) == sorted(
+        [
+            ("rerun", "get_current_time", "interrupted", "interrupted by a restart"),
+            ("rerun", "slow_once", "running", None),
+            *[(n, "get_current_time", "interrupted", "interrupted by a restart") for n in busy],
+        ]
+    )
+    assert [by_session[m.session_id] for m in deferred] == ["rerun"]
+    assert [m["role"] for m in histories["busy-0"]] == ["user", "assistant", "tool", "user"]
+    assert histories["busy-0"][-1]["content"] == "¿sigues ahí?"
+    assert histories["busy-0"][2]["content"] == "interrupted by a restart"
+    assert [m["role"] for m in histories["idle"]] == ["user", "assistant"]
+    for name in busy:
+        assert validate([{"role": "system", "content": "s"}, *histories[name]]) == []
