@@ -25,12 +25,15 @@ from bot.llm import Completion, LLMError, ToolCallRequest
 from bot.prompt import build_request
 from bot.store import (
     InterimContext,
+    ModelTurn,
     PlannedCall,
     PlannedInterim,
     QueuedMessage,
     SessionInfo,
+    SessionMovedOn,
     SessionState,
     ToolCallInfo,
+    TurnEnd,
 )
 from bot.tasks import TaskSet
 from bot.tools.runner import (
@@ -65,6 +68,7 @@ class Recover:
 @dataclass(frozen=True)
 class LLMDone:
     result: Completion | LLMError
+    info: SessionInfo  # the session as the call began
 
 
 @dataclass(frozen=True)
@@ -181,8 +185,8 @@ class SessionActor:
                 await self._on_wake()
             case Recover():
                 await self._on_recover()
-            case LLMDone(result):
-                await self._on_llm_done(result)
+            case LLMDone(result, info):
+                await self._on_llm_done(result, info)
             case ToolDone(tool_call_id, outcome):
                 await self._on_tool_done(tool_call_id, outcome)
             case Cancel(outcome, done):
@@ -201,9 +205,9 @@ class SessionActor:
         LLM: they stay queued; the call's end picks them all up in one turn."""
         engine = self.engine
         intake = await engine.store.take_queued(self.session_id, self._plan_interims)
-        if intake.turn_started:
+        if intake.turn is not None:
             log.info("turn started", extra={"session": self.label, "turn": intake.info.turn})
-            self._spawn_llm(intake.info)
+            self._spawn_llm(intake.turn)
             return True
         if intake.planned:
             for choice in intake.planned:
@@ -217,32 +221,31 @@ class SessionActor:
                 self._cancel_tools(CANCELLED_BY_USER)
         return False
 
-    def _spawn_llm(self, info: SessionInfo, slots: asyncio.Semaphore | None = None) -> None:
+    def _spawn_llm(self, turn: ModelTurn, slots: asyncio.Semaphore | None = None) -> None:
         """`slots`: wait for one before calling (recovery: thousands of follow-up calls at
         once would leave new messages' calls waiting behind them all)."""
         if self._llm_task is None:
-            self._llm_task = self._work.spawn(self._call_llm(info, slots), "llm")
+            self._llm_task = self._work.spawn(self._call_llm(turn, slots), "llm")
 
-    async def _call_llm(self, info: SessionInfo, slots: asyncio.Semaphore | None) -> None:
+    async def _call_llm(self, turn: ModelTurn, slots: asyncio.Semaphore | None) -> None:
+        key = turn.info.key
         async with slots if slots is not None else contextlib.nullcontext():
             # Typing while the model writes; it stopped if tools ran before this call.
-            self.engine.typing.start(self.session_id, info.key, self.engine.sink(info.key.platform))
-            result = await self._complete(info)
-        self.post(LLMDone(result))
+            self.engine.typing.start(self.session_id, key, self.engine.sink(key.platform))
+            result = await self._complete(turn)
+        self.post(LLMDone(result, turn.info))
 
-    async def _complete(self, info: SessionInfo) -> Completion | LLMError:
-        engine = self.engine
+    async def _complete(self, turn: ModelTurn) -> Completion | LLMError:
+        engine, info = self.engine, turn.info
         result: Completion | LLMError
         try:
             note = None
-            if info.tool_rounds:
-                already = await engine.store.turn_interims(self.session_id, info.turn)
-                if already:
-                    replies = "; ".join(f"«{text}»" for text in already)
-                    note = engine.book.phrase("interim_note", "en", replies=replies)
+            if turn.interims:
+                replies = "; ".join(f"«{text}»" for text in turn.interims)
+                note = engine.book.phrase("interim_note", "en", replies=replies)
             messages = build_request(
                 system_prompt=engine.config.system_prompt,
-                entries=await engine.store.history(self.session_id),
+                entries=turn.history,
                 name_authors=not info.is_private,
                 note=note,
                 budget_tokens=engine.config.context_budget_tokens,
@@ -264,12 +267,22 @@ class SessionActor:
             result = LLMError("internal", f"{type(exc).__name__}: {exc}")
         return result
 
-    async def _on_llm_done(self, result: Completion | LLMError) -> None:
+    async def _on_llm_done(self, result: Completion | LLMError, info: SessionInfo) -> None:
+        """`info`: the session as the call began; every write below is a compare-and-set
+        on its waiting for the model, so nothing needs reading again first."""
         self._llm_task = None
+        try:
+            await self._record(result, info)
+        except SessionMovedOn:
+            # Reset, repaired by an operator or taken by another worker meanwhile.
+            log.info(
+                "the model's reply came after the session moved on; dropped",
+                extra={"session": self.label, "turn": info.turn},
+            )
+            self.engine.typing.stop(self.session_id)
+
+    async def _record(self, result: Completion | LLMError, info: SessionInfo) -> None:
         store, engine = self.engine.store, self.engine
-        info = await store.get_session(self.session_id)
-        if info.archived or info.state != SessionState.LLM:
-            return
         if isinstance(result, Completion):
             calls = sanitize_calls(result.tool_calls)
             if info.tool_rounds >= engine.config.max_tool_rounds:
@@ -282,19 +295,20 @@ class SessionActor:
             if content is None:
                 result = LLMError("empty_answer", "the model answered with no text")
             else:
-                ready = await store.record_answer(self.session_id, content, result.usage)
+                end = await store.record_answer(self.session_id, content, result.usage)
                 log.info("turn answered", extra={"session": self.label, "turn": info.turn})
-                engine.courier.kick(self.session_id, ready)
-                await self._after_turn()
+                await self._after_turn(end)
                 return
         log.warning("LLM call failed: %s", result, extra={"session": self.label, "turn": info.turn})
         apology = engine.book.phrase("apology", info.language)
-        ready = await store.record_llm_failure(self.session_id, str(result), apology)
-        engine.courier.kick(self.session_id, ready)
-        await self._after_turn()
+        await self._after_turn(
+            await store.record_llm_failure(self.session_id, str(result), apology)
+        )
 
-    async def _after_turn(self) -> None:
-        if not await self._take_queued():
+    async def _after_turn(self, end: TurnEnd) -> None:
+        self.engine.courier.kick(self.session_id, end.ready)
+        # Messages that came during the turn start the next one; typing goes on for it.
+        if not (end.queued and await self._take_queued()):
             self.engine.typing.stop(self.session_id)
 
     async def _start_tools(
@@ -351,10 +365,10 @@ class SessionActor:
             await self._close_round()
 
     async def _close_round(self) -> None:
-        info = await self.engine.store.close_tool_round(self.session_id)
-        if info is not None:
+        turn = await self.engine.store.close_tool_round(self.session_id)
+        if turn is not None:
             self._cancel_outcome = None
-            self._spawn_llm(info)
+            self._spawn_llm(turn)
 
     def _cancel_tools(self, outcome: ToolOutcome) -> int:
         if not self._tool_tasks:
@@ -401,7 +415,7 @@ class SessionActor:
             await self._take_queued()
             return
         if info.state == SessionState.LLM:
-            self._spawn_llm(info, engine.recovery_slots)
+            self._spawn_llm(await store.model_turn(self.session_id), engine.recovery_slots)
             return
         for call in calls:
             if call.status.finished or call.id in self._tool_tasks:

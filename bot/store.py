@@ -133,16 +133,42 @@ class OutboxClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class Intake:
-    """What `take_queued` did with a session's queued messages. `info` is the session after
-    it; `turn_started` when they joined the history (the session was idle); `planned`, the
-    instant replies stored for them (tools were running), of which `ready` are claimed for
-    sending at once (none while older replies of the session wait: replies keep order)."""
+class ModelTurn:
+    """What the next model call of a session needs, read in the transaction that made the
+    session wait for it: the session, its history, and the instant replies this turn got
+    (the model is told about them, so it does not repeat them)."""
 
     info: SessionInfo
-    turn_started: bool = False
+    history: list[HistoryEntry]
+    interims: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """What `take_queued` did with a session's queued messages. `info` is the session after
+    it; `turn` when they joined the history and a turn started (the session was idle);
+    `planned`, the instant replies stored for them (tools were running), of which `ready`
+    are claimed for sending at once (none while older replies of the session wait: replies
+    keep order)."""
+
+    info: SessionInfo
+    turn: ModelTurn | None = None
     planned: list[PlannedInterim] = field(default_factory=list)
     ready: list[OutboxItem] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnd:
+    """A turn recorded as over: its reply, if claimed for sending at once (see
+    `Intake.ready`), and whether messages came meanwhile (they start the next turn)."""
+
+    ready: list[OutboxItem]
+    queued: bool
+
+
+class SessionMovedOn(Exception):
+    """The session left the state a write expected (a reset, an operator's repair, another
+    worker): the write changed nothing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,11 +207,14 @@ class Store(Protocol):
 
     async def history(self, session_id: int) -> list[HistoryEntry]: ...
 
-    async def turn_interims(self, session_id: int, turn: int) -> list[str]: ...
+    async def model_turn(self, session_id: int) -> ModelTurn:
+        """The session as its next model call needs it (recovery: the transaction that
+        made it wait is gone)."""
+        ...
 
-    async def record_answer(self, session_id: int, text: str, usage: Usage) -> list[OutboxItem]:
-        """llm -> idle with the answer in the history and in the outbox. Returns the answer
-        if it was claimed for sending at once (see `Intake.ready`)."""
+    async def record_answer(self, session_id: int, text: str, usage: Usage) -> TurnEnd:
+        """llm -> idle with the answer in the history and in the outbox. Raises
+        SessionMovedOn if the session was not waiting for the model."""
         ...
 
     async def record_tool_calls(
@@ -197,14 +226,14 @@ class Store(Protocol):
         usage: Usage,
     ) -> ToolRound:
         """llm -> tools: the assistant message waits outside the history until every call
-        has its result; `notice` goes to the outbox."""
+        has its result; `notice` goes to the outbox. Raises SessionMovedOn as above."""
         ...
 
     async def record_llm_failure(
         self, session_id: int, error: str, apology: str, usage: Usage | None = None
-    ) -> list[OutboxItem]:
-        """llm -> idle, keeping the history as it was; the apology goes to the outbox (and
-        is returned if claimed for sending at once)."""
+    ) -> TurnEnd:
+        """llm -> idle, keeping the history as it was; the apology goes to the outbox.
+        Raises SessionMovedOn as above."""
         ...
 
     # --- tools ---
@@ -218,10 +247,11 @@ class Store(Protocol):
         """Records the one result of a call; False if it already had one."""
         ...
 
-    async def close_tool_round(self, session_id: int) -> SessionInfo | None:
+    async def close_tool_round(self, session_id: int) -> ModelTurn | None:
         """tools -> llm once every call has a result: the assistant message, its tool
         results and then the deferred messages join the history, in one transaction.
-        Returns the session then, or None if the round is not done (or not open)."""
+        Returns what the follow-up call needs, or None if the round is not done (or not
+        open)."""
         ...
 
     async def archive_session(self, session_id: int) -> None:

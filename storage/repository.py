@@ -31,14 +31,17 @@ from bot.store import (
     Intake,
     InterimContext,
     InterimPlanner,
+    ModelTurn,
     OutboxClaim,
     OutboxItem,
     PlannedCall,
     QueuedMessage,
     SessionInfo,
+    SessionMovedOn,
     SessionState,
     ToolCallInfo,
     ToolRound,
+    TurnEnd,
 )
 from bot.tools.runner import INTERRUPTED, ToolOutcome, ToolStatus
 from storage.database import sessionmaker
@@ -377,19 +380,46 @@ class SqlStore:
             row.status = "history"
             row.position = position + offset
             row.turn = turn
-        return Intake(_session_info(session), turn_started=True)
+        info = _session_info(session)
+        return Intake(info, turn=await self._model_turn(tx, info))
 
     async def history(self, session_id: int) -> list[HistoryEntry]:
         async with self._tx() as tx:
-            rows = await tx.scalars(
-                select(MessageRow)
-                .where(MessageRow.session_id == session_id, MessageRow.position.is_not(None))
-                .order_by(MessageRow.position)
+            return await self._history(tx, session_id)
+
+    async def _history(self, tx: Tx, session_id: int) -> list[HistoryEntry]:
+        rows = await tx.execute(
+            select(
+                MessageRow.role,
+                MessageRow.content,
+                MessageRow.author_name,
+                MessageRow.tool_calls,
+                MessageRow.tool_call_id,
             )
-            return [
-                HistoryEntry(r.role, r.content, r.author_name, r.tool_calls, r.tool_call_id)
-                for r in rows
-            ]
+            .where(MessageRow.session_id == session_id, MessageRow.position.is_not(None))
+            .order_by(MessageRow.position)
+        )
+        return [HistoryEntry(*row) for row in rows]
+
+    async def model_turn(self, session_id: int) -> ModelTurn:
+        async with self._tx() as tx:
+            info = _session_info(await self._session_row(tx, session_id))
+            return await self._model_turn(tx, info)
+
+    async def _model_turn(self, tx: Tx, info: SessionInfo) -> ModelTurn:
+        interims: list[str] = []
+        if info.tool_rounds:
+            rows = await tx.scalars(
+                select(MessageRow.content)
+                .where(
+                    MessageRow.session_id == info.id,
+                    MessageRow.status == "interim",
+                    MessageRow.turn == info.turn,
+                )
+                .order_by(MessageRow.id)
+            )
+            interims = [r or "" for r in rows]
+        return ModelTurn(info, await self._history(tx, info.id), interims)
 
     async def _interim_context(self, tx: Tx, session_id: int, turn: int) -> InterimContext:
         _, calls = await self._open_round_calls(tx, session_id)
@@ -405,19 +435,6 @@ class SqlStore:
             recent.append(newest_first[0][1] or "")  # the last one, even from a past turn
         return InterimContext([_tool_info(c) for c in calls], recent)
 
-    async def turn_interims(self, session_id: int, turn: int) -> list[str]:
-        async with self._tx() as tx:
-            rows = await tx.scalars(
-                select(MessageRow.content)
-                .where(
-                    MessageRow.session_id == session_id,
-                    MessageRow.status == "interim",
-                    MessageRow.turn == turn,
-                )
-                .order_by(MessageRow.id)
-            )
-            return [r or "" for r in rows]
-
     def _llm_call(
         self, session: SessionRow, usage: Usage | None, error: str | None = None
     ) -> LLMCallRow:
@@ -432,13 +449,10 @@ class SqlStore:
             created_at=now(),
         )
 
-    async def record_answer(self, session_id: int, text: str, usage: Usage) -> list[OutboxItem]:
+    async def record_answer(self, session_id: int, text: str, usage: Usage) -> TurnEnd:
         async with self._tx() as tx, tx.begin():
+            await self._end_turn(tx, session_id, last_error=None)
             session = await self._session_row(tx, session_id)
-            if not await self._claim(
-                tx, session_id, SessionState.LLM, SessionState.IDLE, last_error=None
-            ):
-                raise RuntimeError(f"session {session_id} is not waiting for an answer")
             claim = await self._claim_values(tx, session_id)
             tx.add(
                 MessageRow(
@@ -463,7 +477,21 @@ class SqlStore:
             )
             tx.add(outbox)
             await tx.flush()
-            return [_outbox_item(outbox)] if claim else []
+            return await self._turn_end(tx, session_id, outbox, claim)
+
+    async def _end_turn(self, tx: Tx, session_id: int, **values: Any) -> None:
+        if not await self._claim(tx, session_id, SessionState.LLM, SessionState.IDLE, **values):
+            raise SessionMovedOn(f"session {session_id} is not waiting for the model")
+
+    async def _turn_end(
+        self, tx: Tx, session_id: int, outbox: OutboxRow, claim: dict[str, Any]
+    ) -> TurnEnd:
+        waiting = await tx.scalar(
+            select(MessageRow.id)
+            .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
+            .limit(1)
+        )
+        return TurnEnd([_outbox_item(outbox)] if claim else [], queued=waiting is not None)
 
     async def record_tool_calls(
         self,
@@ -483,7 +511,7 @@ class SqlStore:
                 tool_rounds=session.tool_rounds + 1,
                 last_error=None,
             ):
-                raise RuntimeError(f"session {session_id} is not waiting for the model")
+                raise SessionMovedOn(f"session {session_id} is not waiting for the model")
             claim = await self._claim_values(tx, session_id)
             message = MessageRow(
                 session_id=session_id,
@@ -527,18 +555,10 @@ class SqlStore:
 
     async def record_llm_failure(
         self, session_id: int, error: str, apology: str, usage: Usage | None = None
-    ) -> list[OutboxItem]:
+    ) -> TurnEnd:
         async with self._tx() as tx, tx.begin():
+            await self._end_turn(tx, session_id, last_error=error, last_error_at=now())
             session = await self._session_row(tx, session_id)
-            if not await self._claim(
-                tx,
-                session_id,
-                SessionState.LLM,
-                SessionState.IDLE,
-                last_error=error,
-                last_error_at=now(),
-            ):
-                raise RuntimeError(f"session {session_id} is not waiting for the model")
             claim = await self._claim_values(tx, session_id)
             tx.add(self._llm_call(session, usage, error))
             outbox = self._outbox(
@@ -551,7 +571,7 @@ class SqlStore:
             )
             tx.add(outbox)
             await tx.flush()
-            return [_outbox_item(outbox)] if claim else []
+            return await self._turn_end(tx, session_id, outbox, claim)
 
     async def _defer(
         self,
@@ -652,11 +672,12 @@ class SqlStore:
             )
             return bool(result.rowcount)
 
-    async def close_tool_round(self, session_id: int) -> SessionInfo | None:
+    async def close_tool_round(self, session_id: int) -> ModelTurn | None:
         async with self._tx() as tx, tx.begin():
             if not await self._close_rounds(tx, [session_id]):
                 return None
-            return _session_info(await self._session_row(tx, session_id))
+            info = _session_info(await self._session_row(tx, session_id))
+            return await self._model_turn(tx, info)
 
     async def _close_rounds(self, tx: Tx, session_ids: Sequence[int]) -> list[int]:
         """tools -> llm for those of the sessions whose round has every result (the

@@ -3,6 +3,8 @@ history stays valid, and the next message works."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 from bot.events import ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
+from storage.admin import AdminStore
 from tests.conftest import CoreFactory
 
 
@@ -117,3 +120,29 @@ async def test_a_failed_storage_step_is_retried_and_the_message_answered(
         await runtime.engine.wait_idle()
     assert sent[0].message.kind is ReplyKind.ANSWER
     assert "hello after a hiccup" in sent[0].message.text
+
+
+async def test_an_answer_that_comes_after_an_operator_archived_the_session_is_dropped(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The actor records the answer against the session as the call began, with no read
+    first: the write's compare-and-set is what notices the session moved on."""
+    caplog.set_level(logging.INFO)
+    fake_openai.script_delay(0.5)
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        while not chat_requests(fake_openai):
+            await asyncio.sleep(0.01)
+        admin = AdminStore(runtime.engine.store.engine, "s")  # type: ignore[attr-defined]
+        assert await admin.archive(1)  # as `stillhere admin archive 1` would
+        await asyncio.sleep(0.6)
+        await runtime.engine.wait_idle()
+        await chat.say("hello again")
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert [(s.message.kind, s.message.conversation.chat_id) for s in sent] == [
+        (ReplyKind.ANSWER, sent[0].message.conversation.chat_id)
+    ]
+    assert "hello again" in sent[0].message.text and "hello\n" not in sent[0].message.text
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any("moved on; dropped" in r.getMessage() for r in caplog.records)
