@@ -214,10 +214,13 @@ class SqlStore:
         """Dedupe + the conversation's active session, in the caller's transaction, in
         plain SQL (every message passes here). Returns the session's id and turn, or None
         for a message seen before."""
-        seen = self._insert_ignoring_duplicates(ProcessedUpdateRow).values(
-            key=message.dedupe_key, created_at=now()
+        # Values go in as parameters, not into the statement: every message passes here,
+        # and a statement built with its values costs a cache key computed from them.
+        seen = await conn.execute(
+            self._insert_ignoring_duplicates(ProcessedUpdateRow),
+            {"key": message.dedupe_key, "created_at": now()},
         )
-        if not (await conn.execute(seen)).rowcount:
+        if not seen.rowcount:
             return None
         key, stamp = active_key(message.conversation), now()
         changes: dict[str, Any] = {"updated_at": stamp}
@@ -279,7 +282,7 @@ class SqlStore:
                     if taken is None:
                         return None
                     model, values = row(*taken)
-                    await conn.execute(insert(model).values(**values))
+                    await conn.execute(insert(model), values)
                     return taken[0]
             except IntegrityError:
                 if attempt:
