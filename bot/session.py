@@ -12,7 +12,6 @@ why a message arriving while tools run is answered at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Sequence
@@ -69,6 +68,8 @@ class Recover:
 class LLMDone:
     result: Completion | LLMError
     info: SessionInfo  # the session as the call began
+    # Set once the reply is recorded: a recovering call keeps its slot until then.
+    recorded: asyncio.Future[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -185,8 +186,8 @@ class SessionActor:
                 await self._on_wake()
             case Recover():
                 await self._on_recover()
-            case LLMDone(result, info):
-                await self._on_llm_done(result, info)
+            case LLMDone():
+                await self._on_llm_done(event)
             case ToolDone(tool_call_id, outcome):
                 await self._on_tool_done(tool_call_id, outcome)
             case Cancel(outcome, done):
@@ -221,19 +222,27 @@ class SessionActor:
                 self._cancel_tools(CANCELLED_BY_USER)
         return False
 
-    def _spawn_llm(self, turn: ModelTurn, slots: asyncio.Semaphore | None = None) -> None:
-        """`slots`: wait for one before calling (recovery: thousands of follow-up calls at
-        once would leave new messages' calls waiting behind them all)."""
-        if self._llm_task is None:
-            self._llm_task = self._work.spawn(self._call_llm(turn, slots), "llm")
+    def _spawn_llm(self, turn: ModelTurn, slot: asyncio.Semaphore | None = None) -> bool:
+        """Starts the model call unless one runs. `slot`: a recovery slot already taken;
+        the call keeps it until its reply is recorded (however the task ends), so that
+        thousands of recovering sessions neither call nor write all at once. Returns
+        whether it took the slot."""
+        if self._llm_task is not None:
+            return False
+        task = self._llm_task = self._work.spawn(self._call_llm(turn, slot is not None), "llm")
+        if slot is not None:
+            task.add_done_callback(lambda _: slot.release())
+        return True
 
-    async def _call_llm(self, turn: ModelTurn, slots: asyncio.Semaphore | None) -> None:
+    async def _call_llm(self, turn: ModelTurn, until_recorded: bool) -> None:
         key = turn.info.key
-        async with slots if slots is not None else contextlib.nullcontext():
-            # Typing while the model writes; it stopped if tools ran before this call.
-            self.engine.typing.start(self.session_id, key, self.engine.sink(key.platform))
-            result = await self._complete(turn)
-        self.post(LLMDone(result, turn.info))
+        # Typing while the model writes; it stopped if tools ran before this call.
+        self.engine.typing.start(self.session_id, key, self.engine.sink(key.platform))
+        result = await self._complete(turn)
+        recorded = asyncio.get_running_loop().create_future() if until_recorded else None
+        self.post(LLMDone(result, turn.info, recorded))
+        if recorded is not None:
+            await recorded
 
     async def _complete(self, turn: ModelTurn) -> Completion | LLMError:
         engine, info = self.engine, turn.info
@@ -267,19 +276,22 @@ class SessionActor:
             result = LLMError("internal", f"{type(exc).__name__}: {exc}")
         return result
 
-    async def _on_llm_done(self, result: Completion | LLMError, info: SessionInfo) -> None:
-        """`info`: the session as the call began; every write below is a compare-and-set
-        on its waiting for the model, so nothing needs reading again first."""
+    async def _on_llm_done(self, done: LLMDone) -> None:
+        """`done.info`: the session as the call began; every write below is a
+        compare-and-set on its waiting for the model, so nothing needs reading first."""
         self._llm_task = None
         try:
-            await self._record(result, info)
+            await self._record(done.result, done.info)
         except SessionMovedOn:
             # Reset, repaired by an operator or taken by another worker meanwhile.
             log.info(
                 "the model's reply came after the session moved on; dropped",
-                extra={"session": self.label, "turn": info.turn},
+                extra={"session": self.label, "turn": done.info.turn},
             )
             self.engine.typing.stop(self.session_id)
+        finally:
+            if done.recorded is not None and not done.recorded.done():
+                done.recorded.set_result(None)
 
     async def _record(self, result: Completion | LLMError, info: SessionInfo) -> None:
         store, engine = self.engine.store, self.engine
@@ -396,14 +408,22 @@ class SessionActor:
     # --- recovery and operators ------------------------------------------------------------
 
     async def _on_recover(self) -> None:
-        async with self.engine.recovery_slots:
-            await self._recover()
+        slots = self.engine.recovery_slots
+        await slots.acquire()
+        kept = False
+        try:
+            kept = await self._recover(slots)
+        finally:
+            if not kept:
+                slots.release()
 
-    async def _recover(self) -> None:
+    async def _recover(self, slot: asyncio.Semaphore) -> bool:
+        """Carries on from the stored state; True when a follow-up model call took `slot`
+        (taken) with it."""
         engine, store = self.engine, self.engine.store
         info = await store.get_session(self.session_id)
         if info.archived:
-            return
+            return False
         calls = await store.open_tool_calls(self.session_id)
         open_ids = {c.id for c in calls if not c.status.finished}
         for task_id in [t for t in self._tool_tasks if t not in open_ids]:
@@ -413,10 +433,9 @@ class SessionActor:
             self._tool_tasks[task_id].cancel()
         if info.state == SessionState.IDLE:
             await self._take_queued()
-            return
+            return False
         if info.state == SessionState.LLM:
-            self._spawn_llm(await store.model_turn(self.session_id), engine.recovery_slots)
-            return
+            return self._spawn_llm(await store.model_turn(self.session_id), slot)
         for call in calls:
             if call.status.finished or call.id in self._tool_tasks:
                 continue
@@ -428,6 +447,7 @@ class SessionActor:
         await self._take_queued()
         if not self._tool_tasks:
             await self._close_round()
+        return False
 
     async def _on_reset(self) -> None:
         self._cancel_outcome = ToolOutcome(

@@ -16,6 +16,7 @@ from bot.llm import Completion, LLMClient
 from bot.offline import FakeOpenAI
 from bot.prompt import to_openai
 from bot.runtime import Runtime
+from bot.store import TurnEnd
 from storage.models import OutboxRow, ToolCallRow
 from storage.repository import SqlStore
 from tests.conftest import core_settings, started_core
@@ -137,11 +138,12 @@ async def test_recovery_takes_a_few_sessions_at_a_time_and_reaches_them_all(
     assert most == 2
 
 
-async def test_recovery_bounds_the_follow_up_model_calls_and_answers_every_session(
+async def test_recovery_bounds_follow_up_calls_until_their_answers_are_recorded(
     database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After the set-wise repair every session waits for its model call; they are made a
-    few at a time, so a new message's call never queues behind thousands of them."""
+    """After the set-wise repair every session waits for its model call. A few at a time
+    make it and record its answer: bounding the calls alone would let thousands of quick
+    answers queue their writes behind one another, with new chats' writes among them."""
     monkeypatch.setattr(slow_tools, "DELAY", 30)
     monkeypatch.setattr(engine_module, "RECOVERY_CONCURRENCY", 2)
     settings = core_settings(database_url, fake_openai)
@@ -151,23 +153,29 @@ async def test_recovery_bounds_the_follow_up_model_calls_and_answers_every_sessi
             await chat.say("Dame la hora actual", chat=name)
         await chat.wait_for(len(chats))
 
-    calling, most = 0, 0
-    real_complete = LLMClient.complete
+    in_flight, most = 0, 0
+    real_complete, real_record_answer = LLMClient.complete, SqlStore.record_answer
 
-    async def slow_complete(self: LLMClient, *args: Any, **kwargs: Any) -> Completion:
-        nonlocal calling, most
-        calling += 1
-        most = max(most, calling)
+    async def complete(self: LLMClient, *args: Any, **kwargs: Any) -> Completion:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        return await real_complete(self, *args, **kwargs)
+
+    async def record_answer(self: SqlStore, *args: Any, **kwargs: Any) -> TurnEnd:
+        nonlocal in_flight
+        await asyncio.sleep(0.05)  # a busy database
         try:
-            await asyncio.sleep(0.05)
-            return await real_complete(self, *args, **kwargs)
+            return await real_record_answer(self, *args, **kwargs)
         finally:
-            calling -= 1
+            in_flight -= 1
 
-    monkeypatch.setattr(LLMClient, "complete", slow_complete)
+    monkeypatch.setattr(LLMClient, "complete", complete)
+    monkeypatch.setattr(SqlStore, "record_answer", record_answer)
     async with started_core(settings) as (second, chat2):
         sent = await chat2.wait_for(len(chats))
         await second.engine.wait_idle()
+        assert second.engine.recovery_slots._value == 2  # every slot given back
     assert sorted(s.message.conversation.chat_id for s in sent) == chats
     assert all(s.message.kind is ReplyKind.ANSWER for s in sent)
     assert most == 2
