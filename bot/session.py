@@ -424,7 +424,10 @@ class SessionActor:
         info = await store.get_session(self.session_id)
         if info.archived:
             return False
-        calls = await store.open_tool_calls(self.session_id)
+        # Only a tool round has calls to look at; sparing the read elsewhere matters when
+        # thousands of sessions recover after a restart, all waiting for their model call.
+        in_round = info.state == SessionState.TOOLS
+        calls = await store.open_tool_calls(self.session_id) if in_round else []
         open_ids = {c.id for c in calls if not c.status.finished}
         for task_id in [t for t in self._tool_tasks if t not in open_ids]:
             # An operator gave this call its result (and maybe closed the round) while it

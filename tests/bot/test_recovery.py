@@ -117,19 +117,19 @@ async def test_recovery_takes_a_few_sessions_at_a_time_and_reaches_them_all(
         await chat.wait_for(len(chats))  # every chat has its tool running
 
     running, most = 0, 0
-    real_open_tool_calls = SqlStore.open_tool_calls
+    real_get_session = SqlStore.get_session
 
-    async def slow_open_tool_calls(self: SqlStore, session_id: int) -> object:
+    async def slow_get_session(self: SqlStore, session_id: int) -> object:
         nonlocal running, most
         running += 1
         most = max(most, running)
         try:
             await asyncio.sleep(0.05)
-            return await real_open_tool_calls(self, session_id)
+            return await real_get_session(self, session_id)
         finally:
             running -= 1
 
-    monkeypatch.setattr(SqlStore, "open_tool_calls", slow_open_tool_calls)
+    monkeypatch.setattr(SqlStore, "get_session", slow_get_session)
     async with started_core(settings) as (second, chat2):
         sent = await chat2.wait_for(len(chats))
         await second.engine.wait_idle()
