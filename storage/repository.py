@@ -454,7 +454,7 @@ class SqlStore:
 
     async def record_answer(self, session_id: int, text: str, usage: Usage) -> TurnEnd:
         async with self._tx() as tx, tx.begin():
-            await self._end_turn(tx, session_id, last_error=None)
+            await self._claim_idle(tx, session_id, last_error=None)
             session = await self._session_row(tx, session_id)
             claim = await self._claim_values(tx, session_id)
             tx.add(
@@ -482,7 +482,7 @@ class SqlStore:
             await tx.flush()
             return await self._turn_end(tx, session_id, outbox, claim)
 
-    async def _end_turn(self, tx: Tx, session_id: int, **values: Any) -> None:
+    async def _claim_idle(self, tx: Tx, session_id: int, **values: Any) -> None:
         if not await self._claim(tx, session_id, SessionState.LLM, SessionState.IDLE, **values):
             raise SessionMovedOn(f"session {session_id} is not waiting for the model")
 
@@ -560,7 +560,7 @@ class SqlStore:
         self, session_id: int, error: str, apology: str, usage: Usage | None = None
     ) -> TurnEnd:
         async with self._tx() as tx, tx.begin():
-            await self._end_turn(tx, session_id, last_error=error, last_error_at=now())
+            await self._claim_idle(tx, session_id, last_error=error, last_error_at=now())
             session = await self._session_row(tx, session_id)
             claim = await self._claim_values(tx, session_id)
             tx.add(self._llm_call(session, usage, error))
@@ -765,12 +765,13 @@ class SqlStore:
                 moved.append({"row_id": waiting, "row_position": position})
             last[session_id] = position
         messages = Base.metadata.tables[MessageRow.__tablename__]
-        await tx.execute(
-            update(messages)
-            .where(messages.c.id == bindparam("row_id"))
-            .values(status="history", position=bindparam("row_position")),
-            moved,
-        )
+        if moved:
+            await tx.execute(
+                update(messages)
+                .where(messages.c.id == bindparam("row_id"))
+                .values(status="history", position=bindparam("row_position")),
+                moved,
+            )
         if results:
             await tx.execute(insert(messages), results)
 

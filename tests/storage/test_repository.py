@@ -58,6 +58,9 @@ async def test_repair_closes_every_interrupted_round_in_a_few_statements_for_all
             deferred = list(
                 await tx.scalars(select(MessageRow).where(MessageRow.status == "deferred"))
             )
+            # A session with no open round: nothing to place, nothing changes.
+            await store.place_rounds(tx, [sessions["idle"].id])
+            await tx.commit()
         histories = {
             name: [to_openai(e, name_authors=False) for e in await store.history(row.id)]
             for name, row in sessions.items()
