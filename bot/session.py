@@ -226,7 +226,7 @@ class SessionActor:
         """Starts the model call unless one runs. `slot`: a recovery slot already taken;
         the call keeps it until its reply is recorded (however the task ends), so that
         thousands of recovering sessions neither call nor write all at once. Returns
-        whether it took the slot."""
+        whether it started the call (which then holds `slot`)."""
         if self._llm_task is not None:
             return False
         task = self._llm_task = self._work.spawn(self._call_llm(turn, slot is not None), "llm")
