@@ -16,6 +16,7 @@ from bot.llm import Completion, LLMClient
 from bot.offline import FakeOpenAI
 from bot.prompt import to_openai
 from bot.runtime import Runtime
+from bot.settings import Settings
 from bot.store import TurnEnd
 from storage.models import OutboxRow, ToolCallRow
 from storage.repository import SqlStore
@@ -102,11 +103,10 @@ async def test_message_stored_but_not_handled_is_handled_after_restart(
     assert "are you awake?" in sent[0].message.text
 
 
-async def test_recovery_takes_a_few_sessions_at_a_time_and_reaches_them_all(
+async def _stopped_with_tools_running(
     database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Thousands of sessions recovering at once would queue every new message behind all
-    their transactions; a bounded number at a time leaves room for the living."""
+) -> tuple[Settings, list[str]]:
+    """Five chats, each with its tool running when the core stops; recovery two at a time."""
     monkeypatch.setattr(slow_tools, "DELAY", 30)
     monkeypatch.setattr(engine_module, "RECOVERY_CONCURRENCY", 2)
     settings = core_settings(database_url, fake_openai)
@@ -115,6 +115,15 @@ async def test_recovery_takes_a_few_sessions_at_a_time_and_reaches_them_all(
         for name in chats:
             await chat.say("Dame la hora actual", chat=name)
         await chat.wait_for(len(chats))  # every chat has its tool running
+    return settings, chats
+
+
+async def test_recovery_takes_a_few_sessions_at_a_time_and_reaches_them_all(
+    database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of sessions recovering at once would queue every new message behind all
+    their transactions; a bounded number at a time leaves room for the living."""
+    settings, chats = await _stopped_with_tools_running(database_url, fake_openai, monkeypatch)
 
     running, most = 0, 0
     real_get_session = SqlStore.get_session
@@ -144,14 +153,7 @@ async def test_recovery_bounds_follow_up_calls_until_their_answers_are_recorded(
     """After the set-wise repair every session waits for its model call. A few at a time
     make it and record its answer: bounding the calls alone would let thousands of quick
     answers queue their writes behind one another, with new chats' writes among them."""
-    monkeypatch.setattr(slow_tools, "DELAY", 30)
-    monkeypatch.setattr(engine_module, "RECOVERY_CONCURRENCY", 2)
-    settings = core_settings(database_url, fake_openai)
-    chats = [f"chat-{n}" for n in range(5)]
-    async with started_core(settings) as (_first, chat):
-        for name in chats:
-            await chat.say("Dame la hora actual", chat=name)
-        await chat.wait_for(len(chats))
+    settings, chats = await _stopped_with_tools_running(database_url, fake_openai, monkeypatch)
 
     in_flight, most = 0, 0
     real_complete, real_record_answer = LLMClient.complete, SqlStore.record_answer
