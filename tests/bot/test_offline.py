@@ -16,6 +16,7 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
 from bot.offline import FakeOpenAI, serve_forever
+from tests.support.spanish_time import tells_the_time
 
 Message = dict[str, Any]
 ClientFactory = Callable[..., openai.AsyncOpenAI]
@@ -304,6 +305,23 @@ async def test_asking_the_time_calls_the_tool_then_reports_it(
     assert second.choices[0].finish_reason == "stop"
     assert second.choices[0].message.content == expected
     assert fake.rejected == []
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [("2026-11-25T01:08:00+00:00 (UTC)", "Es la 01:08 (UTC)."), (NOON, "Son las 17:30 (UTC).")],
+)
+async def test_the_spanish_time_is_singular_at_one_and_tests_accept_both(
+    client: openai.AsyncOpenAI, moment: str, expected: str
+) -> None:
+    history = [SYSTEM, user("Dame la hora actual")]
+    first = await ask(client, history, tools=TOOLS, tool_choice="auto")
+    [call] = function_calls(first)
+    history.append(first.choices[0].message.model_dump(exclude_none=True))
+    history.append(tool(call.id, moment))
+    text = (await ask(client, history, tools=TOOLS)).choices[0].message.content or ""
+    assert text == expected
+    assert tells_the_time(text)
 
 
 async def test_a_named_zone_and_a_wait_become_calls_in_the_order_asked(

@@ -19,6 +19,7 @@ from bot.runtime import Runtime
 from tests.adapters.discord.conftest import discord_settings
 from tests.fakes.discord_api import EPHEMERAL, FakeDiscord, FakeUser, Json
 from tests.support import slow_tools
+from tests.support.spanish_time import tells_the_time
 
 POST = "POST /channels/{channel_id}/messages"
 
@@ -113,7 +114,7 @@ async def test_scenario_1_status_reply_then_the_time(
         await runtime.engine.wait_idle(timeout=10)
     status, final = posted[1], posted[-1]
     assert "consultar la hora" in status["content"]
-    assert "Son las" in final["content"] and "(UTC)" in final["content"]
+    assert tells_the_time(final["content"])
     assert replied_to(final) == first
     assert len(fake_discord.posted_messages(place.channel_id)) == 3
     assert fake_openai.rejected == []
@@ -139,7 +140,7 @@ async def test_scenario_2_greeting_and_question_then_an_answer_quoting_them(
     assert (replied_to(greeting), replied_to(question)) == (hola, como)
     assert greeting["content"] != question["content"]
     assert replied_to(final) == first
-    assert "Son las" in final["content"]
+    assert tells_the_time(final["content"])
     assert "Hola" in final["content"] and "¿Cómo estás?" in final["content"]
     assert fake_openai.rejected == []
 
@@ -333,7 +334,7 @@ async def test_the_socket_closing_mid_turn_loses_and_doubles_nothing(
         await runtime.engine.wait_idle(timeout=10)
     posted = fake.posted_messages(dm)
     assert [replied_to(m) for m in posted] == [first["id"], hola["id"], first["id"]]
-    assert "Son las" in posted[-1]["content"] and "Hola" in posted[-1]["content"]
+    assert tells_the_time(posted[-1]["content"]) and "Hola" in posted[-1]["content"]
     assert len(fake.resume_payloads) == 1 and len(fake.identify_payloads) == 1
     assert f"duplicate message {first['id']} ignored" in caplog.text  # it was replayed
     assert len(chat_requests(fake_openai)) == 2

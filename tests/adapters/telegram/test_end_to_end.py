@@ -17,6 +17,7 @@ from bot.runtime import Runtime
 from bot.settings import Settings
 from tests.fakes.telegram_api import FakeTelegram, SentMessage, TgUser
 from tests.support import slow_tools
+from tests.support.spanish_time import tells_the_time
 
 ANA = TgUser(1001, "Ana", "Pérez", username="ana")
 BEN = TgUser(1002, "Ben")
@@ -79,7 +80,7 @@ async def test_scenario_1_status_reply_then_the_time(
         await runtime.engine.wait_idle(timeout=10)
     status, final = sent[1], sent[-1]
     assert "consultar la hora" in status.plain_text
-    assert "Son las" in final.plain_text and "(UTC)" in final.plain_text
+    assert tells_the_time(final.plain_text)
     assert final.reply_to == first
     assert len(tg.sent_messages(ANA.id)) == 3
     assert fake_openai.rejected == []
@@ -101,7 +102,7 @@ async def test_scenario_2_greeting_and_question_then_an_answer_quoting_them(
     assert (greeting.reply_to, question.reply_to) == (hola, como)
     assert greeting.plain_text != question.plain_text
     assert final.reply_to == first
-    assert "Son las" in final.plain_text
+    assert tells_the_time(final.plain_text)
     assert "Hola" in final.plain_text and "¿Cómo estás?" in final.plain_text
     assert fake_openai.rejected == []
 
@@ -217,7 +218,7 @@ async def test_status_during_a_tool(
         await runtime.engine.wait_idle(timeout=10)
     [answer] = [m for m in tg.sent_messages(ANA.id) if m.reply_to == status]
     assert "consultar la hora" in answer.plain_text
-    assert "Son las" in tg.sent_messages(ANA.id)[-1].plain_text
+    assert tells_the_time(tg.sent_messages(ANA.id)[-1].plain_text)
     # A command is not part of the conversation the model sees.
     assert all("/status" not in request_text(r) for r in chat_requests(fake_openai))
 
