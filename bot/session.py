@@ -348,12 +348,22 @@ class SessionActor:
         )
         for row in rows:
             self._spawn_tool(row)
-        await self._take_queued()
+        if tool_round.queued:
+            await self._take_queued()
 
     # --- tools -----------------------------------------------------------------------------
 
     def _spawn_tool(self, call: ToolCallInfo) -> None:
-        self._tool_tasks[call.id] = self._work.spawn(self._run_tool(call), f"tool-{call.name}")
+        task = self._work.spawn(self._run_tool(call), f"tool-{call.name}")
+        task.add_done_callback(lambda done: self._reported_unstarted(call, done))
+        self._tool_tasks[call.id] = task
+
+    def _reported_unstarted(self, call: ToolCallInfo, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never runs _run_tool's handler, so a
+        # cancel handled right behind the spawn would leave the call without a result.
+        # A task that ran reports itself, and ends cancelled only at shutdown (no outcome).
+        if task.cancelled() and self._cancel_outcome is not None:
+            self.post(ToolDone(call.id, self._cancel_outcome))
 
     async def _run_tool(self, call: ToolCallInfo) -> None:
         try:

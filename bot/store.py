@@ -117,10 +117,12 @@ class OutboxItem:
 
 @dataclass(frozen=True, slots=True)
 class ToolRound:
-    """The calls `record_tool_calls` stored, and its notice if claimed for sending now."""
+    """The calls `record_tool_calls` stored, its notice if claimed for sending now, and
+    whether messages came during the model call (they get their instant replies)."""
 
     calls: list[ToolCallInfo]
     ready: list[OutboxItem]
+    queued: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -489,12 +489,18 @@ class SqlStore:
     async def _turn_end(
         self, tx: Tx, session_id: int, outbox: OutboxRow, claim: dict[str, Any]
     ) -> TurnEnd:
+        ready = [_outbox_item(outbox)] if claim else []
+        return TurnEnd(ready, queued=await self._any_queued(tx, session_id))
+
+    async def _any_queued(self, tx: Tx, session_id: int) -> bool:
+        """Messages that came while the session waited for the model: the caller looks at
+        them in a transaction of its own only when there are some."""
         waiting = await tx.scalar(
             select(MessageRow.id)
             .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
             .limit(1)
         )
-        return TurnEnd([_outbox_item(outbox)] if claim else [], queued=waiting is not None)
+        return waiting is not None
 
     async def record_tool_calls(
         self,
@@ -554,7 +560,11 @@ class SqlStore:
             )
             tx.add(outbox)
             await tx.flush()
-            return ToolRound([_tool_info(r) for r in rows], [_outbox_item(outbox)] if claim else [])
+            return ToolRound(
+                [_tool_info(r) for r in rows],
+                [_outbox_item(outbox)] if claim else [],
+                queued=await self._any_queued(tx, session_id),
+            )
 
     async def record_llm_failure(
         self, session_id: int, error: str, apology: str, usage: Usage | None = None

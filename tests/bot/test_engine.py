@@ -13,9 +13,13 @@ from bot.core_api import SubmitOutcome
 from bot.events import CommandName, DeliveryError, ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
+from bot.session import SessionActor
+from bot.store import ToolCallInfo
+from bot.tools.runner import CANCELLED_BY_USER
 from storage.models import MessageRow, OutboxRow, ToolCallRow
 from tests.conftest import CoreFactory
 from tests.support import slow_tools
+from tests.support.spanish_time import tells_the_time
 
 
 def chat_requests(fake: FakeOpenAI) -> list[dict[str, Any]]:
@@ -51,7 +55,7 @@ async def test_scenario_1_status_while_tool_runs(
     assert "consultar la hora" in status
     final = sent[2].message
     assert final.reply_to_id == first
-    assert "Son las" in final.text
+    assert tells_the_time(final.text)
     assert fake_openai.rejected == []
     requests = chat_requests(fake_openai)
     assert len(requests) == 2
@@ -87,7 +91,7 @@ async def test_scenario_2_greeting_and_question_get_different_replies(
     assert [m.kind for m in messages] == ["greeting", "question"]
     assert sent[1].message.text != sent[2].message.text
     final = sent[3].message.text
-    assert "Son las" in final and "Hola" in final and "¿Cómo estás?" in final
+    assert tells_the_time(final) and "Hola" in final and "¿Cómo estás?" in final
     assert fake_openai.rejected == []
 
 
@@ -148,6 +152,30 @@ async def test_cancel_word_cancels_tools_and_answer_says_so(
     assert sent[1].message.kind is ReplyKind.INTERIM
     assert "cancelled by the user" in sent[2].message.text
     assert fake_openai.rejected == []
+
+
+async def test_a_tool_cancelled_before_its_task_ever_ran_still_gets_its_result(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel handled in the same actor step as the spawn (a /cancel right behind the
+    model's reply) cancels a task whose body never started, so its own handler cannot
+    report; the call must still get "cancelled by the user" and the turn its answer."""
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    real_spawn = SessionActor._spawn_tool
+
+    def spawn_then_cancel(self: SessionActor, call: ToolCallInfo) -> None:
+        real_spawn(self, call)
+        self._cancel_tools(CANCELLED_BY_USER)
+
+    monkeypatch.setattr(SessionActor, "_spawn_tool", spawn_then_cancel)
+    async with make_core() as (runtime, chat):
+        await chat.say("what time is it?")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+        calls = await rows(runtime, ToolCallRow)
+    assert [(c.status, c.result) for c in calls] == [("cancelled", "cancelled by the user")]
+    assert [s.message.kind for s in sent] == [ReplyKind.WORKING, ReplyKind.ANSWER]
+    assert "cancelled by the user" in sent[1].message.text
 
 
 async def test_cancel_command_and_status_command(
