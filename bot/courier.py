@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from bot.events import DeliveryError, OutgoingMessage, ReplySink
@@ -39,6 +41,10 @@ class Courier:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
         self._looking_again: set[int] = set()
+        # Per session, the last reply this process sent and when, oldest first. A writer
+        # claims its reply for this worker and then hands it over; a drain of the session
+        # that ran in between takes this worker's claims too, and may have sent it already.
+        self._sent: OrderedDict[int, tuple[int, float]] = OrderedDict()
         self._closing = asyncio.Event()
 
     def attach(self, sink: ReplySink) -> None:
@@ -66,12 +72,31 @@ class Courier:
                 self._again.discard(session_id)
                 items, ready = ready or await self._claim(session_id), ()
                 for item in items:
+                    if self._sent_before(item):
+                        continue
                     if self._closing.is_set() or not await self._deliver(item):
                         return
                 if session_id not in self._again:
                     return
         finally:
             self._running.pop(session_id, None)
+
+    def _sent_before(self, item: OutboxItem) -> bool:
+        # A session's replies go out in id order, so its last sent id covers all before.
+        sent = self._sent.get(item.session_id)
+        return sent is not None and item.id <= sent[0]
+
+    def _note_sent(self, item: OutboxItem) -> None:
+        clock = time.monotonic()
+        self._sent[item.session_id] = (item.id, clock)
+        self._sent.move_to_end(item.session_id)
+        # A hand-over comes milliseconds after its write; a claim older than its lease
+        # is anyone's anyway. Older notes go, so this stays small.
+        while self._sent:
+            _, noted = next(iter(self._sent.values()))
+            if noted >= clock - CLAIM_LEASE_SECONDS:
+                break
+            self._sent.popitem(last=False)
 
     async def _claim(self, session_id: int) -> list[OutboxItem]:
         claim = await self.store.claim_undelivered(session_id, self.worker, CLAIM_LEASE_SECONDS)
@@ -122,6 +147,7 @@ class Courier:
                 log.exception("adapter %s failed to send reply %d", sink.platform, item.id)
                 error, permanent, retry_after = f"{type(exc).__name__}: {exc}", False, None
             else:
+                self._note_sent(item)
                 await self.store.mark_delivered(item.id, platform_id)
                 log.info(
                     "reply delivered",

@@ -50,3 +50,33 @@ async def test_rows_after_one_held_by_another_worker_go_out_once_it_is_sent(
     finally:
         await courier.stop()
         await engine.dispose()
+
+
+async def test_a_reply_handed_over_after_a_drain_already_sent_it_goes_out_once(
+    database_url: str,
+) -> None:
+    """A writer claims its reply for this worker and hands it to the courier; a drain of
+    the same session that ran in between (a sweep, an older reply) may have sent it."""
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    courier = Courier(SqlStore(engine), "one")
+    try:
+        store = SqlStore(engine)
+        conversation = ConversationKey("memory", "chat-1", "")
+        message = InboundMessage(conversation, "u1", "Ana", "?", "m1", True, True)
+        session_id = await store.record_notice(message, "the reply")
+        assert session_id is not None
+        handed_over = await store.claim_undelivered(session_id, "one", lease_seconds=60)
+        assert len(handed_over.items) == 1
+        sink = MemoryAdapter(cast(ChatCore, object()))
+        courier.attach(sink)
+        courier.kick(session_id)  # the drain that came first: it takes this worker's claim
+        await sink.wait_for(1)
+        while courier.busy:
+            await asyncio.sleep(0.01)
+        courier.kick(session_id, handed_over.items)
+        await asyncio.sleep(0.2)
+        assert [s.message.text for s in sink.sent] == ["the reply"]
+    finally:
+        await courier.stop()
+        await engine.dispose()
