@@ -17,7 +17,7 @@ from bot.core_api import SubmitOutcome
 from bot.courier import Courier
 from bot.events import CommandName, CommandRequest, InboundMessage, ReplySink
 from bot.guards.access import AccessGate
-from bot.interim.classify import detect_language
+from bot.interim.classify import classify, detect_language
 from bot.interim.replies import ReplyBook, RunningTool
 from bot.llm import LLMClient
 from bot.policies import Gate, Verdict
@@ -29,11 +29,19 @@ from bot.session import (
     Recover,
     Reset,
     SessionActor,
-    Wake,
+    Taken,
     seconds_since,
 )
 from bot.settings import GroupMode, Settings
-from bot.store import SessionState, Store, ToolCallInfo
+from bot.store import (
+    InterimContext,
+    PlannedInterim,
+    QueuedMessage,
+    SessionInfo,
+    SessionState,
+    Store,
+    ToolCallInfo,
+)
 from bot.tasks import TaskSet
 from bot.tools.registry import Registry
 from bot.tools.runner import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER, ToolOutcome, ToolRunner
@@ -152,12 +160,14 @@ class Engine:
                 return SubmitOutcome.IGNORED
             log.info("non-text message (%s)", message.unsupported, extra=extra)
             return await self._notice(message, self.book.phrase("text_only", language))
-        session_id = await self.store.record_inbound(message, language)
-        if session_id is None:
+        intake = await self.store.record_inbound(message, language, self.plan_interims)
+        if intake is None:
             log.info("duplicate message %s ignored", message.message_id, extra=extra)
             return SubmitOutcome.DUPLICATE
-        log.info("message stored", extra={**extra, "session": f"session-{session_id}"})
-        self._actor(session_id).post(Wake())
+        log.info("message stored", extra={**extra, "session": f"session-{intake.info.id}"})
+        if intake.turn is not None or intake.planned:
+            self._actor(intake.info.id).post(Taken(intake))
+        # Otherwise it waits, queued, for the model call in flight: its end takes it.
         return SubmitOutcome.ACCEPTED
 
     async def _notice(self, message: InboundMessage, text: str) -> SubmitOutcome:
@@ -223,6 +233,22 @@ class Engine:
         if info.state != SessionState.IDLE:
             return self.book.phrase("status_thinking", language)
         return self.book.phrase("status_idle", language)
+
+    def plan_interims(
+        self, info: SessionInfo, queued: Sequence[QueuedMessage], context: InterimContext
+    ) -> list[PlannedInterim]:
+        """The instant replies for messages that came while tools run (storage calls this
+        inside the transaction that stores them: pure and quick)."""
+        running = self.describe_running(context.calls, info.language)
+        # Oldest first, newest last: the picker needs to know which text was sent last.
+        avoid = list(context.recent_replies)
+        planned = []
+        for message in queued:
+            kind = classify(message.text, info.language)
+            text = self.book.interim(kind.kind, kind.language, running, avoid, self.rng)
+            avoid.append(text)
+            planned.append(PlannedInterim(message.id, text, kind.kind.value, kind.language))
+        return planned
 
     def describe_running(self, calls: Sequence[ToolCallInfo], language: str) -> list[RunningTool]:
         running = []

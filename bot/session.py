@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from bot.interim.classify import InterimKind, classify
+from bot.interim.classify import InterimKind
 from bot.llm import Completion, LLMError, ToolCallRequest
 from bot.prompt import build_request
 from bot.store import (
-    InterimContext,
+    Intake,
     ModelTurn,
     PlannedCall,
-    PlannedInterim,
-    QueuedMessage,
     SessionInfo,
     SessionMovedOn,
     SessionState,
@@ -55,8 +53,11 @@ MAX_CALL_ID = 40
 
 
 @dataclass(frozen=True)
-class Wake:
-    """New messages are queued for this session."""
+class Taken:
+    """A new message was stored, and what the session's state made of it (a turn
+    started, or an instant reply stored) in the same transaction."""
+
+    intake: Intake
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class Reset:
     done: asyncio.Future[None]
 
 
-Event = Wake | Recover | LLMDone | ToolDone | Cancel | Reset
+Event = Taken | Recover | LLMDone | ToolDone | Cancel | Reset
 
 
 def sanitize_calls(calls: Sequence[ToolCallRequest]) -> list[ToolCallRequest]:
@@ -182,8 +183,8 @@ class SessionActor:
 
     async def _handle(self, event: Event) -> None:
         match event:
-            case Wake():
-                await self._on_wake()
+            case Taken(intake):
+                self._after_intake(intake)
             case Recover():
                 await self._on_recover()
             case LLMDone():
@@ -198,14 +199,16 @@ class SessionActor:
 
     # --- turns -----------------------------------------------------------------------------
 
-    async def _on_wake(self) -> None:
-        await self._take_queued()
-
     async def _take_queued(self) -> bool:
         """Idle: queued messages start a turn (True). Tools: each gets its instant reply.
         LLM: they stay queued; the call's end picks them all up in one turn."""
+        intake = await self.engine.store.take_queued(self.session_id, self.engine.plan_interims)
+        return self._after_intake(intake)
+
+    def _after_intake(self, intake: Intake) -> bool:
+        """Acts on what storage did with queued messages: starts the model call of a turn
+        that began (True), or sends the instant replies stored for them."""
         engine = self.engine
-        intake = await engine.store.take_queued(self.session_id, self._plan_interims)
         if intake.turn is not None:
             log.info("turn started", extra={"session": self.label, "turn": intake.info.turn})
             self._spawn_llm(intake.turn)
@@ -399,21 +402,6 @@ class SessionActor:
         for task in self._tool_tasks.values():
             task.cancel()
         return len(self._tool_tasks)
-
-    def _plan_interims(
-        self, info: SessionInfo, queued: Sequence[QueuedMessage], context: InterimContext
-    ) -> list[PlannedInterim]:
-        engine = self.engine
-        running = engine.describe_running(context.calls, info.language)
-        # Oldest first, newest last: the picker needs to know which text was sent last.
-        avoid = list(context.recent_replies)
-        planned = []
-        for message in queued:
-            kind = classify(message.text, info.language)
-            text = engine.book.interim(kind.kind, kind.language, running, avoid, engine.rng)
-            avoid.append(text)
-            planned.append(PlannedInterim(message.id, text, kind.kind.value, kind.language))
-        return planned
 
     # --- recovery and operators ------------------------------------------------------------
 

@@ -186,9 +186,13 @@ class Store(Protocol):
     those without a transaction of its own to claim them."""
 
     # --- taking messages in ---
-    async def record_inbound(self, message: InboundMessage, language: str) -> int | None:
+    async def record_inbound(
+        self, message: InboundMessage, language: str, plan: InterimPlanner
+    ) -> Intake | None:
         """Stores a message as queued in its conversation's active session (created on
-        first use). Returns the session id, or None if this platform message was seen."""
+        first use) and, in the same transaction, does what `take_queued` does: an idle
+        session starts its turn, a session running tools defers the message with the
+        instant reply `plan` picks. None if this platform message was seen before."""
         ...
 
     async def record_notice(self, message: InboundMessage, text: str) -> int | None:
@@ -204,7 +208,8 @@ class Store(Protocol):
     async def take_queued(self, session_id: int, plan: InterimPlanner) -> Intake:
         """The queued messages, in one transaction whatever the state. Idle: they join the
         history and a turn starts (idle -> llm). Tools: each is deferred and answered with
-        the reply `plan` picks. LLM (or archived, or nothing queued): nothing changes."""
+        the reply `plan` picks (if `plan` fails they stay queued, for the next turn). LLM
+        (or archived, or nothing queued): nothing changes."""
         ...
 
     async def history(self, session_id: int) -> list[HistoryEntry]: ...

@@ -8,10 +8,12 @@ updated and leaves the session to the winner.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import groupby
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -56,6 +58,14 @@ from storage.models import (
     ToolCallRow,
 )
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SESSIONS = Base.metadata.tables[SessionRow.__tablename__]
+MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
+TOOL_CALLS = Base.metadata.tables[ToolCallRow.__tablename__]
+OUTBOX = Base.metadata.tables[OutboxRow.__tablename__]
+
 UNFINISHED = (ToolStatus.PENDING.value, ToolStatus.RUNNING.value)
 # Instant replies looked at to avoid repeats: more than one turn's worth in practice.
 RECENT_INTERIMS = 20
@@ -72,7 +82,7 @@ def active_key(key: ConversationKey) -> str:
     return f"{key.platform}:{key.chat_id}:{key.thread_id}"
 
 
-def _session_info(row: SessionRow) -> SessionInfo:
+def _session_info(row: SessionRow | Row[Any]) -> SessionInfo:
     return SessionInfo(
         id=row.id,
         key=ConversationKey(row.platform, row.chat_id, row.thread_id),
@@ -91,7 +101,7 @@ def _session_info(row: SessionRow) -> SessionInfo:
     )
 
 
-def _tool_info(row: ToolCallRow) -> ToolCallInfo:
+def _tool_info(row: ToolCallRow | Row[Any]) -> ToolCallInfo:
     return ToolCallInfo(
         id=row.id,
         call_id=row.call_id,
@@ -158,27 +168,33 @@ class SqlStore:
             raise LookupError(f"no session {session_id}")
         return row
 
-    async def _next_position(self, tx: Tx, session_id: int) -> int:
-        last = await tx.scalar(
+    async def _next_position(self, conn: AsyncConnection, session_id: int) -> int:
+        last = await conn.scalar(
             select(func.max(MessageRow.position)).where(MessageRow.session_id == session_id)
         )
         return (last or 0) + 1
 
-    async def _claim(self, tx: Tx, session_id: int, expected: str, new: str, **values: Any) -> bool:
-        result = await tx.execute(
-            update(SessionRow)
-            .where(SessionRow.id == session_id, SessionRow.state == expected)
-            .values(state=new, updated_at=now(), **values)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+    async def _claim(
+        self, conn: AsyncConnection, session_id: int, expected: str, new: str, **values: Any
+    ) -> Row[Any] | None:
+        """The compare-and-set on a session's state; the session as it is after, or None
+        (nothing changed) if it was not in `expected`."""
+        return (
+            await conn.execute(
+                update(SessionRow)
+                .where(SessionRow.id == session_id, SessionRow.state == expected)
+                .values(state=new, updated_at=now(), **values)
+                .returning(*SESSIONS.columns)
+            )
+        ).first()
 
-    async def _claim_values(self, tx: Tx, session_id: int) -> dict[str, Any]:
+    async def _claim_values(self, conn: AsyncConnection, session_id: int) -> dict[str, Any]:
         """Claim columns for replies about to be added: empty unless this store has a worker
         and nothing older of the session waits (replies go out in order; an older one goes
         first, through the courier's claim). Call before adding them."""
         if self.worker is None:
             return {}
-        older = await tx.scalar(select(OutboxRow.id).where(*_undelivered(session_id)).limit(1))
+        older = await conn.scalar(select(OutboxRow.id).where(*_undelivered(session_id)).limit(1))
         if older is not None:
             return {}
         return {
@@ -188,32 +204,44 @@ class SqlStore:
 
     def _outbox(
         self,
-        session: SessionRow,
+        session: SessionRow | Row[Any],
         kind: ReplyKind,
         text: str,
         reply_to: str | None,
         user: str | None,
-        claim: dict[str, Any] | None = None,
-    ) -> OutboxRow:
-        return OutboxRow(
-            **(claim or {}),
-            session_id=session.id,
-            platform=session.platform,
-            chat_id=session.chat_id,
-            thread_id=session.thread_id,
-            reply_to_id=reply_to,
-            reply_to_user_id=user,
-            kind=kind.value,
-            text=text,
-            created_at=now(),
+        claim: dict[str, Any],
+    ) -> dict[str, Any]:
+        return {
+            **claim,
+            "session_id": session.id,
+            "platform": session.platform,
+            "chat_id": session.chat_id,
+            "thread_id": session.thread_id,
+            "reply_to_id": reply_to,
+            "reply_to_user_id": user,
+            "kind": kind.value,
+            "text": text,
+            "created_at": now(),
+        }
+
+    async def _add_outbox(
+        self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]
+    ) -> list[OutboxItem]:
+        """Inserts the replies (`_outbox` values); the claimed ones are returned, to send."""
+        if not rows:
+            return []
+        added = await conn.execute(
+            insert(OutboxRow).returning(*OUTBOX.columns, sort_by_parameter_order=True), rows
         )
+        return [_outbox_item(row) for row in added if row.claimed_by is not None]
 
     async def _take_in(
         self, conn: AsyncConnection, message: InboundMessage, language: str | None
-    ) -> tuple[int, int] | None:
+    ) -> Row[Any] | None:
         """Dedupe + the conversation's active session, in the caller's transaction, in
-        plain SQL (every message passes here). Returns the session's id and turn, or None
-        for a message seen before."""
+        plain SQL (every message passes here). Returns the session's row, locked (the
+        UPDATE locks it on PostgreSQL: a worker closing its tool round waits for this
+        transaction), or None for a message seen before."""
         # Values go in as parameters, not into the statement: every message passes here,
         # and a statement built with its values costs a cache key computed from them.
         seen = await conn.execute(
@@ -233,33 +261,33 @@ class SqlStore:
                 update(SessionRow)
                 .where(SessionRow.active_key == key)
                 .values(**changes)
-                .returning(SessionRow.id, SessionRow.turn)
+                .returning(*SESSIONS.columns)
             )
         ).first()
         if found is not None:
-            return found.id, found.turn
+            return found
         c = message.conversation
-        created = await conn.scalar(
-            insert(SessionRow)
-            .values(
-                platform=c.platform,
-                chat_id=c.chat_id,
-                thread_id=c.thread_id,
-                active_key=key,
-                chat_title=message.chat_title,
-                is_private=message.is_private,
-                state=SessionState.IDLE,
-                language=language or "en",
-                turn=0,
-                tool_rounds=0,
-                turn_is_admin=False,
-                created_at=stamp,
-                updated_at=stamp,
+        return (
+            await conn.execute(
+                insert(SessionRow)
+                .values(
+                    platform=c.platform,
+                    chat_id=c.chat_id,
+                    thread_id=c.thread_id,
+                    active_key=key,
+                    chat_title=message.chat_title,
+                    is_private=message.is_private,
+                    state=SessionState.IDLE,
+                    language=language or "en",
+                    turn=0,
+                    tool_rounds=0,
+                    turn_is_admin=False,
+                    created_at=stamp,
+                    updated_at=stamp,
+                )
+                .returning(*SESSIONS.columns)
             )
-            .returning(SessionRow.id)
-        )
-        assert created is not None  # INSERT ... RETURNING always returns the row
-        return int(created), 0
+        ).one()
 
     def _insert_ignoring_duplicates(self, model: type[Base]) -> Any:
         if self.engine.dialect.name == "postgresql":
@@ -270,20 +298,18 @@ class SqlStore:
         self,
         message: InboundMessage,
         language: str | None,
-        row: Callable[[int, int], tuple[type[Base], dict[str, Any]]],
-    ) -> int | None:
-        """Takes the message in and inserts the one row `row(session_id)` describes. Two
+        then: Callable[[AsyncConnection, Row[Any]], Awaitable[T]],
+    ) -> T | None:
+        """Takes the message in and does `then` with its session, in one transaction. Two
         workers may create the same conversation's session at once: the unique active key
         fails one transaction, and its retry finds the winner's session."""
         for attempt in range(2):
             try:
                 async with self.engine.begin() as conn:
-                    taken = await self._take_in(conn, message, language)
-                    if taken is None:
+                    session = await self._take_in(conn, message, language)
+                    if session is None:
                         return None
-                    model, values = row(*taken)
-                    await conn.execute(insert(model), values)
-                    return taken[0]
+                    return await then(conn, session)
             except IntegrityError:
                 if attempt:
                     raise
@@ -291,38 +317,45 @@ class SqlStore:
 
     # --- taking messages in ------------------------------------------------------------
 
-    async def record_inbound(self, message: InboundMessage, language: str) -> int | None:
-        def queued(session_id: int, turn: int) -> tuple[type[Base], dict[str, Any]]:
-            return MessageRow, {
-                "session_id": session_id,
-                "role": "user",
-                "content": message.text,
-                "author_id": message.user_id,
-                "author_name": message.display_name,
-                "platform_message_id": message.message_id,
-                "status": "queued",
-                "turn": turn,
-                "kind": "admin" if message.is_admin else None,
-                "created_at": message.timestamp,
-            }
+    async def record_inbound(
+        self, message: InboundMessage, language: str, plan: InterimPlanner
+    ) -> Intake | None:
+        async def queue_and_take(conn: AsyncConnection, session: Row[Any]) -> Intake:
+            await conn.execute(
+                insert(MessageRow),
+                {
+                    "session_id": session.id,
+                    "role": "user",
+                    "content": message.text,
+                    "author_id": message.user_id,
+                    "author_name": message.display_name,
+                    "platform_message_id": message.message_id,
+                    "status": "queued",
+                    "turn": session.turn,
+                    "kind": "admin" if message.is_admin else None,
+                    "created_at": message.timestamp,
+                },
+            )
+            return await self._intake(conn, session, plan)
 
-        return await self._take_in_and(message, language, queued)
+        return await self._take_in_and(message, language, queue_and_take)
 
     async def record_notice(self, message: InboundMessage, text: str) -> int | None:
-        c = message.conversation
-
-        def notice(session_id: int, _turn: int) -> tuple[type[Base], dict[str, Any]]:
-            return OutboxRow, {
-                "session_id": session_id,
-                "platform": c.platform,
-                "chat_id": c.chat_id,
-                "thread_id": c.thread_id,
-                "reply_to_id": message.message_id,
-                "reply_to_user_id": message.user_id,
-                "kind": ReplyKind.NOTICE.value,
-                "text": text,
-                "created_at": now(),
-            }
+        async def notice(conn: AsyncConnection, session: Row[Any]) -> int:
+            await self._add_outbox(
+                conn,
+                [
+                    self._outbox(
+                        session,
+                        ReplyKind.NOTICE,
+                        text,
+                        message.message_id,
+                        message.user_id,
+                        {},
+                    )
+                ],
+            )
+            return int(session.id)
 
         return await self._take_in_and(message, None, notice)
 
@@ -340,32 +373,57 @@ class SqlStore:
     # --- turns ---------------------------------------------------------------------------
 
     async def take_queued(self, session_id: int, plan: InterimPlanner) -> Intake:
-        async with self._tx() as tx, tx.begin():
+        async with self.engine.begin() as conn:
             # Locked (PostgreSQL; SQLite has one writer anyway): a worker closing the tool
             # round meanwhile would otherwise miss a message deferred against the state
             # read here, and leave it out of the history.
-            session = await self._session_row(tx, session_id, lock=True)
-            if session.active_key is None or session.state == SessionState.LLM:
-                return Intake(_session_info(session))
-            queued = list(
-                await tx.scalars(
-                    select(MessageRow)
-                    .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
-                    .order_by(MessageRow.id)
+            session = (
+                await conn.execute(
+                    select(SESSIONS).where(SESSIONS.c.id == session_id).with_for_update()
                 )
-            )
-            if not queued:
-                return Intake(_session_info(session))
-            if session.state == SessionState.IDLE:
-                return await self._begin_turn(tx, session, queued)
-            return await self._defer(tx, session, queued, plan)
+            ).first()
+            if session is None:
+                raise LookupError(f"no session {session_id}")
+            return await self._intake(conn, session, plan)
 
-    async def _begin_turn(self, tx: Tx, session: SessionRow, queued: list[MessageRow]) -> Intake:
+    async def _intake(
+        self, conn: AsyncConnection, session: Row[Any], plan: InterimPlanner
+    ) -> Intake:
+        """What the session's state says to do with its queued messages (see
+        `Store.take_queued`); `session` is its row, locked by the caller."""
+        info = _session_info(session)
+        if info.archived or info.state == SessionState.LLM:
+            return Intake(info)
+        queued = (
+            await conn.execute(
+                select(
+                    MessageRow.id,
+                    MessageRow.content,
+                    MessageRow.platform_message_id,
+                    MessageRow.author_id,
+                    MessageRow.kind,
+                )
+                .where(MessageRow.session_id == info.id, MessageRow.status == "queued")
+                .order_by(MessageRow.id)
+            )
+        ).all()
+        if not queued:
+            return Intake(info)
+        if info.state == SessionState.IDLE:
+            return await self._begin_turn(conn, info, queued)
+        return await self._defer(conn, session, queued, plan)
+
+    async def _begin_turn(
+        self,
+        conn: AsyncConnection,
+        info: SessionInfo,
+        queued: Sequence[Row[*tuple[Any, ...]]],
+    ) -> Intake:
         last = queued[-1]
-        turn = session.turn + 1
+        turn = info.turn + 1
         claimed = await self._claim(
-            tx,
-            session.id,
+            conn,
+            info.id,
             SessionState.IDLE,
             SessionState.LLM,
             turn=turn,
@@ -375,23 +433,24 @@ class SqlStore:
             turn_user_id=last.author_id,
             turn_is_admin=last.kind == "admin",
         )
-        await tx.refresh(session)
-        if not claimed:  # another worker took the turn
-            return Intake(_session_info(session))
-        position = await self._next_position(tx, session.id)
-        for offset, row in enumerate(queued):
-            row.status = "history"
-            row.position = position + offset
-            row.turn = turn
-        info = _session_info(session)
-        return Intake(info, turn=await self._model_turn(tx, info))
+        if claimed is None:  # another worker took the turn
+            return Intake(info)
+        position = await self._next_position(conn, info.id)
+        await conn.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == bindparam("row_id"))
+            .values(status="history", position=bindparam("row_position"), turn=turn),
+            [{"row_id": row.id, "row_position": position + n} for n, row in enumerate(queued)],
+        )
+        started = _session_info(claimed)
+        return Intake(started, turn=await self._model_turn(conn, started))
 
     async def history(self, session_id: int) -> list[HistoryEntry]:
-        async with self._tx() as tx:
-            return await self._history(tx, session_id)
+        async with self.engine.connect() as conn:
+            return await self._history(conn, session_id)
 
-    async def _history(self, tx: Tx, session_id: int) -> list[HistoryEntry]:
-        rows = await tx.execute(
+    async def _history(self, conn: AsyncConnection, session_id: int) -> list[HistoryEntry]:
+        rows = await conn.execute(
             select(
                 MessageRow.role,
                 MessageRow.content,
@@ -407,12 +466,12 @@ class SqlStore:
     async def model_turn(self, session_id: int) -> ModelTurn:
         async with self._tx() as tx:
             info = _session_info(await self._session_row(tx, session_id))
-            return await self._model_turn(tx, info)
+            return await self._model_turn(await tx.connection(), info)
 
-    async def _model_turn(self, tx: Tx, info: SessionInfo) -> ModelTurn:
+    async def _model_turn(self, conn: AsyncConnection, info: SessionInfo) -> ModelTurn:
         interims: list[str] = []
         if info.tool_rounds:
-            rows = await tx.scalars(
+            rows = await conn.scalars(
                 select(MessageRow.content)
                 .where(
                     MessageRow.session_id == info.id,
@@ -422,11 +481,13 @@ class SqlStore:
                 .order_by(MessageRow.id)
             )
             interims = [r or "" for r in rows]
-        return ModelTurn(info, await self._history(tx, info.id), interims)
+        return ModelTurn(info, await self._history(conn, info.id), interims)
 
-    async def _interim_context(self, tx: Tx, session_id: int, turn: int) -> InterimContext:
-        _, calls = await self._open_round_calls(tx, session_id)
-        interims = await tx.execute(
+    async def _interim_context(
+        self, conn: AsyncConnection, session_id: int, turn: int
+    ) -> InterimContext:
+        calls = await self._round_calls(conn, session_id)
+        interims = await conn.execute(
             select(MessageRow.turn, MessageRow.content)
             .where(MessageRow.session_id == session_id, MessageRow.status == "interim")
             .order_by(MessageRow.id.desc())
@@ -436,40 +497,40 @@ class SqlStore:
         recent = [text or "" for row_turn, text in reversed(newest_first) if row_turn == turn]
         if newest_first and (not recent or newest_first[0][1] != recent[-1]):
             recent.append(newest_first[0][1] or "")  # the last one, even from a past turn
-        return InterimContext([_tool_info(c) for c in calls], recent)
+        return InterimContext(calls, recent)
 
     def _llm_call(
-        self, session: SessionRow, usage: Usage | None, error: str | None = None
-    ) -> LLMCallRow:
-        return LLMCallRow(
-            session_id=session.id,
-            user_id=session.turn_user_id,
-            chat_key=f"{session.platform}:{session.chat_id}",
-            ok=error is None,
-            error=error,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            created_at=now(),
-        )
+        self, session: SessionRow | Row[Any], usage: Usage | None, error: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            "session_id": session.id,
+            "user_id": session.turn_user_id,
+            "chat_key": f"{session.platform}:{session.chat_id}",
+            "ok": error is None,
+            "error": error,
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
+            "created_at": now(),
+        }
 
     async def record_answer(self, session_id: int, text: str, usage: Usage) -> TurnEnd:
-        async with self._tx() as tx, tx.begin():
-            await self._claim_idle(tx, session_id, last_error=None)
-            session = await self._session_row(tx, session_id)
-            claim = await self._claim_values(tx, session_id)
-            tx.add(
-                MessageRow(
-                    session_id=session_id,
-                    role="assistant",
-                    content=text,
-                    status="history",
-                    position=await self._next_position(tx, session_id),
-                    turn=session.turn,
-                    kind=ReplyKind.ANSWER.value,
-                    created_at=now(),
-                )
+        async with self.engine.begin() as conn:
+            session = await self._claim_idle(conn, session_id, last_error=None)
+            claim = await self._claim_values(conn, session_id)
+            await conn.execute(
+                insert(MessageRow),
+                {
+                    "session_id": session_id,
+                    "role": "assistant",
+                    "content": text,
+                    "status": "history",
+                    "position": await self._next_position(conn, session_id),
+                    "turn": session.turn,
+                    "kind": ReplyKind.ANSWER.value,
+                    "created_at": now(),
+                },
             )
-            tx.add(self._llm_call(session, usage))
+            await conn.execute(insert(LLMCallRow), self._llm_call(session, usage))
             outbox = self._outbox(
                 session,
                 ReplyKind.ANSWER,
@@ -478,24 +539,24 @@ class SqlStore:
                 session.reply_to_user_id,
                 claim,
             )
-            tx.add(outbox)
-            await tx.flush()
-            return await self._turn_end(tx, session_id, outbox, claim)
+            return await self._turn_end(conn, session_id, outbox)
 
-    async def _claim_idle(self, tx: Tx, session_id: int, **values: Any) -> None:
-        if not await self._claim(tx, session_id, SessionState.LLM, SessionState.IDLE, **values):
+    async def _claim_idle(self, conn: AsyncConnection, session_id: int, **values: Any) -> Row[Any]:
+        session = await self._claim(conn, session_id, SessionState.LLM, SessionState.IDLE, **values)
+        if session is None:
             raise SessionMovedOn(f"session {session_id} is not waiting for the model")
+        return session
 
     async def _turn_end(
-        self, tx: Tx, session_id: int, outbox: OutboxRow, claim: dict[str, Any]
+        self, conn: AsyncConnection, session_id: int, outbox: dict[str, Any]
     ) -> TurnEnd:
-        ready = [_outbox_item(outbox)] if claim else []
-        return TurnEnd(ready, queued=await self._any_queued(tx, session_id))
+        ready = await self._add_outbox(conn, [outbox])
+        return TurnEnd(ready, queued=await self._any_queued(conn, session_id))
 
-    async def _any_queued(self, tx: Tx, session_id: int) -> bool:
+    async def _any_queued(self, conn: AsyncConnection, session_id: int) -> bool:
         """Messages that came while the session waited for the model: the caller looks at
         them in a transaction of its own only when there are some."""
-        waiting = await tx.scalar(
+        waiting = await conn.scalar(
             select(MessageRow.id)
             .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
             .limit(1)
@@ -510,46 +571,51 @@ class SqlStore:
         notice: str,
         usage: Usage,
     ) -> ToolRound:
-        async with self._tx() as tx, tx.begin():
-            session = await self._session_row(tx, session_id)
-            if not await self._claim(
-                tx,
+        async with self.engine.begin() as conn:
+            session = await self._claim(
+                conn,
                 session_id,
                 SessionState.LLM,
                 SessionState.TOOLS,
-                tool_rounds=session.tool_rounds + 1,
+                tool_rounds=SessionRow.tool_rounds + 1,
                 last_error=None,
-            ):
-                raise SessionMovedOn(f"session {session_id} is not waiting for the model")
-            claim = await self._claim_values(tx, session_id)
-            message = MessageRow(
-                session_id=session_id,
-                role="assistant",
-                content=content,
-                tool_calls=[c.request.as_openai() for c in calls],
-                status="pending_calls",
-                turn=session.turn,
-                created_at=now(),
             )
-            tx.add(message)
-            await tx.flush()
-            rows = [
-                ToolCallRow(
-                    session_id=session_id,
-                    message_id=message.id,
-                    seq=seq,
-                    call_id=call.request.call_id,
-                    name=call.request.name,
-                    arguments=call.request.arguments,
-                    status=ToolStatus.PENDING.value,
-                    attempts=0,
-                    timeout_seconds=call.timeout_seconds,
-                    created_at=now(),
-                )
-                for seq, call in enumerate(calls)
-            ]
-            tx.add_all(rows)
-            tx.add(self._llm_call(session, usage))
+            if session is None:
+                raise SessionMovedOn(f"session {session_id} is not waiting for the model")
+            claim = await self._claim_values(conn, session_id)
+            stamp = now()
+            message_id = await conn.scalar(
+                insert(MessageRow).returning(MessageRow.id),
+                {
+                    "session_id": session_id,
+                    "role": "assistant",
+                    "content": content,
+                    "tool_calls": [c.request.as_openai() for c in calls],
+                    "status": "pending_calls",
+                    "turn": session.turn,
+                    "created_at": stamp,
+                },
+            )
+            rows = await conn.execute(
+                insert(ToolCallRow).returning(*TOOL_CALLS.columns, sort_by_parameter_order=True),
+                [
+                    {
+                        "session_id": session_id,
+                        "message_id": message_id,
+                        "seq": seq,
+                        "call_id": call.request.call_id,
+                        "name": call.request.name,
+                        "arguments": call.request.arguments,
+                        "status": ToolStatus.PENDING.value,
+                        "attempts": 0,
+                        "timeout_seconds": call.timeout_seconds,
+                        "created_at": stamp,
+                    }
+                    for seq, call in enumerate(calls)
+                ],
+            )
+            stored = [_tool_info(row) for row in rows]
+            await conn.execute(insert(LLMCallRow), self._llm_call(session, usage))
             outbox = self._outbox(
                 session,
                 ReplyKind.WORKING,
@@ -558,22 +624,21 @@ class SqlStore:
                 session.reply_to_user_id,
                 claim,
             )
-            tx.add(outbox)
-            await tx.flush()
             return ToolRound(
-                [_tool_info(r) for r in rows],
-                [_outbox_item(outbox)] if claim else [],
-                queued=await self._any_queued(tx, session_id),
+                stored,
+                await self._add_outbox(conn, [outbox]),
+                queued=await self._any_queued(conn, session_id),
             )
 
     async def record_llm_failure(
         self, session_id: int, error: str, apology: str, usage: Usage | None = None
     ) -> TurnEnd:
-        async with self._tx() as tx, tx.begin():
-            await self._claim_idle(tx, session_id, last_error=error, last_error_at=now())
-            session = await self._session_row(tx, session_id)
-            claim = await self._claim_values(tx, session_id)
-            tx.add(self._llm_call(session, usage, error))
+        async with self.engine.begin() as conn:
+            session = await self._claim_idle(
+                conn, session_id, last_error=error, last_error_at=now()
+            )
+            claim = await self._claim_values(conn, session_id)
+            await conn.execute(insert(LLMCallRow), self._llm_call(session, usage, error))
             outbox = self._outbox(
                 session,
                 ReplyKind.ERROR,
@@ -582,87 +647,100 @@ class SqlStore:
                 session.reply_to_user_id,
                 claim,
             )
-            tx.add(outbox)
-            await tx.flush()
-            return await self._turn_end(tx, session_id, outbox, claim)
+            return await self._turn_end(conn, session_id, outbox)
 
     async def _defer(
         self,
-        tx: Tx,
-        session: SessionRow,
-        rows: list[MessageRow],
+        conn: AsyncConnection,
+        session: Row[Any],
+        queued: Sequence[Row[*tuple[Any, ...]]],
         plan: InterimPlanner,
     ) -> Intake:
-        session_id, info = session.id, _session_info(session)
-        queued = {row.id: row for row in rows}
-        context = await self._interim_context(tx, session_id, session.turn)
-        planned = list(
-            plan(
-                info,
-                [
-                    QueuedMessage(r.id, r.content or "", r.platform_message_id, r.author_id)
-                    for r in queued.values()
-                ],
-                context,
-            )
-        )
-        claim = await self._claim_values(tx, session_id)
-        stamp = now()
-        outboxes = []
-        for choice in planned:
-            message = queued[choice.message_id]
-            message.status = "deferred"
-            message.turn = session.turn
-            session.language = choice.language
-            tx.add(
-                MessageRow(
-                    session_id=session_id,
-                    role="assistant",
-                    content=choice.text,
-                    status="interim",
-                    turn=session.turn,
-                    kind=choice.kind,
-                    created_at=stamp,
+        info = _session_info(session)
+        context = await self._interim_context(conn, info.id, info.turn)
+        try:
+            planned = list(
+                plan(
+                    info,
+                    [
+                        QueuedMessage(r.id, r.content or "", r.platform_message_id, r.author_id)
+                        for r in queued
+                    ],
+                    context,
                 )
             )
-            outbox = self._outbox(
-                session,
-                ReplyKind.INTERIM,
-                choice.text,
-                message.platform_message_id,
-                message.author_id,
-                claim,
+        except Exception:
+            # A bug in choosing replies must not cost the message: it stays queued, with
+            # no instant reply, and joins the next turn.
+            log.exception(
+                "no instant reply could be chosen", extra={"session": f"session-{info.id}"}
             )
-            outboxes.append(outbox)
-        tx.add_all(outboxes)
-        session.updated_at = stamp
-        await tx.flush()
-        ready = [_outbox_item(o) for o in outboxes] if claim else []
-        return Intake(_session_info(session), planned=planned, ready=ready)
+            return Intake(info)
+        if not planned:
+            return Intake(info)
+        by_id = {row.id: row for row in queued}
+        claim = await self._claim_values(conn, info.id)
+        stamp = now()
+        await conn.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == bindparam("row_id"))
+            .values(status="deferred", turn=info.turn),
+            [{"row_id": choice.message_id} for choice in planned],
+        )
+        await conn.execute(
+            insert(MessageRow),
+            [
+                {
+                    "session_id": info.id,
+                    "role": "assistant",
+                    "content": choice.text,
+                    "status": "interim",
+                    "turn": info.turn,
+                    "kind": choice.kind,
+                    "created_at": stamp,
+                }
+                for choice in planned
+            ],
+        )
+        ready = await self._add_outbox(
+            conn,
+            [
+                self._outbox(
+                    session,
+                    ReplyKind.INTERIM,
+                    choice.text,
+                    by_id[choice.message_id].platform_message_id,
+                    by_id[choice.message_id].author_id,
+                    claim,
+                )
+                for choice in planned
+            ],
+        )
+        language = planned[-1].language
+        await conn.execute(
+            update(SessionRow)
+            .where(SessionRow.id == info.id)
+            .values(language=language, updated_at=stamp)
+        )
+        return Intake(replace(info, language=language), planned=planned, ready=ready)
 
     # --- tools ---------------------------------------------------------------------------
 
-    async def _open_round_calls(
-        self, tx: Tx, session_id: int
-    ) -> tuple[MessageRow | None, list[ToolCallRow]]:
-        """The round in progress (its assistant message) and its calls, in one query."""
-        rows = list(
-            await tx.execute(
-                select(MessageRow, ToolCallRow)
-                .join(ToolCallRow, ToolCallRow.message_id == MessageRow.id)
-                .where(MessageRow.session_id == session_id, MessageRow.status == "pending_calls")
-                .order_by(MessageRow.id, ToolCallRow.seq)
+    async def _round_calls(self, conn: AsyncConnection, session_id: int) -> list[ToolCallInfo]:
+        """The calls of the round in progress, in the model's order, in one query."""
+        rows = (
+            await conn.execute(
+                select(TOOL_CALLS)
+                .join(MESSAGES, TOOL_CALLS.c.message_id == MESSAGES.c.id)
+                .where(MESSAGES.c.session_id == session_id, MESSAGES.c.status == "pending_calls")
+                .order_by(MESSAGES.c.id, TOOL_CALLS.c.seq)
             )
-        )
-        if not rows:
-            return None, []
-        message = rows[0][0]
-        return message, [call for owner, call in rows if owner is message]
+        ).all()
+        return [_tool_info(row) for row in rows if row.message_id == rows[0].message_id]
 
     async def open_tool_calls(self, session_id: int) -> list[ToolCallInfo]:
-        async with self._tx() as tx:
-            _, calls = await self._open_round_calls(tx, session_id)
-            return [_tool_info(r) for r in calls]
+        async with self.engine.connect() as conn:
+            return await self._round_calls(conn, session_id)
 
     async def mark_tool_running(self, tool_call_id: int) -> None:
         async with self.engine.begin() as conn:
@@ -690,7 +768,7 @@ class SqlStore:
             if not await self._close_rounds(tx, [session_id]):
                 return None
             info = _session_info(await self._session_row(tx, session_id))
-            return await self._model_turn(tx, info)
+            return await self._model_turn(await tx.connection(), info)
 
     async def _close_rounds(self, tx: Tx, session_ids: Sequence[int]) -> list[int]:
         """tools -> llm for those of the sessions whose round has every result (the
@@ -774,16 +852,15 @@ class SqlStore:
                 position += 1
                 moved.append({"row_id": waiting, "row_position": position})
             last[session_id] = position
-        messages = Base.metadata.tables[MessageRow.__tablename__]
         if moved:
             await tx.execute(
-                update(messages)
-                .where(messages.c.id == bindparam("row_id"))
+                update(MESSAGES)
+                .where(MESSAGES.c.id == bindparam("row_id"))
                 .values(status="history", position=bindparam("row_position")),
                 moved,
             )
         if results:
-            await tx.execute(insert(messages), results)
+            await tx.execute(insert(MESSAGES), results)
 
     async def repair_after_restart(self, rerunnable: Collection[str], max_reruns: int) -> int:
         """Start-up, before any actor runs: every call the last process left unfinished
@@ -823,32 +900,54 @@ class SqlStore:
 
     async def archive_session(self, session_id: int) -> None:
         async with self._tx() as tx, tx.begin():
-            session = await self._session_row(tx, session_id)
-            message, calls = await self._open_round_calls(tx, session_id)
-            if message is not None:
-                # Never leave an unanswered block behind, even in an archived history.
-                for call in calls:
-                    if call.status in UNFINISHED:
-                        call.status = ToolStatus.CANCELLED.value
-                        call.result = "cancelled: the conversation was reset"
-                        call.finished_at = now()
-                await self.place_rounds(tx, [session_id])
-            position = await self._next_position(tx, session_id)
-            queued = await tx.scalars(
-                select(MessageRow)
+            conn = await tx.connection()
+            # Never leave an unanswered block behind, even in an archived history.
+            await conn.execute(
+                update(ToolCallRow)
+                .where(
+                    ToolCallRow.message_id.in_(
+                        select(MessageRow.id).where(
+                            MessageRow.session_id == session_id,
+                            MessageRow.status == "pending_calls",
+                        )
+                    ),
+                    ToolCallRow.status.in_(UNFINISHED),
+                )
+                .values(
+                    status=ToolStatus.CANCELLED.value,
+                    result="cancelled: the conversation was reset",
+                    finished_at=now(),
+                )
+            )
+            await self.place_rounds(tx, [session_id])
+            position = await self._next_position(conn, session_id)
+            waiting = await conn.scalars(
+                select(MessageRow.id)
                 .where(
                     MessageRow.session_id == session_id,
                     MessageRow.status.in_(("queued", "deferred")),
                 )
                 .order_by(MessageRow.id)
             )
-            for offset, row in enumerate(queued):
-                row.status = "history"
-                row.position = position + offset
-            session.active_key = None
-            session.archived_at = now()
-            session.state = SessionState.IDLE
-            session.updated_at = now()
+            moved = [
+                {"row_id": row_id, "row_position": position + n} for n, row_id in enumerate(waiting)
+            ]
+            if moved:
+                await conn.execute(
+                    update(MESSAGES)
+                    .where(MESSAGES.c.id == bindparam("row_id"))
+                    .values(status="history", position=bindparam("row_position")),
+                    moved,
+                )
+            archived = await conn.execute(
+                update(SessionRow)
+                .where(SessionRow.id == session_id)
+                .values(
+                    active_key=None, archived_at=now(), state=SessionState.IDLE, updated_at=now()
+                )
+            )
+            if not archived.rowcount:
+                raise LookupError(f"no session {session_id}")
 
     # --- outbox --------------------------------------------------------------------------
 

@@ -371,7 +371,7 @@ def count_store_calls(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return called
 
 
-async def test_an_instant_reply_costs_three_storage_transactions(
+async def test_an_instant_reply_costs_two_storage_transactions(
     make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(slow_tools, "DELAY", 1.0)
@@ -384,9 +384,35 @@ async def test_an_instant_reply_costs_three_storage_transactions(
         calls_for_the_reply = list(called)
         await runtime.engine.wait_idle()
     assert sent[1].message.kind is ReplyKind.INTERIM
-    # Stored, deferred with its reply claimed for sending, marked delivered: the reads
-    # and the claim share the deferral's transaction.
-    assert calls_for_the_reply == ["record_inbound", "take_queued", "mark_delivered"]
+    # Stored, deferred and its reply claimed for sending in one transaction, then marked
+    # delivered.
+    assert calls_for_the_reply == ["record_inbound", "mark_delivered"]
+
+
+async def test_a_message_whose_instant_reply_cannot_be_chosen_is_kept_for_the_answer(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 0.5)
+    async with make_core() as (runtime, chat):
+        await chat.say("Dame la hora actual")
+        await chat.wait_for(1)
+
+        def broken(*args: Any, **kwargs: Any) -> str:
+            raise RuntimeError("a broken reply template")
+
+        monkeypatch.setattr(runtime.engine.book, "interim", broken)
+        _, outcome = await chat.say("¿Sigues ahí?")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert outcome is SubmitOutcome.ACCEPTED
+    assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER]
+    # No instant reply, but the message is stored and reaches the model after the tool.
+    follow_up = chat_requests(fake_openai)[-1]["messages"]
+    assert any(m["role"] == "user" and "¿Sigues ahí?" in m["content"] for m in follow_up)
+    assert "no instant reply" in caplog.text
 
 
 async def test_an_instant_reply_waits_behind_an_older_undelivered_reply(
@@ -427,7 +453,7 @@ async def test_typing_shows_while_the_model_writes_not_while_tools_run(
     assert len(chat.typing_calls) > while_tool_runs  # the model writes the answer
 
 
-async def test_an_answered_message_costs_four_storage_calls(
+async def test_an_answered_message_costs_three_storage_calls(
     make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with make_core() as (runtime, chat):
@@ -439,8 +465,6 @@ async def test_an_answered_message_costs_four_storage_calls(
         sent = await chat.wait_for(2)
         await runtime.engine.wait_idle()
     assert sent[1].message.kind is ReplyKind.ANSWER
-    # Starting the turn reads the history for the call; recording the answer claims it
-    # for sending and sees that nothing came meanwhile.
-    assert sorted(called) == sorted(
-        ["record_inbound", "take_queued", "record_answer", "mark_delivered"]
-    )
+    # Storing the message starts the turn and reads the history for the call; recording
+    # the answer claims it for sending and sees that nothing came meanwhile.
+    assert sorted(called) == sorted(["record_inbound", "record_answer", "mark_delivered"])

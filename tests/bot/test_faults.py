@@ -105,16 +105,18 @@ async def test_a_failed_storage_step_is_retried_and_the_message_answered(
     monkeypatch.setattr(session, "STEP_RETRY_SECONDS", 0.05)
     async with make_core() as (runtime, chat):
         store = runtime.engine.store
-        real_take_queued = store.take_queued
+        real_record_answer = store.record_answer
         failures = iter([ConnectionError("database went away"), None])
 
-        async def flaky_take_queued(session_id: int, *args: Any) -> object:
+        async def flaky_record_answer(session_id: int, *args: Any) -> object:
             error = next(failures, None)
             if error is not None:
                 raise error
-            return await real_take_queued(session_id, *args)
+            return await real_record_answer(session_id, *args)
 
-        monkeypatch.setattr(store, "take_queued", flaky_take_queued)
+        # The step after the model call fails: the session looks at its stored state
+        # again, calls the model again and records that answer.
+        monkeypatch.setattr(store, "record_answer", flaky_record_answer)
         await chat.say("hello after a hiccup")
         sent = await chat.wait_for(1)
         await runtime.engine.wait_idle()
