@@ -46,9 +46,9 @@ from bot.store import (
     TurnEnd,
 )
 from bot.tools.runner import INTERRUPTED, ToolOutcome, ToolStatus
+from storage import statements as sql
 from storage.database import sessionmaker
 from storage.models import (
-    Base,
     ControlRow,
     LLMCallRow,
     MessageRow,
@@ -57,18 +57,12 @@ from storage.models import (
     SessionRow,
     ToolCallRow,
 )
+from storage.statements import MESSAGES, SESSIONS, TOOL_CALLS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SESSIONS = Base.metadata.tables[SessionRow.__tablename__]
-MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
-TOOL_CALLS = Base.metadata.tables[ToolCallRow.__tablename__]
-OUTBOX = Base.metadata.tables[OutboxRow.__tablename__]
-
 UNFINISHED = (ToolStatus.PENDING.value, ToolStatus.RUNNING.value)
-# Instant replies looked at to avoid repeats: more than one turn's worth in practice.
-RECENT_INTERIMS = 20
 # Sessions whose interrupted rounds one start-up transaction closes: few statements for
 # all of them, short enough that a new message waits on it for milliseconds.
 REPAIR_BATCH = 500
@@ -159,6 +153,10 @@ class SqlStore:
         self.worker = worker
         self.lease_seconds = lease_seconds
         self._tx = sessionmaker(engine)
+        # The dedupe insert, built once (storage.statements says why): the dialect's own
+        # INSERT ... ON CONFLICT DO NOTHING.
+        dialect_insert = postgresql_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        self._note_seen = dialect_insert(ProcessedUpdateRow).on_conflict_do_nothing()
 
     # --- helpers -------------------------------------------------------------------
 
@@ -169,9 +167,7 @@ class SqlStore:
         return row
 
     async def _next_position(self, conn: AsyncConnection, session_id: int) -> int:
-        last = await conn.scalar(
-            select(func.max(MessageRow.position)).where(MessageRow.session_id == session_id)
-        )
+        last = await conn.scalar(sql.LAST_POSITION, {"session_id": session_id})
         return (last or 0) + 1
 
     async def _claim(
@@ -194,7 +190,7 @@ class SqlStore:
         first, through the courier's claim). Call before adding them."""
         if self.worker is None:
             return {}
-        older = await conn.scalar(select(OutboxRow.id).where(*_undelivered(session_id)).limit(1))
+        older = await conn.scalar(sql.OLDER_UNDELIVERED, {"session_id": session_id})
         if older is not None:
             return {}
         return {
@@ -230,9 +226,7 @@ class SqlStore:
         """Inserts the replies (`_outbox` values); the claimed ones are returned, to send."""
         if not rows:
             return []
-        added = await conn.execute(
-            insert(OutboxRow).returning(*OUTBOX.columns, sort_by_parameter_order=True), rows
-        )
+        added = await conn.execute(sql.ADD_OUTBOX, rows)
         return [_outbox_item(row) for row in added if row.claimed_by is not None]
 
     async def _take_in(
@@ -245,23 +239,21 @@ class SqlStore:
         # Values go in as parameters, not into the statement: every message passes here,
         # and a statement built with its values costs a cache key computed from them.
         seen = await conn.execute(
-            self._insert_ignoring_duplicates(ProcessedUpdateRow),
+            self._note_seen,
             {"key": message.dedupe_key, "created_at": now()},
         )
         if not seen.rowcount:
             return None
         key, stamp = active_key(message.conversation), now()
-        changes: dict[str, Any] = {"updated_at": stamp}
-        if language is not None:
-            changes["language"] = language
-        if message.chat_title:
-            changes["chat_title"] = message.chat_title
         found = (
             await conn.execute(
-                update(SessionRow)
-                .where(SessionRow.active_key == key)
-                .values(**changes)
-                .returning(*SESSIONS.columns)
+                sql.TOUCH_ACTIVE_SESSION,
+                {
+                    "key": key,
+                    "stamp": stamp,
+                    "new_language": language,
+                    "new_title": message.chat_title or None,
+                },
             )
         ).first()
         if found is not None:
@@ -288,11 +280,6 @@ class SqlStore:
                 .returning(*SESSIONS.columns)
             )
         ).one()
-
-    def _insert_ignoring_duplicates(self, model: type[Base]) -> Any:
-        if self.engine.dialect.name == "postgresql":
-            return postgresql_insert(model).on_conflict_do_nothing()
-        return sqlite_insert(model).on_conflict_do_nothing()
 
     async def _take_in_and(
         self,
@@ -322,7 +309,7 @@ class SqlStore:
     ) -> Intake | None:
         async def queue_and_take(conn: AsyncConnection, session: Row[Any]) -> Intake:
             await conn.execute(
-                insert(MessageRow),
+                sql.ADD_MESSAGE,
                 {
                     "session_id": session.id,
                     "role": "user",
@@ -394,19 +381,7 @@ class SqlStore:
         info = _session_info(session)
         if info.archived or info.state == SessionState.LLM:
             return Intake(info)
-        queued = (
-            await conn.execute(
-                select(
-                    MessageRow.id,
-                    MessageRow.content,
-                    MessageRow.platform_message_id,
-                    MessageRow.author_id,
-                    MessageRow.kind,
-                )
-                .where(MessageRow.session_id == info.id, MessageRow.status == "queued")
-                .order_by(MessageRow.id)
-            )
-        ).all()
+        queued = (await conn.execute(sql.QUEUED_MESSAGES, {"session_id": info.id})).all()
         if not queued:
             return Intake(info)
         if info.state == SessionState.IDLE:
@@ -450,17 +425,7 @@ class SqlStore:
             return await self._history(conn, session_id)
 
     async def _history(self, conn: AsyncConnection, session_id: int) -> list[HistoryEntry]:
-        rows = await conn.execute(
-            select(
-                MessageRow.role,
-                MessageRow.content,
-                MessageRow.author_name,
-                MessageRow.tool_calls,
-                MessageRow.tool_call_id,
-            )
-            .where(MessageRow.session_id == session_id, MessageRow.position.is_not(None))
-            .order_by(MessageRow.position)
-        )
+        rows = await conn.execute(sql.HISTORY, {"session_id": session_id})
         return [HistoryEntry(*row) for row in rows]
 
     async def model_turn(self, session_id: int) -> ModelTurn:
@@ -487,12 +452,7 @@ class SqlStore:
         self, conn: AsyncConnection, session_id: int, turn: int
     ) -> InterimContext:
         calls = await self._round_calls(conn, session_id)
-        interims = await conn.execute(
-            select(MessageRow.turn, MessageRow.content)
-            .where(MessageRow.session_id == session_id, MessageRow.status == "interim")
-            .order_by(MessageRow.id.desc())
-            .limit(RECENT_INTERIMS)
-        )
+        interims = await conn.execute(sql.RECENT_INTERIM_REPLIES, {"session_id": session_id})
         newest_first = list(interims)
         recent = [text or "" for row_turn, text in reversed(newest_first) if row_turn == turn]
         if newest_first and (not recent or newest_first[0][1] != recent[-1]):
@@ -518,7 +478,7 @@ class SqlStore:
             session = await self._claim_idle(conn, session_id, last_error=None)
             claim = await self._claim_values(conn, session_id)
             await conn.execute(
-                insert(MessageRow),
+                sql.ADD_MESSAGE,
                 {
                     "session_id": session_id,
                     "role": "assistant",
@@ -556,11 +516,7 @@ class SqlStore:
     async def _any_queued(self, conn: AsyncConnection, session_id: int) -> bool:
         """Messages that came while the session waited for the model: the caller looks at
         them in a transaction of its own only when there are some."""
-        waiting = await conn.scalar(
-            select(MessageRow.id)
-            .where(MessageRow.session_id == session_id, MessageRow.status == "queued")
-            .limit(1)
-        )
+        waiting = await conn.scalar(sql.ANY_QUEUED, {"session_id": session_id})
         return waiting is not None
 
     async def record_tool_calls(
@@ -682,13 +638,11 @@ class SqlStore:
         claim = await self._claim_values(conn, info.id)
         stamp = now()
         await conn.execute(
-            update(MESSAGES)
-            .where(MESSAGES.c.id == bindparam("row_id"))
-            .values(status="deferred", turn=info.turn),
-            [{"row_id": choice.message_id} for choice in planned],
+            sql.DEFER_MESSAGES,
+            [{"row_id": choice.message_id, "row_turn": info.turn} for choice in planned],
         )
         await conn.execute(
-            insert(MessageRow),
+            sql.ADD_MESSAGE,
             [
                 {
                     "session_id": info.id,
@@ -717,25 +671,19 @@ class SqlStore:
             ],
         )
         language = planned[-1].language
-        await conn.execute(
-            update(SessionRow)
-            .where(SessionRow.id == info.id)
-            .values(language=language, updated_at=stamp)
-        )
+        # Taking each of these messages in stamped the session's activity (in this
+        # transaction or an earlier one): only a new language is news.
+        if language != info.language:
+            await conn.execute(
+                update(SessionRow).where(SessionRow.id == info.id).values(language=language)
+            )
         return Intake(replace(info, language=language), planned=planned, ready=ready)
 
     # --- tools ---------------------------------------------------------------------------
 
     async def _round_calls(self, conn: AsyncConnection, session_id: int) -> list[ToolCallInfo]:
         """The calls of the round in progress, in the model's order, in one query."""
-        rows = (
-            await conn.execute(
-                select(TOOL_CALLS)
-                .join(MESSAGES, TOOL_CALLS.c.message_id == MESSAGES.c.id)
-                .where(MESSAGES.c.session_id == session_id, MESSAGES.c.status == "pending_calls")
-                .order_by(MESSAGES.c.id, TOOL_CALLS.c.seq)
-            )
-        ).all()
+        rows = (await conn.execute(sql.OPEN_ROUND_CALLS, {"session_id": session_id})).all()
         return [_tool_info(row) for row in rows if row.message_id == rows[0].message_id]
 
     async def open_tool_calls(self, session_id: int) -> list[ToolCallInfo]:
@@ -998,16 +946,8 @@ class SqlStore:
     async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
-                update(OutboxRow)
-                .where(OutboxRow.id == outbox_id)
-                .values(
-                    delivered_at=now(),
-                    platform_message_id=platform_message_id,
-                    attempts=OutboxRow.attempts + 1,
-                    last_attempt_at=now(),
-                    claimed_by=None,
-                    claimed_until=None,
-                )
+                sql.MARK_DELIVERED,
+                {"outbox_id": outbox_id, "stamp": now(), "sent_id": platform_message_id},
             )
 
     async def mark_delivery_failed(self, outbox_id: int, error: str, permanent: bool) -> None:

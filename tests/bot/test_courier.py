@@ -12,7 +12,8 @@ from adapters.memory import MemoryAdapter
 from bot import courier as courier_module
 from bot.core_api import ChatCore
 from bot.courier import Courier
-from bot.events import ConversationKey, InboundMessage
+from bot.events import ConversationKey, InboundMessage, ReplyKind
+from bot.store import OutboxItem, Store
 from storage.database import create_engine
 from storage.migrate import upgrade
 from storage.models import OutboxRow
@@ -80,3 +81,24 @@ async def test_a_reply_handed_over_after_a_drain_already_sent_it_goes_out_once(
     finally:
         await courier.stop()
         await engine.dispose()
+
+
+def test_the_courier_forgets_replies_it_sent_more_than_a_lease_ago(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(courier_module.time, "monotonic", lambda: clock[0])
+    courier = Courier(cast(Store, object()), "one")
+    key = ConversationKey("memory", "chat", "")
+
+    def item(outbox_id: int, session_id: int) -> OutboxItem:
+        return OutboxItem(outbox_id, session_id, key, None, None, ReplyKind.ANSWER, "hi", 0)
+
+    courier._note_sent(item(1, session_id=1))
+    assert courier._sent_before(item(1, session_id=1))
+    assert not courier._sent_before(item(2, session_id=1))
+    clock[0] += courier_module.CLAIM_LEASE_SECONDS + 1
+    courier._note_sent(item(5, session_id=2))
+    # Session 1's note is older than a lease: dropped, so the map holds only session 2.
+    assert list(courier._sent) == [2]
+    assert not courier._sent_before(item(1, session_id=1))

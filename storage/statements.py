@@ -1,0 +1,119 @@
+"""The statements every message runs, built once with their values as parameters.
+
+Building a statement and computing its cache key cost more than SQLite takes to run it
+(profiled: about 0.2 ms each, a fifth of an instant reply's storage time); a statement
+built once keeps its key.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, func, insert, select, update
+
+from storage.models import Base, MessageRow, OutboxRow, SessionRow, ToolCallRow
+
+SESSIONS = Base.metadata.tables[SessionRow.__tablename__]
+MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
+TOOL_CALLS = Base.metadata.tables[ToolCallRow.__tablename__]
+OUTBOX = Base.metadata.tables[OutboxRow.__tablename__]
+
+# Instant replies looked at to avoid repeats: more than one turn's worth in practice.
+RECENT_INTERIMS = 20
+
+# The conversation's active session, stamped; language and title change only when given.
+TOUCH_ACTIVE_SESSION = (
+    update(SESSIONS)
+    .where(SESSIONS.c.active_key == bindparam("key"))
+    .values(
+        updated_at=bindparam("stamp", type_=SESSIONS.c.updated_at.type),
+        language=func.coalesce(
+            bindparam("new_language", type_=SESSIONS.c.language.type), SESSIONS.c.language
+        ),
+        chat_title=func.coalesce(
+            bindparam("new_title", type_=SESSIONS.c.chat_title.type), SESSIONS.c.chat_title
+        ),
+    )
+    .returning(*SESSIONS.c)
+)
+
+ADD_MESSAGE = insert(MESSAGES)
+
+QUEUED_MESSAGES = (
+    select(
+        MESSAGES.c.id,
+        MESSAGES.c.content,
+        MESSAGES.c.platform_message_id,
+        MESSAGES.c.author_id,
+        MESSAGES.c.kind,
+    )
+    .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "queued")
+    .order_by(MESSAGES.c.id)
+)
+
+ANY_QUEUED = (
+    select(MESSAGES.c.id)
+    .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "queued")
+    .limit(1)
+)
+
+LAST_POSITION = select(func.max(MESSAGES.c.position)).where(
+    MESSAGES.c.session_id == bindparam("session_id")
+)
+
+HISTORY = (
+    select(
+        MESSAGES.c.role,
+        MESSAGES.c.content,
+        MESSAGES.c.author_name,
+        MESSAGES.c.tool_calls,
+        MESSAGES.c.tool_call_id,
+    )
+    .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.position.is_not(None))
+    .order_by(MESSAGES.c.position)
+)
+
+# Every call of the session's open rounds, oldest round first, in the model's order.
+OPEN_ROUND_CALLS = (
+    select(TOOL_CALLS)
+    .join(MESSAGES, TOOL_CALLS.c.message_id == MESSAGES.c.id)
+    .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "pending_calls")
+    .order_by(MESSAGES.c.id, TOOL_CALLS.c.seq)
+)
+
+RECENT_INTERIM_REPLIES = (
+    select(MESSAGES.c.turn, MESSAGES.c.content)
+    .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "interim")
+    .order_by(MESSAGES.c.id.desc())
+    .limit(RECENT_INTERIMS)
+)
+
+# Executed with one parameter set per message.
+DEFER_MESSAGES = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("row_id"))
+    .values(status="deferred", turn=bindparam("row_turn"))
+)
+
+OLDER_UNDELIVERED = (
+    select(OUTBOX.c.id)
+    .where(
+        OUTBOX.c.session_id == bindparam("session_id"),
+        OUTBOX.c.delivered_at.is_(None),
+        OUTBOX.c.failed.is_(False),
+    )
+    .limit(1)
+)
+
+ADD_OUTBOX = insert(OUTBOX).returning(*OUTBOX.c, sort_by_parameter_order=True)
+
+MARK_DELIVERED = (
+    update(OUTBOX)
+    .where(OUTBOX.c.id == bindparam("outbox_id"))
+    .values(
+        delivered_at=bindparam("stamp", type_=OUTBOX.c.delivered_at.type),
+        last_attempt_at=bindparam("stamp", type_=OUTBOX.c.last_attempt_at.type),
+        platform_message_id=bindparam("sent_id", type_=OUTBOX.c.platform_message_id.type),
+        attempts=OUTBOX.c.attempts + 1,
+        claimed_by=None,
+        claimed_until=None,
+    )
+)
