@@ -10,6 +10,10 @@ Variants:
   stillhere+X+Y      stillhere with what-if experiments applied (bench.experiments).
   echo               the library's floor: Application + MessageHandler replying with the text.
   echo-limited       that echo bot behind the same rate limiter stillhere uses.
+  echo-stored        the echo bot that also keeps what stillhere's goal demands: each message
+                     stored (deduped) in a transaction before its reply, the delivery
+                     recorded after it, with stillhere's driver and SQLite settings. The
+                     floor for a bot that stores every message before it answers.
 
 The process prints "READY" once it polls, and stops cleanly when its stdin closes. A bot in
 its own process keeps the fake Bot API and the load generator off its CPU, as in production.
@@ -27,6 +31,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, bindparam, insert, update
+from sqlalchemy.ext.asyncio import AsyncEngine
 from telegram import Update
 from telegram.ext import Application, ApplicationBuilder, MessageHandler, filters
 
@@ -37,8 +43,9 @@ from bench import experiments
 from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
 from bot.settings import Settings
+from storage.database import create_engine
 
-VARIANTS = ("stillhere", "stillhere-nolimit", "echo", "echo-limited")
+VARIANTS = ("stillhere", "stillhere-nolimit", "echo", "echo-limited", "echo-stored")
 OURS = ("stillhere", "stillhere-nolimit")
 # The same as TelegramAdapter's, so echo-limited waits exactly as stillhere does.
 RATE_LIMIT_RETRIES = telegram_adapter.RATE_LIMIT_RETRIES
@@ -97,8 +104,48 @@ async def _echo(update: Update, context: Any) -> None:
         await message.reply_text(message.text, do_quote=True)
 
 
+_STORED = MetaData()
+_ECHOES = Table(
+    "echoes",
+    _STORED,
+    Column("id", Integer, primary_key=True),
+    Column("update_key", String(64), unique=True, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("sent_id", String(32)),
+)
+_STORE_ECHO = insert(_ECHOES).prefix_with("OR IGNORE")
+_ECHO_SENT = (
+    update(_ECHOES)
+    .where(_ECHOES.c.update_key == bindparam("key"))
+    .values(sent_id=bindparam("sent"))
+)
+
+
+class StoredEcho:
+    """The echo handler, storing each message before its reply and recording the
+    delivery after it: two short transactions, as stillhere's instant reply."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def __call__(self, update: Update, context: Any) -> None:
+        message = update.effective_message
+        if message is None or not message.text:
+            return
+        key = f"{message.chat_id}:{message.message_id}"
+        async with self.engine.begin() as conn:
+            stored = await conn.execute(_STORE_ECHO, {"update_key": key, "text": message.text})
+        if not stored.rowcount:
+            return  # seen before
+        sent = await message.reply_text(message.text, do_quote=True)
+        async with self.engine.begin() as conn:
+            await conn.execute(_ECHO_SENT, {"key": key, "sent": str(sent.message_id)})
+
+
 @asynccontextmanager
-async def echo(base_url: str, token: str, limited: bool) -> AsyncIterator[None]:
+async def echo(
+    base_url: str, token: str, limited: bool, db: Path | None = None
+) -> AsyncIterator[None]:
     builder: Any = ApplicationBuilder().token(token).base_url(base_url).job_queue(None)
     # Concurrent like stillhere's per-chat processor (256 updates in flight), so the floor
     # is the library at its fastest, not one reply at a time.
@@ -106,17 +153,28 @@ async def echo(base_url: str, token: str, limited: bool) -> AsyncIterator[None]:
     if limited:
         builder = builder.rate_limiter(ChatActionExemptRateLimiter(max_retries=RATE_LIMIT_RETRIES))
     app: Application[Any, Any, Any, Any, Any, Any] = builder.build()
-    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, _echo))
-    async with app:
-        updater = app.updater
-        assert updater is not None
-        await updater.start_polling(timeout=POLL_TIMEOUT)
-        await app.start()
-        try:
-            yield
-        finally:
-            await updater.stop()
-            await app.stop()
+    engine = None
+    handler: Any = _echo
+    if db is not None:
+        engine = create_engine(f"sqlite+aiosqlite:///{db}")
+        async with engine.begin() as conn:
+            await conn.run_sync(_STORED.create_all)
+        handler = StoredEcho(engine)
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handler))
+    try:
+        async with app:
+            updater = app.updater
+            assert updater is not None
+            await updater.start_polling(timeout=POLL_TIMEOUT)
+            await app.start()
+            try:
+                yield
+            finally:
+                await updater.stop()
+                await app.stop()
+    finally:
+        if engine is not None:
+            await engine.dispose()
 
 
 def bot_context(
@@ -125,7 +183,9 @@ def bot_context(
     base, switches = parse_variant(variant)
     if base in OURS:
         return stillhere(base_url, token, db, switches)
-    return echo(base_url, token, limited=base == "echo-limited")
+    return echo(
+        base_url, token, limited=base == "echo-limited", db=db if base == "echo-stored" else None
+    )
 
 
 async def _stdin() -> asyncio.StreamReader:

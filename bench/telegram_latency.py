@@ -62,14 +62,22 @@ class Size:
     rounds: int
     trials: int
     paced: int
-    variants: tuple[str, ...] = ("stillhere", "echo", "stillhere-nolimit", "echo-limited")
+    variants: tuple[str, ...] = (
+        "stillhere",
+        "echo",
+        "stillhere-nolimit",
+        "echo-limited",
+        "echo-stored",
+    )
     # Limited variants drain a burst at 30/s: one trial is enough where that dominates.
     big_chats: int = 1000
 
 
 SIZES = {
     # tiny is the smoke test's: every part runs once, as little as possible.
-    "tiny": Size(chats=(2,), rounds=1, trials=1, paced=2, variants=("stillhere", "echo")),
+    "tiny": Size(
+        chats=(2,), rounds=1, trials=1, paced=2, variants=("stillhere", "echo", "echo-stored")
+    ),
     "small": Size(chats=(10, 100), rounds=3, trials=2, paced=30),
     "full": Size(chats=(10, 100, 1000), rounds=3, trials=2, paced=50),
 }
@@ -269,6 +277,14 @@ def _stored_counts(db: Path) -> JSON:
     return {"user_messages": users[0], "deferred": deferred[0], "instant_replies": interims[0]}
 
 
+def _echo_stored_counts(db: Path) -> JSON:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+        stored, delivered = connection.execute(
+            "SELECT COUNT(*), COUNT(sent_id) FROM echoes"
+        ).fetchone()
+    return {"user_messages": stored, "delivered": delivered}
+
+
 async def run_trial(
     variant: str,
     chats: int,
@@ -311,6 +327,8 @@ async def run_trial(
         trial.extra_replies = sum(max(0, fake.replies[k] - 1) for k in keys)
     if is_ours(variant):
         trial.stored = _stored_counts(db)
+    elif variant == "echo-stored":
+        trial.stored = _echo_stored_counts(db)
     trial.log_errors = sum(
         1 for line in log.read_text(errors="replace").splitlines() if line.startswith("ERROR")
     )
@@ -385,7 +403,12 @@ def _medians(trials: Sequence[Trial], variant: str, chats: int) -> JSON:
     }
 
 
-PAIRS = (("stillhere", "echo"), ("stillhere", "echo-limited"), ("stillhere-nolimit", "echo"))
+PAIRS = (
+    ("stillhere", "echo"),
+    ("stillhere", "echo-limited"),
+    ("stillhere-nolimit", "echo"),
+    ("stillhere-nolimit", "echo-stored"),
+)
 
 
 def summarize(size: Size, trials: Sequence[Trial]) -> JSON:
