@@ -396,18 +396,19 @@ class SqlStore:
     ) -> Intake:
         last = queued[-1]
         turn = info.turn + 1
-        claimed = await self._claim(
-            conn,
-            info.id,
-            SessionState.IDLE,
-            SessionState.LLM,
-            turn=turn,
-            tool_rounds=0,
-            reply_to_id=last.platform_message_id,
-            reply_to_user_id=last.author_id,
-            turn_user_id=last.author_id,
-            turn_is_admin=last.kind == "admin",
-        )
+        claimed = (
+            await conn.execute(
+                sql.START_TURN,
+                {
+                    "session_id": info.id,
+                    "stamp": now(),
+                    "new_turn": turn,
+                    "reply_to": last.platform_message_id,
+                    "turn_user": last.author_id,
+                    "admin": last.kind == "admin",
+                },
+            )
+        ).first()
         if claimed is None:  # another worker took the turn
             return Intake(info)
         position = await self._next_position(conn, info.id)
@@ -475,7 +476,7 @@ class SqlStore:
 
     async def record_answer(self, session_id: int, text: str, usage: Usage) -> TurnEnd:
         async with self.engine.begin() as conn:
-            session = await self._claim_idle(conn, session_id, last_error=None)
+            session = await self._end_turn(conn, session_id)
             claim = await self._claim_values(conn, session_id)
             await conn.execute(
                 sql.ADD_MESSAGE,
@@ -490,7 +491,7 @@ class SqlStore:
                     "created_at": now(),
                 },
             )
-            await conn.execute(insert(LLMCallRow), self._llm_call(session, usage))
+            await conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage))
             outbox = self._outbox(
                 session,
                 ReplyKind.ANSWER,
@@ -501,8 +502,21 @@ class SqlStore:
             )
             return await self._turn_end(conn, session_id, outbox)
 
-    async def _claim_idle(self, conn: AsyncConnection, session_id: int, **values: Any) -> Row[Any]:
-        session = await self._claim(conn, session_id, SessionState.LLM, SessionState.IDLE, **values)
+    async def _end_turn(
+        self, conn: AsyncConnection, session_id: int, error: str | None = None
+    ) -> Row[Any]:
+        stamp = now()
+        session = (
+            await conn.execute(
+                sql.END_TURN,
+                {
+                    "session_id": session_id,
+                    "stamp": stamp,
+                    "error": error,
+                    "error_at": stamp if error is not None else None,
+                },
+            )
+        ).first()
         if session is None:
             raise SessionMovedOn(f"session {session_id} is not waiting for the model")
         return session
@@ -571,7 +585,7 @@ class SqlStore:
                 ],
             )
             stored = [_tool_info(row) for row in rows]
-            await conn.execute(insert(LLMCallRow), self._llm_call(session, usage))
+            await conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage))
             outbox = self._outbox(
                 session,
                 ReplyKind.WORKING,
@@ -590,11 +604,9 @@ class SqlStore:
         self, session_id: int, error: str, apology: str, usage: Usage | None = None
     ) -> TurnEnd:
         async with self.engine.begin() as conn:
-            session = await self._claim_idle(
-                conn, session_id, last_error=error, last_error_at=now()
-            )
+            session = await self._end_turn(conn, session_id, error)
             claim = await self._claim_values(conn, session_id)
-            await conn.execute(insert(LLMCallRow), self._llm_call(session, usage, error))
+            await conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage, error))
             outbox = self._outbox(
                 session,
                 ReplyKind.ERROR,

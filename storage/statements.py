@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, func, insert, select, update
 
-from storage.models import Base, MessageRow, OutboxRow, SessionRow, ToolCallRow
+from storage.models import Base, LLMCallRow, MessageRow, OutboxRow, SessionRow, ToolCallRow
 
 SESSIONS = Base.metadata.tables[SessionRow.__tablename__]
 MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
@@ -117,3 +117,37 @@ MARK_DELIVERED = (
         claimed_until=None,
     )
 )
+
+# idle -> llm: the turn starts, answering the last of its messages.
+START_TURN = (
+    update(SESSIONS)
+    .where(SESSIONS.c.id == bindparam("session_id"), SESSIONS.c.state == "idle")
+    .values(
+        state="llm",
+        updated_at=bindparam("stamp", type_=SESSIONS.c.updated_at.type),
+        turn=bindparam("new_turn", type_=SESSIONS.c.turn.type),
+        tool_rounds=0,
+        reply_to_id=bindparam("reply_to", type_=SESSIONS.c.reply_to_id.type),
+        reply_to_user_id=bindparam("turn_user", type_=SESSIONS.c.reply_to_user_id.type),
+        turn_user_id=bindparam("turn_user", type_=SESSIONS.c.turn_user_id.type),
+        turn_is_admin=bindparam("admin", type_=SESSIONS.c.turn_is_admin.type),
+    )
+    .returning(*SESSIONS.c)
+)
+
+# llm -> idle: the turn ends, with an answer (no error) or an apology (the error, stamped).
+END_TURN = (
+    update(SESSIONS)
+    .where(SESSIONS.c.id == bindparam("session_id"), SESSIONS.c.state == "llm")
+    .values(
+        state="idle",
+        updated_at=bindparam("stamp", type_=SESSIONS.c.updated_at.type),
+        last_error=bindparam("error", type_=SESSIONS.c.last_error.type),
+        last_error_at=func.coalesce(
+            bindparam("error_at", type_=SESSIONS.c.last_error_at.type), SESSIONS.c.last_error_at
+        ),
+    )
+    .returning(*SESSIONS.c)
+)
+
+ADD_LLM_CALL = insert(Base.metadata.tables[LLMCallRow.__tablename__])
