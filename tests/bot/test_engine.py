@@ -405,13 +405,14 @@ async def test_a_message_whose_instant_reply_cannot_be_chosen_is_kept_for_the_an
 
         monkeypatch.setattr(runtime.engine.book, "interim", broken)
         _, outcome = await chat.say("¿Sigues ahí?")
-        sent = await chat.wait_for(2)
+        sent = await chat.wait_for(3)
         await runtime.engine.wait_idle()
     assert outcome is SubmitOutcome.ACCEPTED
-    assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER]
-    # No instant reply, but the message is stored and reaches the model after the tool.
-    follow_up = chat_requests(fake_openai)[-1]["messages"]
-    assert any(m["role"] == "user" and "¿Sigues ahí?" in m["content"] for m in follow_up)
+    # No instant reply; the message stays queued and, once the tool's turn is answered,
+    # starts the next turn.
+    assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER, ReplyKind.ANSWER]
+    last_request = chat_requests(fake_openai)[-1]["messages"]
+    assert last_request[-1]["role"] == "user" and "¿Sigues ahí?" in last_request[-1]["content"]
     assert "no instant reply" in caplog.text
 
 
