@@ -1,0 +1,130 @@
+"""Where the core's time goes, in process: a pyinstrument profile of one path.
+
+    python -m bench.profile_core instant [--messages N] [--out FILE]
+    python -m bench.profile_core answer  [--messages N] [--out FILE]
+
+instant  N messages, one at a time, to 10 sessions that each run an hour-long tool: every
+         one gets an instant reply (the path of bench.telegram_latency, without Telegram).
+answer   N messages over 20 chats, each chat sending its next one when its answer came
+         (the path of bench.core_throughput): the offline model answers at once.
+
+Both run the real core on a SQLite file (bench.scale's settings, rate limits off) with the
+in-process adapter. It prints the figures of the run and writes the profile (text) to
+FILE. Profiling slows the run: its figures are only for comparing two profiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import latency_summary
+from bench.core_throughput import Size, run_stillhere
+from bench.memory_chat import TimedChat
+from bench.scale import CountingModel, start_tools
+from bot.runtime import Runtime
+from bot.settings import Settings
+from storage.migrate import upgrade
+
+PATHS = ("instant", "answer")
+BUSY_SESSIONS = 10
+ANSWER_CHATS = 20
+REPLY_TIMEOUT = 10.0
+
+
+def _profiler() -> Any:
+    from pyinstrument import Profiler
+
+    # Not async-aware: every sample counts, whichever task the loop runs.
+    return Profiler(interval=0.0005, async_mode="disabled")
+
+
+async def profile_instant(db: Path, messages: int) -> tuple[Any, str]:
+    async with CountingModel() as model:
+        settings = Settings(
+            _env_file=None,
+            database_url=f"sqlite+aiosqlite:///{db}",
+            openai_api_key="bench",
+            openai_base_url=model.base_url,
+            openai_max_retries=0,
+            tool_modules=["bench.long_tools"],
+            rate_limit_user_per_minute=0,
+            rate_limit_chat_per_minute=0,
+        )
+        async with Runtime(settings) as runtime:
+            chat = TimedChat(runtime.engine)
+            await chat.start()
+            await runtime.engine.start()
+            await start_tools(chat, 0, BUSY_SESSIONS, BUSY_SESSIONS)
+            profiler = _profiler()
+            latencies = []
+            profiler.start()
+            cpu = time.process_time()
+            for number in range(messages):
+                message_id = f"p-{number}"
+                expected = len(chat.sent) + 1
+                sent = time.perf_counter()
+                index = number % BUSY_SESSIONS
+                await chat.submit(
+                    "¿Sigues ahí?",
+                    chat=f"chat-{index}",
+                    user=f"user-{index}",
+                    message_id=message_id,
+                )
+                await chat.wait_for(expected, timeout=REPLY_TIMEOUT)
+                latencies.append(chat.replied_at[message_id] - sent)
+            cpu = time.process_time() - cpu
+            profiler.stop()
+    summary = latency_summary(latencies)
+    figures = (
+        f"{messages} instant replies: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, "
+        f"{1000 * cpu / messages:.2f} ms CPU each (profiled)"
+    )
+    return profiler, figures
+
+
+async def profile_answer(db: Path, messages: int) -> tuple[Any, str]:
+    url = f"sqlite+aiosqlite:///{db}"
+    await upgrade(url)
+    profiler = _profiler()
+    profiler.start()
+    cpu = time.process_time()
+    answered, seconds = await run_stillhere(url, Size(ANSWER_CHATS, messages, trials=1))
+    cpu = time.process_time() - cpu
+    profiler.stop()
+    figures = (
+        f"{answered} of {messages} answered: {answered / seconds:.1f} msg/s, "
+        f"{1000 * cpu / max(1, answered):.2f} ms CPU each (profiled)"
+    )
+    return profiler, figures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.profile_core",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("path", choices=PATHS)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=None, help="profile text file")
+    args = parser.parse_args(argv)
+    run = profile_instant if args.path == "instant" else profile_answer
+    with tempfile.TemporaryDirectory(prefix="stillhere-profile-") as tmp:
+        profiler, figures = asyncio.run(run(Path(tmp) / "bot.db", args.messages))
+    report: str = profiler.output_text(unicode=True, show_all=False)
+    out = args.out or Path(f"profile-{args.path}.txt")
+    out.write_text(f"{figures}\n\n{report}", encoding="utf-8")
+    print(figures)
+    print(f"profile written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
