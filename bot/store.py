@@ -148,10 +148,10 @@ class ModelTurn:
 @dataclass(frozen=True, slots=True)
 class Intake:
     """What `record_inbound` or `take_queued` did with a session's queued messages. `info`
-    is the session after it; `turn` when they joined the history and a turn started (the session was idle);
-    `planned`, the instant replies stored for them (tools were running), of which `ready`
-    are claimed for sending at once (none while older replies of the session wait: replies
-    keep order)."""
+    is the session after it; `turn` when they joined the history and a turn started (the
+    session was idle); `planned`, the instant replies stored for them (tools were running),
+    of which `ready` are claimed for sending at once (none while older replies of the
+    session wait: replies keep order)."""
 
     info: SessionInfo
     turn: ModelTurn | None = None
