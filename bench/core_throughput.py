@@ -47,12 +47,11 @@ from bench.common import (
     table,
     write_result,
 )
-from bench.memory_chat import TimedChat
+from bench.memory_chat import running_core
 from bench.store_calls import counted
 from bot.events import ReplyKind
 from bot.llm import LLMClient
 from bot.offline import FakeOpenAI
-from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.tools.registry import default_registry
 from storage.database import create_engine
@@ -118,10 +117,7 @@ async def run_stillhere(url: str, size: Size) -> tuple[int, float]:
             rate_limit_user_per_minute=0,
             rate_limit_chat_per_minute=0,
         )
-        async with Runtime(settings) as runtime:
-            chat = TimedChat(runtime.engine)
-            await chat.start()
-            await runtime.engine.start()
+        async with running_core(settings) as (runtime, chat):
 
             async def talk(index: int, count: int) -> None:
                 chat_id = f"chat-{index}"

@@ -11,10 +11,14 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from adapters.memory import MemoryAdapter
 from bot.core_api import ChatCore
 from bot.events import ConversationKey, OutgoingMessage, ReplyKind
+from bot.runtime import Runtime
+from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +71,13 @@ class TimedChat(MemoryAdapter):
         """Until `chat` has received at least `count` replies."""
         async with asyncio.timeout(timeout), self._chat_changed:
             await self._chat_changed.wait_for(lambda: self.per_chat[chat] >= count)
+
+
+@asynccontextmanager
+async def running_core(settings: Settings) -> AsyncIterator[tuple[Runtime, TimedChat]]:
+    """The core started as `stillhere run` starts it, with a TimedChat attached."""
+    async with Runtime(settings) as runtime:
+        chat = TimedChat(runtime.engine)
+        await chat.start()
+        await runtime.engine.start()
+        yield runtime, chat

@@ -26,10 +26,8 @@ from typing import Any
 
 from bench.common import latency_summary
 from bench.core_throughput import Size, run_stillhere
-from bench.memory_chat import TimedChat
-from bench.scale import CountingModel, start_tools
-from bot.runtime import Runtime
-from bot.settings import Settings
+from bench.memory_chat import running_core
+from bench.scale import CountingModel, settings_for, start_tools
 from storage.migrate import upgrade
 
 PATHS = ("instant", "answer")
@@ -47,20 +45,10 @@ def _profiler() -> Any:
 
 async def profile_instant(db: Path, messages: int) -> tuple[Any, str]:
     async with CountingModel() as model:
-        settings = Settings(
-            _env_file=None,
-            database_url=f"sqlite+aiosqlite:///{db}",
-            openai_api_key="bench",
-            openai_base_url=model.base_url,
-            openai_max_retries=0,
-            tool_modules=["bench.long_tools"],
-            rate_limit_user_per_minute=0,
-            rate_limit_chat_per_minute=0,
+        settings = settings_for(
+            db, model, rate_limit_user_per_minute=0, rate_limit_chat_per_minute=0
         )
-        async with Runtime(settings) as runtime:
-            chat = TimedChat(runtime.engine)
-            await chat.start()
-            await runtime.engine.start()
+        async with running_core(settings) as (_, chat):
             await start_tools(chat, 0, BUSY_SESSIONS, BUSY_SESSIONS)
             profiler = _profiler()
             latencies = []

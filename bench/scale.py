@@ -54,7 +54,7 @@ from bench.common import (
     write_result,
 )
 from bench.long_tools import START_TEXT
-from bench.memory_chat import TimedChat
+from bench.memory_chat import TimedChat, running_core
 from bench.store_calls import counted
 from bot.events import ReplyKind
 from bot.offline import FakeOpenAI
@@ -116,7 +116,8 @@ class CountingModel(FakeOpenAI):
         return await super()._chat_completions(request)
 
 
-def _settings(db: Path, model: FakeOpenAI) -> Settings:
+def settings_for(db: Path, model: FakeOpenAI, **overrides: Any) -> Settings:
+    """The core on a SQLite file, the running offline model and the hour-long tool."""
     return Settings(
         _env_file=None,
         database_url=f"sqlite+aiosqlite:///{db}",
@@ -124,6 +125,7 @@ def _settings(db: Path, model: FakeOpenAI) -> Settings:
         openai_base_url=model.base_url,
         openai_max_retries=0,
         tool_modules=["bench.long_tools"],
+        **overrides,
     )
 
 
@@ -194,11 +196,7 @@ async def measure(size: Size, db: Path, profile: bool = False) -> JSON:
     figures: JSON = {}
     total = size.baseline_sessions + size.sessions + size.traced_sessions
     model = CountingModel()
-    async with model, Runtime(_settings(db, model)) as runtime:
-        chat = TimedChat(runtime.engine)
-        await chat.start()
-        await runtime.engine.start()
-
+    async with model, running_core(settings_for(db, model)) as (_, chat):
         await start_tools(chat, 0, size.baseline_sessions, size.batch)
         baseline = await instant_latencies(
             chat, size.baseline_sessions, size.instant_messages, size.instant_rate, "base"
@@ -266,7 +264,7 @@ async def recover(db: Path, sessions: int, newcomers: int, profile: bool = False
     model = CountingModel()
     async with model:
         opened = time.perf_counter()
-        async with Runtime(_settings(db, model)) as runtime:
+        async with Runtime(settings_for(db, model)) as runtime:
             chat = TimedChat(runtime.engine)
             await chat.start()
             started = time.perf_counter()

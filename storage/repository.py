@@ -122,14 +122,6 @@ def _outbox_item(row: OutboxRow | Row[Any]) -> OutboxItem:
     )
 
 
-def _undelivered(session_id: int) -> tuple[Any, ...]:
-    return (
-        OutboxRow.session_id == session_id,
-        OutboxRow.delivered_at.is_(None),
-        OutboxRow.failed.is_(False),
-    )
-
-
 def _claimable(worker: str, stamp: datetime) -> Any:
     """Free, already this worker's (a restart takes its own claims back at once), or held
     under a lease that ran out (its worker died)."""
@@ -920,14 +912,14 @@ class SqlStore:
             # for this commit and then finds them claimed.
             rows = await conn.execute(
                 update(OutboxRow)
-                .where(*_undelivered(session_id), _claimable(worker, stamp))
+                .where(*sql.undelivered(session_id), _claimable(worker, stamp))
                 .values(claimed_by=worker, claimed_until=stamp + timedelta(seconds=lease_seconds))
                 .returning(*OutboxRow.__table__.columns)
             )
             items = sorted((_outbox_item(row) for row in rows), key=lambda item: item.id)
             held = await conn.scalar(
                 select(func.min(OutboxRow.id)).where(
-                    *_undelivered(session_id), OutboxRow.claimed_by != worker
+                    *sql.undelivered(session_id), OutboxRow.claimed_by != worker
                 )
             )
             if held is None:

@@ -7,7 +7,9 @@ built once keeps its key.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, insert, select, update
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
 
 from storage.models import Base, LLMCallRow, MessageRow, OutboxRow, SessionRow, ToolCallRow
 
@@ -93,15 +95,18 @@ DEFER_MESSAGES = (
     .values(status="deferred", turn=bindparam("row_turn"))
 )
 
-OLDER_UNDELIVERED = (
-    select(OUTBOX.c.id)
-    .where(
-        OUTBOX.c.session_id == bindparam("session_id"),
+
+def undelivered(session_id: Any) -> tuple[ColumnElement[bool], ...]:
+    """A session's replies still to send (not sent, not given up on); `session_id` is a
+    value or a bound parameter."""
+    return (
+        OUTBOX.c.session_id == session_id,
         OUTBOX.c.delivered_at.is_(None),
         OUTBOX.c.failed.is_(False),
     )
-    .limit(1)
-)
+
+
+OLDER_UNDELIVERED = select(OUTBOX.c.id).where(*undelivered(bindparam("session_id"))).limit(1)
 
 ADD_OUTBOX = insert(OUTBOX).returning(*OUTBOX.c, sort_by_parameter_order=True)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import cast
 
 import pytest
@@ -20,26 +22,38 @@ from storage.models import OutboxRow
 from storage.repository import SqlStore
 
 
+@asynccontextmanager
+async def worker_one(database_url: str) -> AsyncIterator[tuple[SqlStore, Courier, MemoryAdapter]]:
+    """A store, and worker "one"'s courier sending to an in-memory sink."""
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    courier = Courier(SqlStore(engine), "one")
+    sink = MemoryAdapter(cast(ChatCore, object()))  # it only sends here: no core needed
+    courier.attach(sink)
+    try:
+        yield SqlStore(engine), courier, sink
+    finally:
+        await courier.stop()
+        await engine.dispose()
+
+
+def message(number: int) -> InboundMessage:
+    conversation = ConversationKey("memory", "chat-1", "")
+    return InboundMessage(conversation, "u1", "Ana", "?", f"m{number}", True, True)
+
+
 async def test_rows_after_one_held_by_another_worker_go_out_once_it_is_sent(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(courier_module, "HELD_RETRY_SECONDS", 0.05)
-    await upgrade(database_url)
-    engine = create_engine(database_url)
-    courier = Courier(SqlStore(engine), "one")
-    try:
-        store = SqlStore(engine)
-        conversation = ConversationKey("memory", "chat-1", "")
+    async with worker_one(database_url) as (store, courier, sink):
         for number in range(3):
-            message = InboundMessage(conversation, "u1", "Ana", "?", f"m{number}", True, True)
-            session_id = await store.record_notice(message, f"reply {number}")
+            session_id = await store.record_notice(message(number), f"reply {number}")
         assert session_id is not None
-        async with engine.connect() as conn:
+        async with store.engine.connect() as conn:
             second = list(await conn.scalars(select(OutboxRow.id).order_by(OutboxRow.id)))[1]
         # Worker two holds the second reply: the third must wait for it.
         assert await store.claim_delivery(second, "two", lease_seconds=60)
-        sink = MemoryAdapter(cast(ChatCore, object()))  # it only sends here: no core needed
-        courier.attach(sink)
         courier.kick(session_id)
         await sink.wait_for(1)
         await asyncio.sleep(0.2)
@@ -48,9 +62,6 @@ async def test_rows_after_one_held_by_another_worker_go_out_once_it_is_sent(
         # No kick and no sweep: the courier looks again by itself.
         await sink.wait_for(2, timeout=5)
         assert [s.message.text for s in sink.sent] == ["reply 0", "reply 2"]
-    finally:
-        await courier.stop()
-        await engine.dispose()
 
 
 async def test_a_reply_handed_over_after_a_drain_already_sent_it_goes_out_once(
@@ -58,19 +69,11 @@ async def test_a_reply_handed_over_after_a_drain_already_sent_it_goes_out_once(
 ) -> None:
     """A writer claims its reply for this worker and hands it to the courier; a drain of
     the same session that ran in between (a sweep, an older reply) may have sent it."""
-    await upgrade(database_url)
-    engine = create_engine(database_url)
-    courier = Courier(SqlStore(engine), "one")
-    try:
-        store = SqlStore(engine)
-        conversation = ConversationKey("memory", "chat-1", "")
-        message = InboundMessage(conversation, "u1", "Ana", "?", "m1", True, True)
-        session_id = await store.record_notice(message, "the reply")
+    async with worker_one(database_url) as (store, courier, sink):
+        session_id = await store.record_notice(message(1), "the reply")
         assert session_id is not None
         handed_over = await store.claim_undelivered(session_id, "one", lease_seconds=60)
         assert len(handed_over.items) == 1
-        sink = MemoryAdapter(cast(ChatCore, object()))
-        courier.attach(sink)
         courier.kick(session_id)  # the drain that came first: it takes this worker's claim
         await sink.wait_for(1)
         while courier.busy:
@@ -78,9 +81,6 @@ async def test_a_reply_handed_over_after_a_drain_already_sent_it_goes_out_once(
         courier.kick(session_id, handed_over.items)
         await asyncio.sleep(0.2)
         assert [s.message.text for s in sink.sent] == ["the reply"]
-    finally:
-        await courier.stop()
-        await engine.dispose()
 
 
 def test_the_courier_forgets_replies_it_sent_more_than_a_lease_ago(
