@@ -1,17 +1,32 @@
-"""SqlStore against a database a stopped core left behind: the start-up repair."""
+"""SqlStore: the start-up repair on a database a stopped core left behind, and a message
+taken in while another worker closes the round."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select
 
+from bot.events import ConversationKey, InboundMessage
 from bot.history import validate
+from bot.llm import ToolCallRequest, Usage
 from bot.offline import FakeOpenAI
 from bot.prompt import to_openai
-from bot.store import SessionState
+from bot.store import (
+    Intake,
+    InterimContext,
+    PlannedCall,
+    PlannedInterim,
+    QueuedMessage,
+    SessionInfo,
+    SessionState,
+)
+from bot.tools.runner import ToolOutcome, ToolStatus
 from storage.database import create_engine
+from storage.migrate import upgrade
 from storage.models import MessageRow, SessionRow, ToolCallRow
 from storage.repository import SqlStore
 from tests.conftest import core_settings, started_core
@@ -91,3 +106,63 @@ async def test_repair_closes_every_interrupted_round_in_a_few_statements_for_all
     assert [m["role"] for m in histories["idle"]] == ["user", "assistant"]
     for name in busy:
         assert validate([{"role": "system", "content": "s"}, *histories[name]]) == []
+
+
+def reply_to_each(
+    info: SessionInfo, queued: Sequence[QueuedMessage], context: InterimContext
+) -> list[PlannedInterim]:
+    return [PlannedInterim(m.id, "still on it", "status", info.language) for m in queued]
+
+
+async def test_a_round_closing_while_a_message_is_taken_in_waits_and_places_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers: one takes a message in while the session runs tools, the other closes
+    the round. Taking a message in locks the session row (the one SQLite connection does
+    the same), so the round closes after the message is deferred and places it after the
+    tool result; closing first would have left the deferred message out of the history."""
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    taking_in, closing = SqlStore(engine, worker="one"), SqlStore(engine, worker="two")
+    chat = ConversationKey("memory", "chat-1", "")
+    try:
+        first = InboundMessage(chat, "u1", "Ana", "what time is it", "m1", True, True)
+        started = await taking_in.record_inbound(first, "en", reply_to_each)
+        assert started is not None and started.turn is not None
+        session_id = started.info.id
+        request = ToolCallRequest("call_1", "get_current_time", "{}")
+        tool_round = await closing.record_tool_calls(
+            session_id, None, [PlannedCall(request, 30.0)], "working", Usage()
+        )
+        assert await closing.finish_tool(
+            tool_round.calls[0].id, ToolOutcome(ToolStatus.DONE, "12:00")
+        )
+
+        inside, release = asyncio.Event(), asyncio.Event()
+        real_intake = taking_in._intake
+
+        async def held(*args: Any) -> Intake:
+            inside.set()  # the message is in, the session row written: hold the transaction
+            await release.wait()
+            return await real_intake(*args)
+
+        monkeypatch.setattr(taking_in, "_intake", held)
+        second = InboundMessage(chat, "u1", "Ana", "still there?", "m2", True, True)
+        intake_task = asyncio.create_task(taking_in.record_inbound(second, "en", reply_to_each))
+        await inside.wait()
+        close_task = asyncio.create_task(closing.close_tool_round(session_id))
+        await asyncio.sleep(0.3)
+        assert not close_task.done()  # waiting for the message's transaction
+        release.set()
+        intake = await intake_task
+        turn = await close_task
+    finally:
+        await engine.dispose()
+    assert intake is not None and [p.text for p in intake.planned] == ["still on it"]
+    assert turn is not None
+    assert [(e.role, e.content) for e in turn.history] == [
+        ("user", "what time is it"),
+        ("assistant", None),
+        ("tool", "12:00"),
+        ("user", "still there?"),
+    ]
