@@ -4,7 +4,8 @@ taken in while another worker closes the round."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -114,50 +115,72 @@ def reply_to_each(
     return [PlannedInterim(m.id, "still on it", "status", info.language) for m in queued]
 
 
+CHAT = ConversationKey("memory", "chat-1", "")
+
+
+def said(text: str, message_id: str) -> InboundMessage:
+    return InboundMessage(CHAT, "u1", "Ana", text, message_id, True, True)
+
+
+@asynccontextmanager
+async def two_workers(database_url: str) -> AsyncIterator[tuple[SqlStore, SqlStore, int]]:
+    """Worker one's and worker two's stores on one database, and a session whose turn
+    (started by "what time is it") waits for the model."""
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        one, two = SqlStore(engine, worker="one"), SqlStore(engine, worker="two")
+        started = await one.record_inbound(said("what time is it", "m1"), "en", reply_to_each)
+        assert started is not None and started.turn is not None
+        yield one, two, started.info.id
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def taken_in_and_held(
+    store: SqlStore, message: InboundMessage, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[asyncio.Task[Intake | None]]:
+    """Takes `message` in and holds its transaction open (the message stored, the session
+    row written) until the block ends; the task then finishes it."""
+    inside, release = asyncio.Event(), asyncio.Event()
+    real_intake = store._intake
+
+    async def held(*args: Any) -> Intake:
+        inside.set()
+        await release.wait()
+        return await real_intake(*args)
+
+    monkeypatch.setattr(store, "_intake", held)
+    task = asyncio.create_task(store.record_inbound(message, "en", reply_to_each))
+    await inside.wait()
+    try:
+        yield task
+    finally:
+        release.set()
+
+
 async def test_a_round_closing_while_a_message_is_taken_in_waits_and_places_it(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two workers: one takes a message in while the session runs tools, the other closes
-    the round. Taking a message in locks the session row (the one SQLite connection does
-    the same), so the round closes after the message is deferred and places it after the
-    tool result; closing first would have left the deferred message out of the history."""
-    await upgrade(database_url)
-    engine = create_engine(database_url)
-    taking_in, closing = SqlStore(engine, worker="one"), SqlStore(engine, worker="two")
-    chat = ConversationKey("memory", "chat-1", "")
-    try:
-        first = InboundMessage(chat, "u1", "Ana", "what time is it", "m1", True, True)
-        started = await taking_in.record_inbound(first, "en", reply_to_each)
-        assert started is not None and started.turn is not None
-        session_id = started.info.id
+    """One worker takes a message in while the session runs tools, the other closes the
+    round. Taking a message in locks the session row (the one SQLite connection does the
+    same), so the round closes after the message is deferred and places it after the tool
+    result; closing first would leave the deferred message out of the history."""
+    async with two_workers(database_url) as (taking_in, closing, session_id):
         request = ToolCallRequest("call_1", "get_current_time", "{}")
         tool_round = await closing.record_tool_calls(
             session_id, None, [PlannedCall(request, 30.0)], "working", Usage()
         )
-        assert await closing.finish_tool(
-            tool_round.calls[0].id, ToolOutcome(ToolStatus.DONE, "12:00")
-        )
-
-        inside, release = asyncio.Event(), asyncio.Event()
-        real_intake = taking_in._intake
-
-        async def held(*args: Any) -> Intake:
-            inside.set()  # the message is in, the session row written: hold the transaction
-            await release.wait()
-            return await real_intake(*args)
-
-        monkeypatch.setattr(taking_in, "_intake", held)
-        second = InboundMessage(chat, "u1", "Ana", "still there?", "m2", True, True)
-        intake_task = asyncio.create_task(taking_in.record_inbound(second, "en", reply_to_each))
-        await inside.wait()
-        close_task = asyncio.create_task(closing.close_tool_round(session_id))
-        await asyncio.sleep(0.3)
-        assert not close_task.done()  # waiting for the message's transaction
-        release.set()
+        done = ToolOutcome(ToolStatus.DONE, "12:00")
+        assert await closing.finish_tool(tool_round.calls[0].id, done)
+        message = said("still there?", "m2")
+        async with taken_in_and_held(taking_in, message, monkeypatch) as intake_task:
+            close_task = asyncio.create_task(closing.close_tool_round(session_id))
+            await asyncio.sleep(0.3)
+            assert not close_task.done()  # waiting for the message's transaction
         intake = await intake_task
         turn = await close_task
-    finally:
-        await engine.dispose()
     assert intake is not None and [p.text for p in intake.planned] == ["still on it"]
     assert turn is not None
     assert [(e.role, e.content) for e in turn.history] == [
@@ -166,3 +189,23 @@ async def test_a_round_closing_while_a_message_is_taken_in_waits_and_places_it(
         ("tool", "12:00"),
         ("user", "still there?"),
     ]
+
+
+async def test_an_answer_recorded_while_a_message_is_taken_in_sees_it_queued(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker takes a message in while the model writes (it stays queued), the other
+    records the answer. The answer waits for the message's transaction and then sees it
+    queued, so the next turn starts; otherwise neither would start it."""
+    async with two_workers(database_url) as (taking_in, answering, session_id):
+        message = said("and tomorrow?", "m2")
+        async with taken_in_and_held(taking_in, message, monkeypatch) as intake_task:
+            answer_task = asyncio.create_task(
+                answering.record_answer(session_id, "It is noon.", Usage())
+            )
+            await asyncio.sleep(0.3)
+            assert not answer_task.done()  # waiting for the message's transaction
+        intake = await intake_task
+        end = await answer_task
+    assert intake is not None and intake.turn is None and not intake.planned
+    assert end.queued
