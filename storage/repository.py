@@ -95,7 +95,7 @@ def _session_info(row: SessionRow | Row[Any]) -> SessionInfo:
     )
 
 
-def _tool_info(row: ToolCallRow | Row[Any]) -> ToolCallInfo:
+def _tool_info(row: Row[Any]) -> ToolCallInfo:
     return ToolCallInfo(
         id=row.id,
         call_id=row.call_id,
@@ -109,7 +109,7 @@ def _tool_info(row: ToolCallRow | Row[Any]) -> ToolCallInfo:
     )
 
 
-def _outbox_item(row: OutboxRow | Row[Any]) -> OutboxItem:
+def _outbox_item(row: Row[Any]) -> OutboxItem:
     return OutboxItem(
         id=row.id,
         session_id=row.session_id,
@@ -192,7 +192,7 @@ class SqlStore:
 
     def _outbox(
         self,
-        session: SessionRow | Row[Any],
+        session: Row[Any],
         kind: ReplyKind,
         text: str,
         reply_to: str | None,
@@ -453,7 +453,7 @@ class SqlStore:
         return InterimContext(calls, recent)
 
     def _llm_call(
-        self, session: SessionRow | Row[Any], usage: Usage | None, error: str | None = None
+        self, session: Row[Any], usage: Usage | None, error: str | None = None
     ) -> dict[str, Any]:
         return {
             "session_id": session.id,
