@@ -69,8 +69,13 @@ class Courier:
     async def _drain(self, session_id: int, ready: Sequence[OutboxItem]) -> None:
         try:
             while True:
-                self._again.discard(session_id)
-                items, ready = ready or await self._claim(session_id), ()
+                if ready:
+                    # Read nothing: a kick that came before this drain ran stays noted,
+                    # so the outbox is read after these are sent.
+                    items, ready = ready, ()
+                else:
+                    self._again.discard(session_id)
+                    items = await self._claim(session_id)
                 for item in items:
                     if self._sent_before(item):
                         continue

@@ -83,6 +83,22 @@ async def test_a_reply_handed_over_after_a_drain_already_sent_it_goes_out_once(
         assert [s.message.text for s in sink.sent] == ["the reply"]
 
 
+async def test_a_reply_written_before_the_drain_of_a_hand_over_starts_goes_out(
+    database_url: str,
+) -> None:
+    """A writer hands over its claimed reply; before the drain it started runs, another
+    writer adds a reply and kicks: the drain must read the outbox after the hand-over."""
+    async with worker_one(database_url) as (store, courier, sink):
+        session_id = await store.record_notice(message(1), "handed over")
+        assert session_id is not None
+        handed_over = await store.claim_undelivered(session_id, "one", lease_seconds=60)
+        await store.record_notice(message(2), "written meanwhile")
+        courier.kick(session_id, handed_over.items)
+        courier.kick(session_id)  # the drain has not run yet: this must not be lost
+        await sink.wait_for(2, timeout=5)
+        assert [s.message.text for s in sink.sent] == ["handed over", "written meanwhile"]
+
+
 def test_the_courier_forgets_replies_it_sent_more_than_a_lease_ago(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
