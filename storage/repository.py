@@ -19,7 +19,6 @@ from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, updat
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.ext.asyncio import AsyncSession as Tx
 
@@ -48,6 +47,7 @@ from bot.store import (
 from bot.tools.runner import INTERRUPTED, ToolOutcome, ToolStatus
 from storage import statements as sql
 from storage.database import sessionmaker
+from storage.group_commit import GroupCommit
 from storage.models import (
     ControlRow,
     LLMCallRow,
@@ -149,6 +149,9 @@ class SqlStore:
         # INSERT ... ON CONFLICT DO NOTHING.
         dialect_insert = postgresql_insert if engine.dialect.name == "postgresql" else sqlite_insert
         self._note_seen = dialect_insert(ProcessedUpdateRow).on_conflict_do_nothing()
+        # The writes every message makes (its intake, its turn's answer, the delivery of
+        # its replies) commit together with other sessions' under a burst.
+        self._group = GroupCommit(engine)
 
     # --- helpers -------------------------------------------------------------------
 
@@ -279,20 +282,16 @@ class SqlStore:
         language: str | None,
         then: Callable[[AsyncConnection, Row[Any]], Awaitable[T]],
     ) -> T | None:
-        """Takes the message in and does `then` with its session, in one transaction. Two
-        workers may create the same conversation's session at once: the unique active key
-        fails one transaction, and its retry finds the winner's session."""
-        for attempt in range(2):
-            try:
-                async with self.engine.begin() as conn:
-                    session = await self._take_in(conn, message, language)
-                    if session is None:
-                        return None
-                    return await then(conn, session)
-            except IntegrityError:
-                if attempt:
-                    raise
-        return None
+        """Takes the message in and does `then` with its session, in one transaction
+        (shared with other callers' under a burst: `GroupCommit`). Two workers may create
+        the same conversation's session at once: the unique active key fails one
+        transaction, and its retry finds the winner's session."""
+
+        async def take_in(conn: AsyncConnection) -> T | None:
+            session = await self._take_in(conn, message, language)
+            return None if session is None else await then(conn, session)
+
+        return await self._group.run(take_in)
 
     # --- taking messages in ------------------------------------------------------------
 
@@ -467,7 +466,7 @@ class SqlStore:
         }
 
     async def record_answer(self, session_id: int, text: str, usage: Usage) -> TurnEnd:
-        async with self.engine.begin() as conn:
+        async def answer(conn: AsyncConnection) -> TurnEnd:
             session = await self._end_turn(conn, session_id)
             claim = await self._claim_values(conn, session_id)
             await conn.execute(
@@ -493,6 +492,8 @@ class SqlStore:
                 claim,
             )
             return await self._turn_end(conn, session_id, outbox)
+
+        return await self._group.run(answer)
 
     async def _end_turn(
         self, conn: AsyncConnection, session_id: int, error: str | None = None
@@ -948,11 +949,12 @@ class SqlStore:
             return bool(result.rowcount)
 
     async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sql.MARK_DELIVERED,
-                {"outbox_id": outbox_id, "stamp": now(), "sent_id": platform_message_id},
-            )
+        values = {"outbox_id": outbox_id, "stamp": now(), "sent_id": platform_message_id}
+
+        async def mark(conn: AsyncConnection) -> None:
+            await conn.execute(sql.MARK_DELIVERED, values)
+
+        await self._group.run(mark)
 
     async def mark_delivery_failed(self, outbox_id: int, error: str, permanent: bool) -> None:
         async with self.engine.begin() as conn:

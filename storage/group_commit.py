@@ -1,0 +1,149 @@
+"""Group commit: units of work that arrive together share one transaction.
+
+Every message is stored before it is answered, so under a burst the bot would pay one
+BEGIN/COMMIT, one pool checkout and one wait for the connection per message; on SQLite,
+which has one writer, the transactions queue anyway. Here the units that queued while a
+transaction ran are committed together in the next one, and each caller resumes only once
+its unit is committed: durability per message is unchanged, and an idle bot pays nothing
+(a unit alone runs at once, in a transaction of its own).
+
+No task of its own: the caller whose unit opens an empty queue leads, commits one batch,
+and hands the lead to the first unit still waiting, whose caller then commits the next.
+So nothing is left running on shutdown, and a cancelled caller cancels only its own unit.
+
+A unit that raises rolls its batch back; the batch's units are then run once more, each in
+a transaction of its own, so a failure (a bug, a constraint, a deadlock on PostgreSQL)
+reaches only its own caller. Units therefore do nothing but database work: they may run
+twice, and only the committed run counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+T = TypeVar("T")
+Work = Callable[[AsyncConnection], Awaitable[T]]
+
+# A bound on one transaction: long enough to amortize a burst, short enough that the admin
+# CLI (another writer on SQLite) and the first caller's latency stay small.
+MAX_BATCH = 64
+
+
+def _future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass(eq=False)
+class _Unit(Generic[T]):
+    work: Work[T]
+    # Resolved when the unit's transaction committed (or it failed alone), or when the
+    # lead passes to its caller: `result` is set in the first case only.
+    wake: asyncio.Future[None] = field(default_factory=_future)
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    def __init__(self, engine: AsyncEngine, max_batch: int = MAX_BATCH) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._waiting: deque[_Unit[Any]] = deque()
+        self._leading = False
+        # Figures for tests and benchmarks: transactions begun, units committed.
+        self.transactions = 0
+        self.units = 0
+
+    async def run(self, work: Work[T]) -> T:
+        """`work` done and committed, in a transaction it may share with other callers'."""
+        unit: _Unit[T] = _Unit(work)
+        self._waiting.append(unit)
+        if not self._leading:
+            self._leading = True
+            unit.wake.set_result(None)
+        try:
+            await unit.wake
+        except asyncio.CancelledError:
+            self._forget(unit)
+            raise
+        if not unit.done:
+            await self._lead(unit)
+        if unit.error is not None:
+            raise unit.error
+        result: T = unit.result
+        return result
+
+    def _forget(self, unit: _Unit[Any]) -> None:
+        """A caller cancelled before its unit ran: the unit is dropped, and if the lead
+        had just passed to it, it passes on."""
+        if unit.done:
+            return
+        self._waiting.remove(unit)
+        if unit.wake.done() and not unit.wake.cancelled():
+            self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        if self._waiting:
+            self._waiting[0].wake.set_result(None)
+        else:
+            self._leading = False
+
+    async def _lead(self, own: _Unit[Any]) -> None:
+        """Commits the first units waiting, `own` (the leader's) first among them."""
+        count = min(self._max_batch, len(self._waiting))
+        batch = [self._waiting.popleft() for _ in range(count)]
+        try:
+            await self._commit(batch)
+        finally:
+            # Cancelled mid-batch (the leader's caller went away): the transaction rolled
+            # back; the leader's unit is dropped, the others wait again, first in line.
+            unsettled = [unit for unit in batch if not unit.done and unit is not own]
+            self._waiting.extendleft(reversed(unsettled))
+            for unit in batch:
+                if unit.done and not unit.wake.done():
+                    unit.wake.set_result(None)
+            self._pass_lead()
+
+    async def _commit(self, batch: list[_Unit[Any]]) -> None:
+        if len(batch) > 1:
+            try:
+                results = await self._transaction(batch)
+            except Exception:
+                pass  # each unit is retried alone just below
+            else:
+                for unit, result in zip(batch, results, strict=True):
+                    unit.result, unit.done = result, True
+                return
+        for unit in batch:
+            await self._alone(unit)
+
+    async def _transaction(self, batch: list[_Unit[Any]]) -> list[Any]:
+        self.transactions += 1
+        async with self._engine.begin() as conn:
+            results = [await unit.work(conn) for unit in batch]
+        self.units += len(batch)
+        return results
+
+    async def _alone(self, unit: _Unit[Any]) -> None:
+        """One unit in its own transaction. A unique-key conflict is retried once: another
+        worker created the same row first (two workers creating one conversation's
+        session), and the retry finds it."""
+        for _attempt in range(2):
+            try:
+                (unit.result,) = await self._transaction([unit])
+            except IntegrityError as exc:
+                unit.error = exc
+                continue
+            except Exception as exc:  # handed to the unit's caller
+                unit.error = exc
+            else:
+                unit.error = None
+            break
+        unit.done = True

@@ -1,0 +1,185 @@
+"""Group commit: units queued while a transaction runs commit together in the next one,
+each caller resumes once its own unit is committed, and a failure reaches only its own
+caller. Runs on SQLite and on PostgreSQL (see conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from storage.database import create_engine
+from storage.group_commit import GroupCommit
+
+ITEMS = Table(
+    "group_commit_items",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("name", String(50), unique=True, nullable=False),
+)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(ITEMS.metadata.drop_all)
+        await conn.run_sync(ITEMS.metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+def add(name: str) -> Callable[[AsyncConnection], Awaitable[str]]:
+    async def work(conn: AsyncConnection) -> str:
+        await conn.execute(insert(ITEMS).values(name=name))
+        return name
+
+    return work
+
+
+async def stored(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return list(await conn.scalars(select(ITEMS.c.name).order_by(ITEMS.c.id)))
+
+
+class HeldOpen:
+    """A unit that holds its transaction open until released, so others queue behind it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.inside = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __call__(self, conn: AsyncConnection) -> str:
+        await conn.execute(insert(ITEMS).values(name=self.name))
+        self.inside.set()
+        await self.release.wait()
+        return self.name
+
+
+async def queue_behind(
+    group: GroupCommit, held: HeldOpen, units: list[Callable[[AsyncConnection], Awaitable[str]]]
+) -> tuple[asyncio.Task[str], list[asyncio.Task[str]]]:
+    leader = asyncio.create_task(group.run(held))
+    await held.inside.wait()
+    waiting = [asyncio.create_task(group.run(unit)) for unit in units]
+    await asyncio.sleep(0.01)  # every one of them queued
+    return leader, waiting
+
+
+async def test_a_unit_alone_commits_at_once_in_its_own_transaction(engine: AsyncEngine) -> None:
+    group = GroupCommit(engine)
+    assert await group.run(add("a")) == "a"
+    assert await group.run(add("b")) == "b"
+    assert (group.transactions, group.units) == (2, 2)
+    assert await stored(engine) == ["a", "b"]
+
+
+async def test_units_queued_during_a_transaction_share_the_next_one(
+    engine: AsyncEngine,
+) -> None:
+    group = GroupCommit(engine)
+    held = HeldOpen("first")
+    leader, waiting = await queue_behind(group, held, [add(f"n{i}") for i in range(5)])
+    assert not any(task.done() for task in waiting)  # nobody resumes before a commit
+    held.release.set()
+    assert await leader == "first"
+    assert await asyncio.gather(*waiting) == [f"n{i}" for i in range(5)]
+    assert (group.transactions, group.units) == (2, 6)
+    assert await stored(engine) == ["first", "n0", "n1", "n2", "n3", "n4"]
+
+
+async def test_a_batch_is_bounded(engine: AsyncEngine) -> None:
+    group = GroupCommit(engine, max_batch=2)
+    held = HeldOpen("first")
+    leader, waiting = await queue_behind(group, held, [add(f"n{i}") for i in range(5)])
+    held.release.set()
+    await asyncio.gather(leader, *waiting)
+    assert (group.transactions, group.units) == (4, 6)  # 1, then 2 + 2 + 1
+    assert len(await stored(engine)) == 6
+
+
+async def test_a_failing_unit_fails_alone_and_the_rest_of_its_batch_commits(
+    engine: AsyncEngine,
+) -> None:
+    group = GroupCommit(engine)
+
+    async def broken(conn: AsyncConnection) -> str:
+        await conn.execute(insert(ITEMS).values(name="from the broken unit"))
+        raise ValueError("a bug in one unit")
+
+    held = HeldOpen("first")
+    leader, waiting = await queue_behind(group, held, [add("before"), broken, add("after")])
+    held.release.set()
+    outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+    assert await leader == "first"
+    assert outcomes[0] == "before" and outcomes[2] == "after"
+    assert isinstance(outcomes[1], ValueError)
+    # The batch rolled back, then each unit ran alone: the broken one's insert is gone.
+    assert await stored(engine) == ["first", "before", "after"]
+    assert group.transactions == 1 + 1 + 3
+
+
+async def test_a_unique_conflict_alone_is_retried_once(engine: AsyncEngine) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("one SQLite connection: another writer cannot commit mid-transaction")
+    group = GroupCommit(engine)
+    attempts = 0
+
+    async def insert_or_find(conn: AsyncConnection) -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            # Another worker's row, committed while this transaction ran.
+            async with engine.begin() as other:
+                await other.execute(insert(ITEMS).values(name="shared"))
+            await conn.execute(insert(ITEMS).values(name="shared"))
+        found = await conn.scalar(select(ITEMS.c.name).where(ITEMS.c.name == "shared"))
+        return str(found)
+
+    assert await group.run(insert_or_find) == "shared"
+    assert attempts == 2
+    with pytest.raises(IntegrityError):
+        await group.run(add("shared"))  # a second conflict is the caller's
+
+
+async def test_a_caller_cancelled_while_waiting_drops_only_its_unit(
+    engine: AsyncEngine,
+) -> None:
+    group = GroupCommit(engine)
+    held = HeldOpen("first")
+    leader, waiting = await queue_behind(group, held, [add("kept"), add("dropped"), add("too")])
+    waiting[1].cancel()
+    held.release.set()
+    await leader
+    kept, too = await asyncio.wait_for(asyncio.gather(waiting[0], waiting[2]), 5)
+    assert (kept, too) == ("kept", "too")
+    with pytest.raises(asyncio.CancelledError):
+        await waiting[1]
+    assert await stored(engine) == ["first", "kept", "too"]
+
+
+async def test_a_leader_cancelled_mid_batch_rolls_back_and_the_others_commit(
+    engine: AsyncEngine,
+) -> None:
+    group = GroupCommit(engine)
+    held = HeldOpen("first")
+    going_away = HeldOpen("from a leader that goes away")
+    # Both queue behind "first"; the first of them leads their batch, and is cancelled
+    # while the batch's transaction is open.
+    leader, (going, after) = await queue_behind(group, held, [going_away, add("last")])
+    held.release.set()
+    await leader
+    await going_away.inside.wait()
+    going.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await going
+    # A unit left behind would wait forever: a bound makes that a failure.
+    assert await asyncio.wait_for(after, 5) == "last"
+    assert await stored(engine) == ["first", "last"]
+    # Idle again: the next unit leads at once.
+    assert await group.run(add("later")) == "later"
