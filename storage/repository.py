@@ -186,7 +186,10 @@ class SqlStore:
         if self.worker is None:
             return {}
         older = await conn.scalar(sql.OLDER_UNDELIVERED, {"session_id": session_id})
-        if older is not None:
+        return self._reply_claim(older is not None)
+
+    def _reply_claim(self, older_unsent: bool) -> dict[str, Any]:
+        if self.worker is None or older_unsent:
             return {}
         return {
             "claimed_by": self.worker,
@@ -402,12 +405,9 @@ class SqlStore:
         ).first()
         if claimed is None:  # another worker took the turn
             return Intake(info)
-        position = await self._next_position(conn, info.id)
         await conn.execute(
-            update(MESSAGES)
-            .where(MESSAGES.c.id == bindparam("row_id"))
-            .values(status="history", position=bindparam("row_position"), turn=turn),
-            [{"row_id": row.id, "row_position": position + n} for n, row in enumerate(queued)],
+            sql.JOIN_HISTORY,
+            [{"row_id": row.id, "of_session": info.id, "row_turn": turn} for row in queued],
         )
         started = _session_info(claimed)
         return Intake(started, turn=await self._model_turn(conn, started))
@@ -467,16 +467,15 @@ class SqlStore:
 
     async def record_answer(self, session_id: int, text: str, usage: Usage) -> TurnEnd:
         async def answer(conn: AsyncConnection) -> TurnEnd:
-            session = await self._end_turn(conn, session_id)
-            claim = await self._claim_values(conn, session_id)
+            session, after = await self._end_turn(conn, session_id)
             await conn.execute(
-                sql.ADD_MESSAGE,
+                sql.ADD_HISTORY_MESSAGE,
                 {
                     "session_id": session_id,
+                    "of_session": session_id,
                     "role": "assistant",
                     "content": text,
                     "status": "history",
-                    "position": await self._next_position(conn, session_id),
                     "turn": session.turn,
                     "kind": ReplyKind.ANSWER.value,
                     "created_at": now(),
@@ -489,15 +488,16 @@ class SqlStore:
                 text,
                 session.reply_to_id,
                 session.reply_to_user_id,
-                claim,
+                self._reply_claim(after.has_unsent),
             )
-            return await self._turn_end(conn, session_id, outbox)
+            return await self._turn_end(conn, after, outbox)
 
         return await self._group.run(answer)
 
     async def _end_turn(
         self, conn: AsyncConnection, session_id: int, error: str | None = None
-    ) -> Row[Any]:
+    ) -> tuple[Row[Any], Row[bool, bool]]:
+        """The session after its turn ended, and `AFTER_TURN`'s flags."""
         stamp = now()
         session = (
             await conn.execute(
@@ -512,13 +512,14 @@ class SqlStore:
         ).first()
         if session is None:
             raise SessionMovedOn(f"session {session_id} is not waiting for the model")
-        return session
+        after = (await conn.execute(sql.AFTER_TURN, {"session_id": session_id})).one()
+        return session, after
 
     async def _turn_end(
-        self, conn: AsyncConnection, session_id: int, outbox: dict[str, Any]
+        self, conn: AsyncConnection, after: Row[bool, bool], outbox: dict[str, Any]
     ) -> TurnEnd:
-        ready = await self._add_outbox(conn, [outbox])
-        return TurnEnd(ready, queued=await self._any_queued(conn, session_id))
+        """The turn's last reply added; `after` is `_end_turn`'s flags."""
+        return TurnEnd(await self._add_outbox(conn, [outbox]), queued=bool(after.has_queued))
 
     async def _any_queued(self, conn: AsyncConnection, session_id: int) -> bool:
         """Messages that came while the session waited for the model: the caller looks at
@@ -597,8 +598,7 @@ class SqlStore:
         self, session_id: int, error: str, apology: str, usage: Usage | None = None
     ) -> TurnEnd:
         async with self.engine.begin() as conn:
-            session = await self._end_turn(conn, session_id, error)
-            claim = await self._claim_values(conn, session_id)
+            session, after = await self._end_turn(conn, session_id, error)
             await conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage, error))
             outbox = self._outbox(
                 session,
@@ -606,9 +606,9 @@ class SqlStore:
                 apology,
                 session.reply_to_id,
                 session.reply_to_user_id,
-                claim,
+                self._reply_claim(after.has_unsent),
             )
-            return await self._turn_end(conn, session_id, outbox)
+            return await self._turn_end(conn, after, outbox)
 
     async def _defer(
         self,

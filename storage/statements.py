@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from storage.models import Base, LLMCallRow, MessageRow, OutboxRow, SessionRow, ToolCallRow
 
@@ -59,6 +67,24 @@ ANY_QUEUED = (
 
 LAST_POSITION = select(func.max(MESSAGES.c.position)).where(
     MESSAGES.c.session_id == bindparam("session_id")
+)
+
+# The session's next free history position, computed by the statement that takes it (one
+# statement fewer than reading it first). An executemany runs its rows in order, so each
+# row sees the ones before it.
+NEXT_POSITION = (
+    select(func.coalesce(func.max(MESSAGES.c.position), 0) + 1)
+    .where(MESSAGES.c.session_id == bindparam("of_session"))
+    .scalar_subquery()
+)
+
+ADD_HISTORY_MESSAGE = insert(MESSAGES).values(position=NEXT_POSITION)
+
+# Executed with one parameter set per message, in the order they join.
+JOIN_HISTORY = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("row_id"))
+    .values(status="history", position=NEXT_POSITION, turn=bindparam("row_turn"))
 )
 
 HISTORY = (
@@ -153,6 +179,18 @@ END_TURN = (
         ),
     )
     .returning(*SESSIONS.c)
+)
+
+# What a turn's end needs to know, read once the session row is locked (END_TURN): whether
+# messages came during the model call (they start the next turn) and whether older replies
+# still wait to be sent (then the new one is not claimed: replies go out in order). Not in
+# END_TURN's RETURNING: on PostgreSQL an UPDATE that waited for the row lock still reads
+# other rows as they were when it started, and would miss what the lock holder wrote.
+AFTER_TURN = select(
+    exists()
+    .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "queued")
+    .label("has_queued"),
+    exists().where(*undelivered(bindparam("session_id"))).label("has_unsent"),
 )
 
 ADD_LLM_CALL = insert(Base.metadata.tables[LLMCallRow.__tablename__])
