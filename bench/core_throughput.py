@@ -1,7 +1,8 @@
 """Messages/s through the engine, beside a raw baseline that only writes the same rows.
 
 stillhere: the real core (Runtime: storage, sessions, prompt, the openai SDK) driven by the
-in-process adapter, the offline model answering at once (think_seconds=0) with plain text.
+in-process adapter, on the built-in offline model (no API key): it answers at once with
+plain text, in process, through the openai SDK (bot.offline.OfflineTransport).
 C chats talk at the same time, each sending its next message when its answer arrived.
 
 raw: the rows one answered message leaves behind, written with SQLAlchemy core on the same
@@ -9,6 +10,7 @@ driver and the same engine setup (storage.database.create_engine: WAL + synchron
 SQLite) and the same schema: per message one transaction for the user message (stored
 before answering, as a durable bot must) and one for the assistant message + its outbox row,
 with the same C concurrent writers. No sessions logic, no model, no delivery.
+raw+llm: raw, plus the model call of each message through the same client as stillhere.
 
 Both run in alternation, on SQLite (a file) and on PostgreSQL when
 STILLHERE_BENCH_POSTGRES_URL is set. The user/chat rate limits are off (they would refuse a
@@ -50,8 +52,7 @@ from bench.common import (
 from bench.memory_chat import running_core
 from bench.store_calls import counted
 from bot.events import ReplyKind
-from bot.llm import LLMClient
-from bot.offline import FakeOpenAI
+from bot.runtime import build_llm
 from bot.settings import Settings
 from bot.tools.registry import default_registry
 from storage.database import create_engine
@@ -107,41 +108,39 @@ def _per_chat(size: Size) -> list[int]:
 
 async def run_stillhere(url: str, size: Size) -> tuple[int, float]:
     """Returns (answers received, seconds)."""
-    async with FakeOpenAI(think_seconds=0.0, record=False) as model:
-        settings = Settings(
-            _env_file=None,
-            database_url=url,
-            openai_api_key="bench",
-            openai_base_url=model.base_url,
-            openai_max_retries=0,
-            rate_limit_user_per_minute=0,
-            rate_limit_chat_per_minute=0,
-        )
-        async with running_core(settings) as (runtime, chat):
+    settings = Settings(
+        _env_file=None,
+        database_url=url,
+        openai_api_key=None,  # the built-in offline model
+        openai_max_retries=0,
+        rate_limit_user_per_minute=0,
+        rate_limit_chat_per_minute=0,
+    )
+    async with running_core(settings) as (runtime, chat):
 
-            async def talk(index: int, count: int) -> None:
-                chat_id = f"chat-{index}"
-                texts = itertools.cycle(TEXTS)
-                taken = 0
-                for _ in range(count):
-                    if not await chat.submit(next(texts), chat=chat_id, user=f"user-{index}"):
-                        continue
-                    taken += 1
-                    try:
-                        await chat.wait_chat(chat_id, taken, ANSWER_TIMEOUT)
-                    except TimeoutError:
-                        # Stored but never answered: the session is stuck, and so would be
-                        # every later message of this chat. Reported as unanswered.
-                        log.error("%s: no answer in %ss; chat stopped", chat_id, ANSWER_TIMEOUT)
-                        return
+        async def talk(index: int, count: int) -> None:
+            chat_id = f"chat-{index}"
+            texts = itertools.cycle(TEXTS)
+            taken = 0
+            for _ in range(count):
+                if not await chat.submit(next(texts), chat=chat_id, user=f"user-{index}"):
+                    continue
+                taken += 1
+                try:
+                    await chat.wait_chat(chat_id, taken, ANSWER_TIMEOUT)
+                except TimeoutError:
+                    # Stored but never answered: the session is stuck, and so would be
+                    # every later message of this chat. Reported as unanswered.
+                    log.error("%s: no answer in %ss; chat stopped", chat_id, ANSWER_TIMEOUT)
+                    return
 
-            started = time.perf_counter()
-            await asyncio.gather(*(talk(i, n) for i, n in enumerate(_per_chat(size))))
-            elapsed = time.perf_counter() - started
-            with contextlib.suppress(TimeoutError):
-                await runtime.engine.wait_idle(timeout=ANSWER_TIMEOUT)
-            # Only real answers count: an apology after a failed call is a reply too.
-            return chat.kinds[ReplyKind.ANSWER], elapsed
+        started = time.perf_counter()
+        await asyncio.gather(*(talk(i, n) for i, n in enumerate(_per_chat(size))))
+        elapsed = time.perf_counter() - started
+        with contextlib.suppress(TimeoutError):
+            await runtime.engine.wait_idle(timeout=ANSWER_TIMEOUT)
+        # Only real answers count: an apology after a failed call is a reply too.
+        return chat.kinds[ReplyKind.ANSWER], elapsed
 
 
 def _session_values(index: int) -> dict[str, object]:
@@ -162,18 +161,15 @@ def _session_values(index: int) -> dict[str, object]:
     }
 
 
-async def _raw(url: str, size: Size, llm_url: str | None) -> tuple[int, float]:
-    """The rows alone; with `llm_url`, also the one model call per message any durable
-    OpenAI bot makes (same SDK wrapper, same growing history, same tools offered)."""
+async def _raw(url: str, size: Size, with_model: bool) -> tuple[int, float]:
+    """The rows alone; `with_model`, also the one model call per message any durable
+    OpenAI bot makes (the same built-in model through the same SDK wrapper, same growing
+    history, same tools offered)."""
     await upgrade(url)
     engine = create_engine(url)
     tables = Base.metadata.tables
     messages, outbox, sessions = tables["messages"], tables["outbox"], tables["sessions"]
-    llm = (
-        LLMClient(api_key="bench", base_url=llm_url, model="gpt-4o-mini", timeout=60, max_retries=0)
-        if llm_url
-        else None
-    )
+    llm = build_llm(Settings(_env_file=None, openai_api_key=None)) if with_model else None
     tools = default_registry().openai_tools(include_admin=False)
     try:
         session_ids = []
@@ -251,12 +247,11 @@ async def _raw(url: str, size: Size, llm_url: str | None) -> tuple[int, float]:
 
 
 async def run_raw(url: str, size: Size) -> tuple[int, float]:
-    return await _raw(url, size, None)
+    return await _raw(url, size, with_model=False)
 
 
 async def run_raw_llm(url: str, size: Size) -> tuple[int, float]:
-    async with FakeOpenAI(think_seconds=0.0, record=False) as model:
-        return await _raw(url, size, model.base_url)
+    return await _raw(url, size, with_model=True)
 
 
 System = Callable[[str, Size], Awaitable[tuple[int, float]]]

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 
@@ -67,10 +68,20 @@ class LLMClient:
         model: str,
         timeout: float,
         max_retries: int,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
+        """`transport`: the network by default; the offline model passes one that answers
+        in process (the SDK's HTTP client keeps its own settings either way)."""
         self.model = model
+        http_client = (
+            None if transport is None else openai.DefaultAsyncHttpxClient(transport=transport)
+        )
         self._client = openai.AsyncOpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=http_client,
         )
 
     async def close(self) -> None:

@@ -1,9 +1,11 @@
-"""An OpenAI-compatible chat completions server: the offline demo model and the tests' fake.
+"""The offline model: an OpenAI-compatible chat completions server (the tests' fake, and
+`stillhere fake-openai`) and the same model in process (`OfflineTransport`, the built-in
+model the bot uses when it has no API key).
 
-The real `openai` SDK reaches it through `base_url`, so the demo and the tests exercise the
-same client code as production. It is strict on purpose: every history is checked with
-`bot.history.validate` and a broken one gets the 400 OpenAI would send, so a bug that only
-a real OpenAI would reveal shows up offline too.
+The real `openai` SDK reaches both, through `base_url` or as its HTTP transport, so the demo
+and the tests exercise the same client code as production. It is strict on purpose: every
+history is checked with `bot.history.validate` and a broken one gets the 400 OpenAI would
+send, so a bug that only a real OpenAI would reveal shows up offline too.
 
 Answers come from a small set of deterministic rules (ask for the time or to wait, and it
 calls the matching tool; give it tool results, and it reports them), unless a test queued a
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal
 
+import httpx2
 from aiohttp import web
 
 from bot.history import estimate_tokens, validate
@@ -461,6 +464,52 @@ def _scripted_error(status: int, message: str | None) -> JSON:
     return _invalid(message or f"Scripted error {status}.")
 
 
+def refusal(body: Any, authorization: str | None) -> tuple[int, JSON] | None:
+    """The status and error OpenAI would answer this chat request with, logged; None for a
+    request it would take."""
+    if not (authorization or "").removeprefix("Bearer ").strip():
+        # OpenAI's answer to a request without a key: the SDK must always send one.
+        status, error = 401, _unauthorized()
+    else:
+        problem = request_error(body)
+        if problem is None:
+            return None
+        status, error = 400, problem
+    log.warning("offline model rejected a request: %s", error["error"]["message"])
+    return status, error
+
+
+def _json_body(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+# --- in process --------------------------------------------------------------------------------
+
+
+# Where the SDK believes it sends the in-process model's requests; nothing resolves it.
+OFFLINE_BASE_URL = "http://offline-model.invalid/v1"
+
+
+class OfflineTransport(httpx2.AsyncBaseTransport):
+    """The offline model as the openai SDK's HTTP transport: the SDK builds, sends, parses
+    and retries as it would against OpenAI, with no socket and no server. The model answers
+    at once; the bot's own console chat and the benchmarks use it."""
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
+            body = _invalid(f"Invalid URL ({request.method} {request.url.path})")
+            return httpx2.Response(404, json=body)
+        body = _json_body(await request.aread())
+        refused = refusal(body, request.headers.get("Authorization"))
+        if refused is not None:
+            status, error = refused
+            return httpx2.Response(status, json=error)
+        return httpx2.Response(200, json=completion(body, rules_reply(body)))
+
+
 # --- the server ------------------------------------------------------------------------------
 
 
@@ -572,20 +621,16 @@ class FakeOpenAI:
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
         raw = await request.text()
-        try:
-            body: Any = json.loads(raw)
-        except ValueError:
-            body = None
+        body = _json_body(raw)
         authorization = request.headers.get("Authorization")
         if self.record:
             self.requests.append(body if isinstance(body, dict) else {"unparsed_body": raw})
             self.authorizations.append(authorization)
-        if not (authorization or "").removeprefix("Bearer ").strip():
-            # OpenAI's answer to a request without a key: the SDK must always send one.
-            return self._reject(_unauthorized(), status=401)
-        problem = request_error(body)
-        if problem is not None:
-            return self._reject(problem)
+        refused = refusal(body, authorization)
+        if refused is not None:
+            status, error = refused
+            self.rejected.append(error)
+            return web.json_response(error, status=status)
         step = self._script.popleft() if self._script else None
         if isinstance(step, _Error):
             headers = {}
@@ -613,11 +658,6 @@ class FakeOpenAI:
             await self._pause(self.think_seconds)
             message = rules_reply(body)
         return web.json_response(completion(body, message))
-
-    def _reject(self, body: JSON, status: int = 400) -> web.Response:
-        self.rejected.append(body)
-        log.warning("offline model rejected a request: %s", body["error"]["message"])
-        return web.json_response(body, status=status)
 
     async def _pause(self, seconds: float) -> None:
         if seconds > 0:

@@ -13,7 +13,7 @@ from bot.engine import Engine, EngineConfig
 from bot.guards import AccessGate, build_gates
 from bot.interim.replies import ReplyBook
 from bot.llm import LLMClient
-from bot.offline import FakeOpenAI
+from bot.offline import OFFLINE_BASE_URL, OfflineTransport
 from bot.settings import Settings
 from bot.tools.registry import default_registry
 from bot.tools.runner import ToolRunner
@@ -24,10 +24,30 @@ from storage.repository import SqlStore
 log = logging.getLogger(__name__)
 
 
+def build_llm(settings: Settings) -> LLMClient:
+    """The model client the settings ask for: OpenAI (or a compatible server), or with no
+    API key the built-in offline model, answering in process through the same SDK."""
+    base_url: str | None
+    if settings.uses_offline_model():
+        api_key, base_url = "offline", OFFLINE_BASE_URL
+        transport: OfflineTransport | None = OfflineTransport()
+    else:
+        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+        base_url, transport = settings.openai_base_url, None
+    return LLMClient(
+        api_key=api_key,
+        base_url=base_url,
+        model=settings.openai_model,
+        timeout=settings.openai_timeout_seconds,
+        max_retries=settings.openai_max_retries,
+        transport=transport,
+    )
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.offline: FakeOpenAI | None = None
+        self.offline = settings.uses_offline_model()
         self._engine: Engine | None = None
 
     @property
@@ -42,20 +62,9 @@ class Runtime:
             await upgrade(settings.database_url)
         self.db = create_engine(settings.database_url)
         store = SqlStore(self.db, worker=self.settings.worker_id)
-        base_url = settings.openai_base_url
-        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
-        if settings.uses_offline_model():
-            self.offline = FakeOpenAI(record=False)
-            await self.offline.start()
-            base_url, api_key = self.offline.base_url, "offline"
-            log.info("using the built-in offline model at %s", base_url)
-        self.llm = LLMClient(
-            api_key=api_key,
-            base_url=base_url,
-            model=settings.openai_model,
-            timeout=settings.openai_timeout_seconds,
-            max_retries=settings.openai_max_retries,
-        )
+        self.llm = build_llm(settings)
+        if self.offline:
+            log.info("using the built-in offline model, in process")
         registry = default_registry(settings.tool_modules)
         access = AccessGate.from_settings(settings)
         self._engine = Engine(
@@ -79,6 +88,4 @@ class Runtime:
         if self._engine is not None:
             await self._engine.stop()
         await self.llm.close()
-        if self.offline is not None:
-            await self.offline.stop()
         await self.db.dispose()

@@ -15,7 +15,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
-from bot.offline import FakeOpenAI, serve_forever
+from bot.offline import OFFLINE_BASE_URL, FakeOpenAI, OfflineTransport, serve_forever
+from bot.runtime import build_llm
+from bot.settings import Settings
 from tests.support.spanish_time import tells_the_time
 
 Message = dict[str, Any]
@@ -580,3 +582,56 @@ async def test_a_request_without_a_bearer_key_is_refused_as_openai_would(
     assert refused.json()["error"]["type"] == "invalid_request_error"
     assert "API key" in refused.json()["error"]["message"]
     assert fake_openai.authorizations == [None]
+
+
+# --- in process ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def in_process() -> AsyncIterator[openai.AsyncOpenAI]:
+    """The SDK with the offline model as its transport: no socket, no server."""
+    http = openai.DefaultAsyncHttpxClient(transport=OfflineTransport())
+    client = openai.AsyncOpenAI(
+        base_url=OFFLINE_BASE_URL, api_key="offline", max_retries=0, http_client=http
+    )
+    yield client
+    await client.close()
+
+
+async def test_the_model_in_process_answers_like_the_server(
+    in_process: openai.AsyncOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    history = [SYSTEM, user("Dame la hora actual")]
+    names = []
+    for model in (in_process, client):
+        calls = (await ask(model, history, tools=TOOLS)).choices[0].message.tool_calls or []
+        names.append([call.function.name for call in calls])  # type: ignore[union-attr]
+    assert names == [["get_current_time"], ["get_current_time"]]
+    assert await answer(in_process, [user("hello there")]) == await answer(
+        client, [user("hello there")]
+    )
+
+
+async def test_the_model_in_process_rejects_what_openai_rejects(
+    in_process: openai.AsyncOpenAI,
+) -> None:
+    seed = [SYSTEM, user("Dame la hora actual"), asks((SEED_ID, "get_current_time")), user("?")]
+    with pytest.raises(openai.BadRequestError) as caught:
+        await ask(in_process, seed, tools=TOOLS)
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["message"].startswith(
+        "An assistant message with 'tool_calls' must be followed by tool messages responding to "
+        "each 'tool_call_id'."
+    )
+    with pytest.raises(openai.NotFoundError):
+        await in_process.models.list()
+
+
+async def test_the_bot_without_an_api_key_uses_the_model_in_process() -> None:
+    settings = Settings(_env_file=None, openai_max_retries=0)
+    llm = build_llm(settings)
+    try:
+        completion = await llm.complete([user("hello there")], [])
+    finally:
+        await llm.close()
+    assert completion.content is not None and "hello there" in completion.content
