@@ -20,6 +20,7 @@ twice, and only the committed run counts.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[T]]
 
@@ -115,8 +117,15 @@ class GroupCommit:
         if len(batch) > 1:
             try:
                 results = await self._transaction(batch)
-            except Exception:
-                pass  # each unit is retried alone just below
+            except Exception as exc:
+                # The failing unit's own caller hears of it below; this says why its
+                # neighbours paid a second transaction (a deadlock that resolves alone on
+                # PostgreSQL, say, would otherwise show nowhere).
+                log.info(
+                    "a group of %d writes rolled back (%s); each runs again alone",
+                    len(batch),
+                    type(exc).__name__,
+                )
             else:
                 for unit, result in zip(batch, results, strict=True):
                     unit.result, unit.done = result, True

@@ -5,6 +5,7 @@ caller. Runs on SQLite and on PostgreSQL (see conftest)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -104,8 +105,9 @@ async def test_a_batch_is_bounded(engine: AsyncEngine) -> None:
 
 
 async def test_a_failing_unit_fails_alone_and_the_rest_of_its_batch_commits(
-    engine: AsyncEngine,
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="storage.group_commit")
     group = GroupCommit(engine)
 
     async def broken(conn: AsyncConnection) -> str:
@@ -122,6 +124,7 @@ async def test_a_failing_unit_fails_alone_and_the_rest_of_its_batch_commits(
     # The batch rolled back, then each unit ran alone: the broken one's insert is gone.
     assert await stored(engine) == ["first", "before", "after"]
     assert group.transactions == 1 + 1 + 3
+    assert "a group of 3 writes rolled back (ValueError); each runs again alone" in caplog.text
 
 
 async def test_a_unique_conflict_alone_is_retried_once(engine: AsyncEngine) -> None:
