@@ -83,9 +83,10 @@ class GroupCommit:
         return result
 
     def _forget(self, unit: _Unit[Any]) -> None:
-        """A caller cancelled before its unit ran: the unit is dropped, and if the lead
-        had just passed to it, it passes on."""
-        if unit.done:
+        """A caller cancelled: a unit still waiting is dropped, and if the lead had just
+        passed to it, it passes on. A unit already in another caller's transaction is
+        left to it (it commits or rolls back with its batch; nobody hears the result)."""
+        if unit not in self._waiting:
             return
         self._waiting.remove(unit)
         if unit.wake.done() and not unit.wake.cancelled():

@@ -186,3 +186,24 @@ async def test_a_leader_cancelled_mid_batch_rolls_back_and_the_others_commit(
     assert await stored(engine) == ["first", "last"]
     # Idle again: the next unit leads at once.
     assert await group.run(add("later")) == "later"
+
+
+async def test_a_caller_cancelled_while_its_unit_runs_in_a_batch_led_by_another(
+    engine: AsyncEngine,
+) -> None:
+    group = GroupCommit(engine)
+    held = HeldOpen("first")
+    leads = HeldOpen("leads the second batch")
+    leader, (second_leader, riding) = await queue_behind(group, held, [leads, add("riding")])
+    held.release.set()
+    await leader
+    await leads.inside.wait()  # "riding" is in the batch "leads" runs, its transaction open
+    riding.cancel()
+    await asyncio.sleep(0.01)
+    leads.release.set()
+    assert await asyncio.wait_for(second_leader, 5) == "leads the second batch"
+    with pytest.raises(asyncio.CancelledError):
+        await riding
+    # Its unit was already in the transaction: it committed, its caller just never heard.
+    assert await stored(engine) == ["first", "leads the second batch", "riding"]
+    assert await group.run(add("later")) == "later"
