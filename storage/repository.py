@@ -497,7 +497,7 @@ class SqlStore:
     async def _end_turn(
         self, conn: AsyncConnection, session_id: int, error: str | None = None
     ) -> tuple[Row[Any], Row[bool, bool]]:
-        """The session after its turn ended, and `AFTER_TURN`'s flags."""
+        """The session after its turn ended, and `AFTER_MODEL_REPLY`'s flags."""
         stamp = now()
         session = (
             await conn.execute(
@@ -512,8 +512,7 @@ class SqlStore:
         ).first()
         if session is None:
             raise SessionMovedOn(f"session {session_id} is not waiting for the model")
-        after = (await conn.execute(sql.AFTER_TURN, {"session_id": session_id})).one()
-        return session, after
+        return session, await self._after_model_reply(conn, session_id)
 
     async def _turn_end(
         self, conn: AsyncConnection, after: Row[bool, bool], outbox: dict[str, Any]
@@ -521,11 +520,9 @@ class SqlStore:
         """The turn's last reply added; `after` is `_end_turn`'s flags."""
         return TurnEnd(await self._add_outbox(conn, [outbox]), queued=bool(after.has_queued))
 
-    async def _any_queued(self, conn: AsyncConnection, session_id: int) -> bool:
-        """Messages that came while the session waited for the model: the caller looks at
-        them in a transaction of its own only when there are some."""
-        waiting = await conn.scalar(sql.ANY_QUEUED, {"session_id": session_id})
-        return waiting is not None
+    async def _after_model_reply(self, conn: AsyncConnection, session_id: int) -> Row[bool, bool]:
+        """`AFTER_MODEL_REPLY`'s flags; call once the session row is locked."""
+        return (await conn.execute(sql.AFTER_MODEL_REPLY, {"session_id": session_id})).one()
 
     async def record_tool_calls(
         self,
@@ -546,7 +543,7 @@ class SqlStore:
             )
             if session is None:
                 raise SessionMovedOn(f"session {session_id} is not waiting for the model")
-            claim = await self._claim_values(conn, session_id)
+            after = await self._after_model_reply(conn, session_id)
             stamp = now()
             message_id = await conn.scalar(
                 insert(MessageRow).returning(MessageRow.id),
@@ -586,12 +583,10 @@ class SqlStore:
                 notice,
                 session.reply_to_id,
                 session.reply_to_user_id,
-                claim,
+                self._reply_claim(after.has_unsent),
             )
             return ToolRound(
-                stored,
-                await self._add_outbox(conn, [outbox]),
-                queued=await self._any_queued(conn, session_id),
+                stored, await self._add_outbox(conn, [outbox]), queued=bool(after.has_queued)
             )
 
     async def record_llm_failure(

@@ -59,12 +59,6 @@ QUEUED_MESSAGES = (
     .order_by(MESSAGES.c.id)
 )
 
-ANY_QUEUED = (
-    select(MESSAGES.c.id)
-    .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "queued")
-    .limit(1)
-)
-
 LAST_POSITION = select(func.max(MESSAGES.c.position)).where(
     MESSAGES.c.session_id == bindparam("session_id")
 )
@@ -181,12 +175,13 @@ END_TURN = (
     .returning(*SESSIONS.c)
 )
 
-# What a turn's end needs to know, read once the session row is locked (END_TURN): whether
-# messages came during the model call (they start the next turn) and whether older replies
-# still wait to be sent (then the new one is not claimed: replies go out in order). Not in
-# END_TURN's RETURNING: on PostgreSQL an UPDATE that waited for the row lock still reads
-# other rows as they were when it started, and would miss what the lock holder wrote.
-AFTER_TURN = select(
+# What the model's reply needs to know once the session row is locked (the compare-and-set
+# that ends the turn or starts its tool round): whether messages came during the model
+# call (they start the next step) and whether older replies still wait to be sent (then
+# the new one is not claimed: replies go out in order). Not in that UPDATE's RETURNING: on
+# PostgreSQL an UPDATE that waited for the row lock still reads other rows as they were
+# when it started, and would miss what the lock holder wrote.
+AFTER_MODEL_REPLY = select(
     exists()
     .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "queued")
     .label("has_queued"),
