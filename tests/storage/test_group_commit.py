@@ -72,6 +72,19 @@ async def queue_behind(
     return leader, waiting
 
 
+async def second_batch_open(
+    group: GroupCommit, leading: HeldOpen, rider: Callable[[AsyncConnection], Awaitable[str]]
+) -> tuple[asyncio.Task[str], asyncio.Task[str]]:
+    """A second batch, after "first", whose first unit (`leading`, its caller the batch's
+    leader) holds the transaction open with `rider` in it."""
+    held = HeldOpen("first")
+    first, (leader, riding) = await queue_behind(group, held, [leading, rider])
+    held.release.set()
+    await first
+    await leading.inside.wait()
+    return leader, riding
+
+
 async def test_a_unit_alone_commits_at_once_in_its_own_transaction(engine: AsyncEngine) -> None:
     group = GroupCommit(engine)
     assert await group.run(add("a")) == "a"
@@ -170,14 +183,10 @@ async def test_a_leader_cancelled_mid_batch_rolls_back_and_the_others_commit(
     engine: AsyncEngine,
 ) -> None:
     group = GroupCommit(engine)
-    held = HeldOpen("first")
-    going_away = HeldOpen("from a leader that goes away")
-    # Both queue behind "first"; the first of them leads their batch, and is cancelled
-    # while the batch's transaction is open.
-    leader, (going, after) = await queue_behind(group, held, [going_away, add("last")])
-    held.release.set()
-    await leader
-    await going_away.inside.wait()
+    # The leader of the second batch is cancelled while its transaction is open.
+    going, after = await second_batch_open(
+        group, HeldOpen("from a leader that goes away"), add("last")
+    )
     going.cancel()
     with pytest.raises(asyncio.CancelledError):
         await going
@@ -192,13 +201,9 @@ async def test_a_caller_cancelled_while_its_unit_runs_in_a_batch_led_by_another(
     engine: AsyncEngine,
 ) -> None:
     group = GroupCommit(engine)
-    held = HeldOpen("first")
     leads = HeldOpen("leads the second batch")
-    leader, (second_leader, riding) = await queue_behind(group, held, [leads, add("riding")])
-    held.release.set()
-    await leader
-    await leads.inside.wait()  # "riding" is in the batch "leads" runs, its transaction open
-    riding.cancel()
+    second_leader, riding = await second_batch_open(group, leads, add("riding"))
+    riding.cancel()  # its unit is in the batch "leads" runs, the transaction open
     await asyncio.sleep(0.01)
     leads.release.set()
     assert await asyncio.wait_for(second_leader, 5) == "leads the second batch"
