@@ -11,6 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as SqlSession
 
+from storage.sqlite_driver import OneTripDBAPI
+
 SQLITE_BUSY_TIMEOUT_MS = 5000
 POOL_TIMEOUT_SECONDS = 600
 
@@ -41,6 +43,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         # makes transactions queue in asyncio instead, which is also faster.
         kwargs.setdefault("pool_size", 1)
         kwargs.setdefault("max_overflow", 0)
+        if make_url(url).get_driver_name() == "aiosqlite":
+            kwargs.setdefault("module", OneTripDBAPI())
     # A burst (thousands of sessions recovering after a restart) must queue for a
     # connection, not fail after SQLAlchemy's default 30 s wait.
     kwargs.setdefault("pool_timeout", POOL_TIMEOUT_SECONDS)

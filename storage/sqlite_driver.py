@@ -1,0 +1,119 @@
+"""SQLAlchemy's aiosqlite adapter, with one trip to the driver's thread per statement.
+
+aiosqlite runs every sqlite3 call in its own thread; each call is a round trip: a queue
+put, a thread wake-up, the event loop woken through its self-pipe, a task step.
+SQLAlchemy's adapter makes three or four per statement (open a cursor, execute, fetch,
+close). The cursor here does all four in one function in that thread, so a statement
+costs one. The connection, its transactions, pooling and the errors raised are
+SQLAlchemy's own.
+
+Like SQLAlchemy's adapter (which queues its isolation-level change the same way), it
+reaches into aiosqlite's connection for the queue of its thread: `Connection._execute`.
+pyproject.toml bounds the aiosqlite versions this was checked against.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import aiosqlite
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
+from sqlalchemy.util.concurrency import await_
+
+Description = tuple[tuple[Any, ...], ...] | None
+
+
+class _Outcome:
+    """What the DBAPI cursor left after a statement: SQLAlchemy reads these attributes."""
+
+    __slots__ = ("description", "lastrowid", "rowcount")
+
+    def __init__(self, description: Description, rowcount: int, lastrowid: int | None):
+        self.description = description
+        self.rowcount = rowcount
+        self.lastrowid = lastrowid
+
+
+_NOTHING_YET = _Outcome(None, -1, None)
+
+
+def _run(
+    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool
+) -> tuple[_Outcome, list[Any]]:
+    """In aiosqlite's thread: the whole statement, from opening the cursor to closing it."""
+    cursor = connection.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        else:
+            cursor.execute(operation, parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description else []
+        return _Outcome(description, cursor.rowcount, cursor.lastrowid), rows
+    finally:
+        cursor.close()
+
+
+class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
+    __slots__ = ()
+
+    def _make_new_cursor(self, connection: Any) -> Any:
+        return _NOTHING_YET
+
+    def _aenter_cursor(self, cursor: Any) -> Any:
+        return cursor
+
+    async def _async_soft_close(self) -> None:
+        """Nothing is left open in the driver's thread after a statement."""
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    def execute(self, operation: Any, parameters: Any = None) -> Any:
+        self._statement(operation, () if parameters is None else parameters, many=False)
+
+    def executemany(self, operation: Any, seq_of_parameters: Sequence[Any]) -> Any:
+        self._statement(operation, seq_of_parameters, many=True)
+
+    def _statement(self, operation: str, parameters: Any, many: bool) -> None:
+        driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        in_thread = cast(Callable[..., Awaitable[tuple[_Outcome, list[Any]]]], driver._execute)
+        try:
+            outcome, rows = await_(in_thread(_run, driver._conn, operation, parameters, many))
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+        # What SQLAlchemy reads from `_cursor` after a statement; no driver cursor is left.
+        self._cursor = outcome  # type: ignore[assignment]
+        self._rows = deque(rows)
+
+
+class OneTripConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+
+    _cursor_cls = OneTripCursor
+
+    def rollback(self) -> None:
+        # The pool rolls back every connection it takes back, most of them already
+        # committed: sqlite3 would do nothing, after a trip to the thread to learn that.
+        # The owner of the connection runs no statement meanwhile, so reading the flag
+        # from this thread is safe.
+        if self._connection._connection and self._connection.in_transaction:
+            super().rollback()
+
+
+class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """Passed to SQLAlchemy's aiosqlite dialect as its DBAPI module (`module=`)."""
+
+    def __init__(self) -> None:
+        super().__init__(aiosqlite, sqlite3)
+
+    def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
+        adapted = super().connect(*arg, **kw)
+        return OneTripConnection(self, adapted._connection)

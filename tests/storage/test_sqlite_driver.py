@@ -1,0 +1,122 @@
+"""The aiosqlite adapter that makes one trip to the driver's thread per statement: what
+SQLAlchemy reads from a cursor is unchanged, errors are SQLAlchemy's, and the trips are
+counted."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from sqlalchemy import (
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.database import create_engine
+from storage.sqlite_driver import OneTripDBAPI
+
+ITEMS = Table(
+    "driver_items",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("name", String(50), unique=True, nullable=False),
+)
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(ITEMS.metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The name of every function sent to aiosqlite's thread, in order."""
+    sent: list[str] = []
+    real = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+    yield sent
+
+
+async def test_sqlite_engines_use_the_one_trip_adapter(engine: AsyncEngine) -> None:
+    assert isinstance(engine.dialect.dbapi, OneTripDBAPI)
+
+
+async def test_each_statement_is_one_trip(engine: AsyncEngine, trips: list[str]) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(insert(ITEMS), {"name": "a"})  # no rows back
+        returned = await conn.execute(insert(ITEMS).returning(ITEMS.c.id), {"name": "b"})
+        assert returned.scalar_one() == 2
+        names = await conn.scalars(select(ITEMS.c.name).order_by(ITEMS.c.id))
+        assert list(names) == ["a", "b"]
+        del trips[:]
+        await conn.execute(update(ITEMS).values(name="c").where(ITEMS.c.name == "a"))
+        assert trips == ["_run"]
+    assert trips == ["_run", "commit"]
+
+
+async def test_what_sqlalchemy_reads_from_the_cursor(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        many = await conn.execute(insert(ITEMS), [{"name": n} for n in "xyz"])
+        assert many.rowcount == 3
+        single = await conn.execute(insert(ITEMS), {"name": "w"})
+        assert single.inserted_primary_key == (4,)  # from the cursor's lastrowid
+        changed = await conn.execute(update(ITEMS).values(name=ITEMS.c.name + "!"))
+        assert changed.rowcount == 4
+        none = await conn.execute(select(ITEMS).where(ITEMS.c.id > 99))
+        assert none.all() == []
+        row = (await conn.execute(select(ITEMS.c.id, ITEMS.c.name).where(ITEMS.c.id == 2))).one()
+        assert row._mapping == {"id": 2, "name": "y!"}
+        removed = await conn.execute(delete(ITEMS).where(ITEMS.c.id > 2))
+        assert removed.rowcount == 2
+        assert await conn.scalar(text("select count(*) from driver_items")) == 2
+
+
+async def test_a_failing_statement_raises_sqlalchemys_error_and_rolls_back(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(insert(ITEMS), {"name": "kept"})
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as conn:
+            await conn.execute(insert(ITEMS), {"name": "lost"})
+            await conn.execute(insert(ITEMS), {"name": "kept"})
+    with pytest.raises(OperationalError, match="no such table"):
+        async with engine.connect() as conn:
+            await conn.execute(text("select * from missing"))
+    async with engine.connect() as conn:
+        assert list(await conn.scalars(select(ITEMS.c.name))) == ["kept"]
+
+
+async def test_rollback_goes_to_the_thread_only_inside_a_transaction(
+    engine: AsyncEngine, trips: list[str]
+) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(insert(ITEMS), {"name": "undone"})
+        await conn.rollback()
+        assert trips == ["_run", "rollback"]
+        assert await conn.scalar(select(func.count()).select_from(ITEMS)) == 0
+    # Returning the connection to the pool rolls it back: nothing was open, no trip.
+    assert trips == ["_run", "rollback", "_run"]
