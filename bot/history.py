@@ -457,10 +457,14 @@ def repair(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 # --- trim ------------------------------------------------------------------------------------
 
 
+# Built once: json.dumps with options builds a new encoder per call, and every message of
+# every request is estimated.
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
+
+
 def estimate_tokens(message: Mapping[str, Any]) -> int:
     """A cheap guess (about 4 characters a token, plus the per-message overhead)."""
-    text = json.dumps(message, ensure_ascii=False, default=str, separators=(",", ":"))
-    return len(text) // 4 + 4
+    return len(_COMPACT_JSON.encode(message)) // 4 + 4
 
 
 def trim(messages: Sequence[Mapping[str, Any]], budget_tokens: int) -> list[dict[str, Any]]:
