@@ -103,7 +103,8 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         # The pool rolls back every connection it takes back, most of them already
         # committed: sqlite3 would do nothing, after a trip to the thread to learn that.
         # The owner of the connection runs no statement meanwhile, so reading the flag
-        # from this thread is safe.
+        # from this thread is safe. (A statement given up on while still queued for the
+        # thread is no exception: SQLAlchemy then closes the connection, behind it.)
         if self._connection._connection and self._connection.in_transaction:
             super().rollback()
 

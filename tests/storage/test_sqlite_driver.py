@@ -4,6 +4,8 @@ counted."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,3 +122,35 @@ async def test_rollback_goes_to_the_thread_only_inside_a_transaction(
         assert await conn.scalar(select(func.count()).select_from(ITEMS)) == 0
     # Returning the connection to the pool rolls it back: nothing was open, no trip.
     assert trips == ["_run", "rollback", "_run"]
+
+
+async def test_a_write_cancelled_before_its_thread_ran_it_is_rolled_back(
+    engine: AsyncEngine, trips: list[str]
+) -> None:
+    """The caller stops waiting, but the statement is still queued for aiosqlite's thread
+    and runs later, opening a transaction: that transaction must not outlive the caller
+    (the rollback skips its trip when sqlite3 says no transaction is open, which it
+    says before the statement ran)."""
+    async with engine.connect() as conn:
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+    release = threading.Event()
+    busy = asyncio.ensure_future(driver._execute(release.wait, 5))  # holds the thread
+
+    async def write() -> None:
+        async with engine.begin() as conn:
+            await conn.execute(insert(ITEMS), {"name": "lost"})
+
+    task = asyncio.create_task(write())
+    while driver._tx.qsize() == 0:  # the insert waits behind the held thread
+        await asyncio.sleep(0.001)
+    task.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await busy
+    # SQLAlchemy closed the connection behind the insert rather than rolling it back.
+    assert trips == ["wait", "_run", "close"]
+    async with engine.begin() as conn:
+        await conn.execute(insert(ITEMS), {"name": "kept"})
+    async with engine.connect() as conn:
+        assert list(await conn.scalars(select(ITEMS.c.name))) == ["kept"]
