@@ -288,6 +288,7 @@ async def breakdown(size: Size) -> JSON:
         "store_calls_per_message": round(sum(float(r["calls_per_message"]) for r in rows), 2),
         "store_ms_per_message": round(sum(float(r["ms_per_message"]) for r in rows), 3),
         "methods": rows,
+        "sqlite_thread_trips_per_message": calls.trips_per_message(single.messages),
     }
 
 
@@ -401,10 +402,19 @@ def report_breakdown(figures: JSON) -> str:
         for r in figures["methods"]
     ]
     rows.append(("total", figures["store_calls_per_message"], "", figures["store_ms_per_message"]))
-    return table(
-        f"Storage calls per answered message (SQLite, one chat, {figures['messages']} messages)",
-        ("store method", "calls/msg", "ms/call", "ms/msg"),
-        rows,
+    trips = figures["sqlite_thread_trips_per_message"]
+    return "\n".join(
+        [
+            table(
+                "Storage calls per answered message "
+                f"(SQLite, one chat, {figures['messages']} messages)",
+                ("store method", "calls/msg", "ms/call", "ms/msg"),
+                rows,
+            ),
+            "Trips to aiosqlite's thread per message ('_run' is one statement): "
+            + ", ".join(f"{name} {count}" for name, count in trips.items())
+            + f"; {round(sum(trips.values()), 2)} in all",
+        ]
     )
 
 
