@@ -106,3 +106,16 @@ def build_request(
             )
         messages = history_rules.repair(messages)
     return history_rules.trim(messages, budget_tokens)
+
+
+# The fewest tokens any history message is estimated at: a user message with no text.
+_SMALLEST_MESSAGE_TOKENS = history_rules.estimate_tokens({"role": "user", "content": ""})
+
+
+def history_rows(budget_tokens: int) -> int:
+    """How many of a session's newest history rows to read for a request of
+    `budget_tokens`: no more messages can fit than the budget holds of the smallest one,
+    and twice that leaves room for starting at a turn's first message. Only a run of
+    user messages longer than that (which the request summarizes in one line anyway)
+    could have let older turns in."""
+    return 2 * (budget_tokens // _SMALLEST_MESSAGE_TOKENS) + 1

@@ -14,6 +14,7 @@ from bot.guards import AccessGate, build_gates
 from bot.interim.replies import ReplyBook
 from bot.llm import LLMClient
 from bot.offline import OFFLINE_BASE_URL, OfflineTransport
+from bot.prompt import history_rows
 from bot.settings import Settings
 from bot.tools.registry import default_registry
 from bot.tools.runner import ToolRunner
@@ -61,7 +62,11 @@ class Runtime:
         if settings.db_auto_upgrade:
             await upgrade(settings.database_url)
         self.db = create_engine(settings.database_url)
-        store = SqlStore(self.db, worker=self.settings.worker_id)
+        store = SqlStore(
+            self.db,
+            worker=settings.worker_id,
+            history_rows=history_rows(settings.context_budget_tokens),
+        )
         self.llm = build_llm(settings)
         if self.offline:
             log.info("using the built-in offline model, in process")

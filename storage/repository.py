@@ -138,12 +138,16 @@ class SqlStore:
         engine: AsyncEngine,
         worker: str | None = None,
         lease_seconds: float = CLAIM_LEASE_SECONDS,
+        history_rows: int | None = None,
     ) -> None:
         """`worker`: the bot's WORKER_ID, whose courier sends what this store writes; None
-        (the admin CLI) leaves new replies unclaimed for the bot to take."""
+        (the admin CLI) leaves new replies unclaimed for the bot to take. `history_rows`:
+        at most this many of the newest history rows are read for a model call (None:
+        all); `bot.prompt.history_rows` says how many the request can use."""
         self.engine = engine
         self.worker = worker
         self.lease_seconds = lease_seconds
+        self.history_rows = history_rows
         self._tx = sessionmaker(engine)
         # The dedupe insert, built once (storage.statements says why): the dialect's own
         # INSERT ... ON CONFLICT DO NOTHING.
@@ -420,6 +424,31 @@ class SqlStore:
         rows = await conn.execute(sql.HISTORY, {"session_id": session_id})
         return [HistoryEntry(*row) for row in rows]
 
+    async def _model_history(self, conn: AsyncConnection, session_id: int) -> list[HistoryEntry]:
+        """The history a model call needs: the newest `history_rows` rows, from the first
+        turn that starts inside them. Reading every row would make each turn of a long
+        chat slower than the last, for messages the request's budget drops anyway."""
+        limit = self.history_rows
+        if limit is None:
+            return await self._history(conn, session_id)
+        newest = await conn.execute(sql.NEWEST_HISTORY, {"session_id": session_id, "rows": limit})
+        rows = newest.all()[::-1]
+        if len(rows) < limit:
+            return [HistoryEntry(*row) for row in rows]
+        # Begin where a run of user messages begins: never inside a tool block (its calls
+        # and results belong together) nor inside a run (the prompt summarizes runs).
+        start = next(
+            (
+                i
+                for i in range(1, len(rows))
+                if rows[i].role == "user" and rows[i - 1].role != "user"
+            ),
+            None,
+        )
+        if start is None:  # one turn longer than the window: all of it
+            return await self._history(conn, session_id)
+        return [HistoryEntry(*row) for row in rows[start:]]
+
     async def model_turn(self, session_id: int) -> ModelTurn:
         async with self._tx() as tx:
             info = _session_info(await self._session_row(tx, session_id))
@@ -438,7 +467,7 @@ class SqlStore:
                 .order_by(MessageRow.id)
             )
             interims = [r or "" for r in rows]
-        return ModelTurn(info, await self._history(conn, info.id), interims)
+        return ModelTurn(info, await self._model_history(conn, info.id), interims)
 
     async def _interim_context(
         self, conn: AsyncConnection, session_id: int, turn: int

@@ -81,17 +81,18 @@ JOIN_HISTORY = (
     .values(status="history", position=NEXT_POSITION, turn=bindparam("row_turn"))
 )
 
-HISTORY = (
-    select(
-        MESSAGES.c.role,
-        MESSAGES.c.content,
-        MESSAGES.c.author_name,
-        MESSAGES.c.tool_calls,
-        MESSAGES.c.tool_call_id,
-    )
-    .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.position.is_not(None))
-    .order_by(MESSAGES.c.position)
-)
+_HISTORY_ROWS = select(
+    MESSAGES.c.role,
+    MESSAGES.c.content,
+    MESSAGES.c.author_name,
+    MESSAGES.c.tool_calls,
+    MESSAGES.c.tool_call_id,
+).where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.position.is_not(None))
+
+HISTORY = _HISTORY_ROWS.order_by(MESSAGES.c.position)
+
+# The newest `rows` of the history, newest first (the caller turns them around).
+NEWEST_HISTORY = _HISTORY_ROWS.order_by(MESSAGES.c.position.desc()).limit(bindparam("rows"))
 
 # Every call of the session's open rounds, oldest round first, in the model's order.
 OPEN_ROUND_CALLS = (

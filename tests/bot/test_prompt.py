@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from bot.history import validate
-from bot.prompt import PromptStats, build_request, collapse_user_runs
+from bot.prompt import PromptStats, build_request, collapse_user_runs, history_rows
 from bot.store import HistoryEntry
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
@@ -70,3 +70,21 @@ def test_collapse_keeps_short_runs_and_summarizes_long_ones() -> None:
         "3",
         "4",
     ]
+
+
+@pytest.mark.parametrize("budget", [60, 1000, 12_000])
+def test_history_rows_hold_more_than_a_request_of_that_budget_can(budget: int) -> None:
+    rows = history_rows(budget)
+    smallest = [HistoryEntry("user", "", None, None, None)] * rows
+    request = build_request(
+        system_prompt="",
+        entries=smallest,
+        name_authors=False,
+        note=None,
+        budget_tokens=budget,
+        max_user_run=rows + 1,
+        stats=PromptStats(),
+        session_label="s",
+    )
+    # Trimming dropped some: every row the request could use was among those read.
+    assert 1 < len(request) - 1 < rows

@@ -15,7 +15,7 @@ from bot.events import ConversationKey, InboundMessage
 from bot.history import validate
 from bot.llm import ToolCallRequest, Usage
 from bot.offline import FakeOpenAI
-from bot.prompt import to_openai
+from bot.prompt import PromptStats, build_request, history_rows, to_openai
 from bot.store import (
     Intake,
     InterimContext,
@@ -209,3 +209,40 @@ async def test_an_answer_recorded_while_a_message_is_taken_in_sees_it_queued(
         end = await answer_task
     assert intake is not None and intake.turn is None and not intake.planned
     assert end.queued
+
+
+async def test_a_long_chat_reads_only_the_history_its_request_can_use(
+    database_url: str, fake_openai: FakeOpenAI
+) -> None:
+    budget = 120  # history_rows(120) == 21: a few turns
+    settings = core_settings(database_url, fake_openai, context_budget_tokens=budget)
+    async with started_core(settings) as (runtime, chat):
+        store = runtime.engine.store
+        assert isinstance(store, SqlStore) and store.history_rows == history_rows(budget)
+        answers = 0
+        for number in range(14):
+            if number % 4 == 1:  # some turns run a tool: blocks the window must not split
+                fake_openai.script_tool_calls([("get_current_time", {})])
+            await chat.say(f"message {number}", chat="long")
+            answers += 2 if number % 4 == 1 else 1
+            await chat.wait_for(answers)
+        full = await store.history(1)
+        async with runtime.db.connect() as conn:
+            window = await store._model_history(conn, 1)
+
+    assert len(full) > store.history_rows >= len(window) > 0
+    # The newest rows, starting at a turn's first message.
+    assert window == full[len(full) - len(window) :]
+    assert window[0].role == "user" and full[len(full) - len(window) - 1].role != "user"
+    # And the last request is what the whole history would have made.
+    last = fake_openai.requests[-1]["messages"]
+    assert last == build_request(
+        system_prompt=settings.system_prompt,
+        entries=full[:-1],  # the answer to it came after
+        name_authors=False,
+        note=None,
+        budget_tokens=budget,
+        max_user_run=settings.max_deferred_messages,
+        stats=PromptStats(),
+        session_label="s",
+    )
