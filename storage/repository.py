@@ -306,22 +306,17 @@ class SqlStore:
         self, message: InboundMessage, language: str, plan: InterimPlanner
     ) -> Intake | None:
         async def queue_and_take(conn: AsyncConnection, session: Row[Any]) -> Intake:
-            await conn.execute(
-                sql.ADD_MESSAGE,
-                {
-                    "session_id": session.id,
-                    "role": "user",
-                    "content": message.text,
-                    "author_id": message.user_id,
-                    "author_name": message.display_name,
-                    "platform_message_id": message.message_id,
-                    "status": "queued",
-                    "turn": session.turn,
-                    "kind": "admin" if message.is_admin else None,
-                    "created_at": message.timestamp,
-                },
-            )
-            return await self._intake(conn, session, plan)
+            arrived = {
+                "session_id": session.id,
+                "role": "user",
+                "content": message.text,
+                "author_id": message.user_id,
+                "author_name": message.display_name,
+                "platform_message_id": message.message_id,
+                "kind": "admin" if message.is_admin else None,
+                "created_at": message.timestamp,
+            }
+            return await self._intake(conn, session, plan, arrived)
 
         return await self._take_in_and(message, language, queue_and_take)
 
@@ -372,27 +367,43 @@ class SqlStore:
             return await self._intake(conn, session, plan)
 
     async def _intake(
-        self, conn: AsyncConnection, session: Row[Any], plan: InterimPlanner
+        self,
+        conn: AsyncConnection,
+        session: Row[Any],
+        plan: InterimPlanner,
+        arrived: dict[str, Any] | None = None,
     ) -> Intake:
         """What the session's state says to do with its queued messages (see
-        `Store.take_queued`); `session` is its row, locked by the caller."""
+        `Store.take_queued`); `session` is its row, locked by the caller. `arrived`: the
+        values of a message being taken in, the newest of them: it is stored here, at
+        once with the status the session gives it (one statement fewer than queueing it
+        and then moving it)."""
         info = _session_info(session)
         if info.archived or info.state == SessionState.LLM:
+            await self._queue(conn, info, arrived)
             return Intake(info)
         queued = (await conn.execute(sql.QUEUED_MESSAGES, {"session_id": info.id})).all()
-        if not queued:
+        if not queued and arrived is None:
             return Intake(info)
         if info.state == SessionState.IDLE:
-            return await self._begin_turn(conn, info, queued)
-        return await self._defer(conn, session, queued, plan)
+            return await self._begin_turn(conn, info, queued, arrived)
+        return await self._defer(conn, session, queued, plan, arrived)
+
+    async def _queue(
+        self, conn: AsyncConnection, info: SessionInfo, arrived: dict[str, Any] | None
+    ) -> None:
+        """Stores the arriving message (if any) queued: for the session's next turn."""
+        if arrived is not None:
+            await conn.execute(sql.ADD_MESSAGE, {**arrived, "status": "queued", "turn": info.turn})
 
     async def _begin_turn(
         self,
         conn: AsyncConnection,
         info: SessionInfo,
         queued: Sequence[Row[*tuple[Any, ...]]],
+        arrived: dict[str, Any] | None,
     ) -> Intake:
-        last = queued[-1]
+        last = arrived if arrived is not None else queued[-1]._mapping
         turn = info.turn + 1
         claimed = (
             await conn.execute(
@@ -401,18 +412,25 @@ class SqlStore:
                     "session_id": info.id,
                     "stamp": now(),
                     "new_turn": turn,
-                    "reply_to": last.platform_message_id,
-                    "turn_user": last.author_id,
-                    "admin": last.kind == "admin",
+                    "reply_to": last["platform_message_id"],
+                    "turn_user": last["author_id"],
+                    "admin": last["kind"] == "admin",
                 },
             )
         ).first()
         if claimed is None:  # another worker took the turn
+            await self._queue(conn, info, arrived)
             return Intake(info)
-        await conn.execute(
-            sql.JOIN_HISTORY,
-            [{"row_id": row.id, "of_session": info.id, "row_turn": turn} for row in queued],
-        )
+        if queued:
+            await conn.execute(
+                sql.JOIN_HISTORY,
+                [{"row_id": row.id, "of_session": info.id, "row_turn": turn} for row in queued],
+            )
+        if arrived is not None:  # after the older ones: its position is the next
+            await conn.execute(
+                sql.ADD_HISTORY_MESSAGE,
+                {**arrived, "of_session": info.id, "status": "history", "turn": turn},
+            )
         started = _session_info(claimed)
         return Intake(started, turn=await self._model_turn(conn, started))
 
@@ -640,36 +658,50 @@ class SqlStore:
         session: Row[Any],
         queued: Sequence[Row[*tuple[Any, ...]]],
         plan: InterimPlanner,
+        arrived: dict[str, Any] | None,
     ) -> Intake:
         info = _session_info(session)
-        context = await self._interim_context(conn, info.id, info.turn)
-        try:
-            planned = list(
-                plan(
-                    info,
-                    [
-                        QueuedMessage(r.id, r.content or "", r.platform_message_id, r.author_id)
-                        for r in queued
-                    ],
-                    context,
+        messages = [
+            QueuedMessage(r.id, r.content or "", r.platform_message_id, r.author_id) for r in queued
+        ]
+        if arrived is not None:
+            # Stored deferred at once: that is what a message gets while tools run, and
+            # choosing its reply needs its id. It goes back to the queue if it gets none.
+            added = await conn.execute(
+                sql.ADD_MESSAGE_ID, {**arrived, "status": "deferred", "turn": info.turn}
+            )
+            messages.append(
+                QueuedMessage(
+                    added.scalar_one(),
+                    arrived["content"] or "",
+                    arrived["platform_message_id"],
+                    arrived["author_id"],
                 )
             )
+        context = await self._interim_context(conn, info.id, info.turn)
+        try:
+            planned = list(plan(info, messages, context))
         except Exception:
             # A bug in choosing replies must not cost the message: it stays queued, with
             # no instant reply, and joins the next turn.
             log.exception(
                 "no instant reply could be chosen", extra={"session": f"session-{info.id}"}
             )
-            return Intake(info)
+            planned = []
+        new_id = messages[-1].id if arrived is not None else None
+        if new_id is not None and all(choice.message_id != new_id for choice in planned):
+            await conn.execute(sql.REQUEUE_MESSAGE, {"row_id": new_id})
         if not planned:
             return Intake(info)
-        by_id = {row.id: row for row in queued}
+        by_id = {message.id: message for message in messages}
         claim = await self._claim_values(conn, info.id)
         stamp = now()
-        await conn.execute(
-            sql.DEFER_MESSAGES,
-            [{"row_id": choice.message_id, "row_turn": info.turn} for choice in planned],
-        )
+        older = [choice for choice in planned if choice.message_id != new_id]
+        if older:
+            await conn.execute(
+                sql.DEFER_MESSAGES,
+                [{"row_id": choice.message_id, "row_turn": info.turn} for choice in older],
+            )
         await conn.execute(
             sql.ADD_MESSAGE,
             [

@@ -47,6 +47,8 @@ TOUCH_ACTIVE_SESSION = (
 
 ADD_MESSAGE = insert(MESSAGES)
 
+ADD_MESSAGE_ID = insert(MESSAGES).returning(MESSAGES.c.id)
+
 QUEUED_MESSAGES = (
     select(
         MESSAGES.c.id,
@@ -114,6 +116,10 @@ DEFER_MESSAGES = (
     update(MESSAGES)
     .where(MESSAGES.c.id == bindparam("row_id"))
     .values(status="deferred", turn=bindparam("row_turn"))
+)
+
+REQUEUE_MESSAGE = (
+    update(MESSAGES).where(MESSAGES.c.id == bindparam("row_id")).values(status="queued")
 )
 
 

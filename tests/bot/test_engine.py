@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from bot.core_api import SubmitOutcome
 from bot.events import CommandName, DeliveryError, ReplyKind
@@ -387,6 +387,75 @@ async def test_an_instant_reply_costs_two_storage_transactions(
     # Stored, deferred and its reply claimed for sending in one transaction, then marked
     # delivered.
     assert calls_for_the_reply == ["record_inbound", "mark_delivered"]
+
+
+def count_intake_statements(runtime: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL statements run on behalf of `record_inbound` calls from now on (its task's
+    own, whatever else shares the connection)."""
+    statements: list[str] = []
+    taking_in: set[asyncio.Task[Any] | None] = set()
+    store = runtime.engine.store
+    record_inbound = store.record_inbound
+
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        taking_in.add(asyncio.current_task())
+        try:
+            return await record_inbound(*args, **kwargs)
+        finally:
+            taking_in.discard(asyncio.current_task())
+
+    def note(*args: Any) -> None:
+        if asyncio.current_task() in taking_in:
+            statements.append(args[2])
+
+    monkeypatch.setattr(store, "record_inbound", recorded)
+    event.listen(runtime.db.sync_engine, "before_cursor_execute", note)
+    return statements
+
+
+async def test_a_message_is_stored_with_the_status_its_session_gives_it(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not queued first and moved after: a statement fewer for an instant reply (nine)
+    and for a turn's start (six, with the history read for the model call)."""
+    monkeypatch.setattr(slow_tools, "DELAY", 1.0)
+    async with make_core() as (runtime, chat):
+        statements = count_intake_statements(runtime, monkeypatch)
+        await chat.say("Dame la hora actual")
+        await chat.wait_for(1)
+        statements.clear()
+        await chat.say("¿Sigues ahí?")
+        sent = await chat.wait_for(2)
+        instant_reply = list(statements)
+        await chat.wait_for(3)
+        await runtime.engine.wait_idle()
+        statements.clear()
+        await chat.say("hello")
+        sent = await chat.wait_for(4)
+        starting_a_turn = list(statements)
+        history = await runtime.engine.store.history(1)
+    assert kinds(sent) == [
+        ReplyKind.WORKING,
+        ReplyKind.INTERIM,
+        ReplyKind.ANSWER,
+        ReplyKind.ANSWER,
+    ]
+    assert len(instant_reply) == 9, instant_reply
+    assert len(starting_a_turn) == 6, starting_a_turn
+    for statement in instant_reply + starting_a_turn:
+        assert not statement.lstrip().upper().startswith("UPDATE MESSAGES"), statement
+    # The deferred message joined the history after the tool's result, as before.
+    assert [e.role for e in history] == [
+        "user",
+        "assistant",
+        "tool",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    assert history[1].tool_calls and history[3].content == "¿Sigues ahí?"
+    assert history[5].content == "hello"
 
 
 async def test_a_message_whose_instant_reply_cannot_be_chosen_is_kept_for_the_answer(
