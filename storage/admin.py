@@ -936,7 +936,7 @@ class AdminStore:
                     call.result = CANCELLED_BY_OPERATOR.result
                     call.finished_at = now
         if plan.rounds:
-            await self.store.place_rounds(tx, [session_id])
+            await tx.run_sync(self.store.place_rounds, [session_id])
         if plan.new_state is not None:
             await tx.execute(
                 update(SessionRow)

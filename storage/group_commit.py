@@ -9,29 +9,35 @@ its unit is committed: durability per message is unchanged, and an idle bot pays
 
 No task of its own: the caller whose unit opens an empty queue leads, commits one batch,
 and hands the lead to the first unit still waiting, whose caller then commits the next.
-So nothing is left running on shutdown, and a cancelled caller cancels only its own unit.
+So nothing is left running on shutdown. A caller cancelled while its unit waits drops
+it; once its batch has begun, the batch runs to its end (on SQLite the driver's thread
+finishes it anyway: storage.transaction) and the caller hears of the cancellation then,
+its unit committed or not, like any storage call cancelled mid-way.
 
-A unit that raises rolls its batch back; the batch's units are then run once more, each in
-a transaction of its own, so a failure (a bug, a constraint, a deadlock on PostgreSQL)
-reaches only its own caller. Units therefore do nothing but database work: they may run
-twice, and only the committed run counts.
+Units are `storage.transaction` work: sync functions of a connection, the whole batch
+run in one trip to SQLite's thread. A unit that raises rolls its batch back; the batch's
+units are then run once more, each in a transaction of its own, so a failure (a bug, a
+constraint, a deadlock on PostgreSQL) reaches only its own caller. Units therefore do
+nothing but database work: they may run twice, and only the committed run counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.transaction import Work, finish_before_cancelling, transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Work = Callable[[AsyncConnection], Awaitable[T]]
 
 # A bound on one transaction: long enough to amortize a burst, short enough that the admin
 # CLI (another writer on SQLite) and the first caller's latency stay small.
@@ -64,8 +70,14 @@ class GroupCommit:
         self.units = 0
 
     async def run(self, work: Work[T]) -> T:
-        """`work` done and committed, in a transaction it may share with other callers'."""
-        unit: _Unit[T] = _Unit(work)
+        """`work` done and committed, in a transaction it may share with other callers'
+        (in the caller's context, whoever leads the transaction)."""
+        context = contextvars.copy_context()
+
+        def in_context(connection: Connection) -> T:
+            return context.run(work, connection)
+
+        unit: _Unit[T] = _Unit(in_context)
         self._waiting.append(unit)
         if not self._leading:
             self._leading = True
@@ -76,7 +88,14 @@ class GroupCommit:
             self._forget(unit)
             raise
         if not unit.done:
-            await self._lead(unit)
+            try:
+                await self._lead()
+            except asyncio.CancelledError:
+                if unit.error is not None:
+                    log.warning(
+                        "a write failed after its caller was cancelled", exc_info=unit.error
+                    )
+                raise
         if unit.error is not None:
             raise unit.error
         result: T = unit.result
@@ -98,19 +117,18 @@ class GroupCommit:
         else:
             self._leading = False
 
-    async def _lead(self, own: _Unit[Any]) -> None:
-        """Commits the first units waiting, `own` (the leader's) first among them."""
+    async def _lead(self) -> None:
+        """Commits the first units waiting, the leader's first among them, and settles
+        each (a leader cancelled meanwhile is told once they are settled)."""
         count = min(self._max_batch, len(self._waiting))
         batch = [self._waiting.popleft() for _ in range(count)]
         try:
-            await self._commit(batch)
+            await finish_before_cancelling(self._commit(batch))
         finally:
-            # Cancelled mid-batch (the leader's caller went away): the transaction rolled
-            # back; the leader's unit is dropped, the others wait again, first in line.
-            unsettled = [unit for unit in batch if not unit.done and unit is not own]
-            self._waiting.extendleft(reversed(unsettled))
             for unit in batch:
-                if unit.done and not unit.wake.done():
+                if not unit.done:  # the commit itself was cancelled: the loop is closing
+                    unit.error, unit.done = asyncio.CancelledError(), True
+                if not unit.wake.done():
                     unit.wake.set_result(None)
             self._pass_lead()
 
@@ -136,8 +154,11 @@ class GroupCommit:
 
     async def _transaction(self, batch: list[_Unit[Any]]) -> list[Any]:
         self.transactions += 1
-        async with self._engine.begin() as conn:
-            results = [await unit.work(conn) for unit in batch]
+
+        def units(connection: Connection) -> list[Any]:
+            return [unit.work(connection) for unit in batch]
+
+        results = await transaction(self._engine, units)
         self.units += len(batch)
         return results
 

@@ -4,23 +4,28 @@ Concurrency: every state change is a compare-and-set on `sessions.state` inside 
 transaction that makes it (UPDATE ... WHERE state = expected), so two workers sharing a
 PostgreSQL database can never both start or close the same turn; the loser sees zero rows
 updated and leaves the session to the winner.
+
+Each transaction is a plain function of a sync connection (`storage.transaction`): on
+SQLite it runs whole in aiosqlite's thread, one trip, where awaiting each statement would
+cost a trip per statement.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import groupby
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.ext.asyncio import AsyncSession as Tx
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
 
 from bot.courier import CLAIM_LEASE_SECONDS
 from bot.events import ConversationKey, InboundMessage, ReplyKind
@@ -46,7 +51,6 @@ from bot.store import (
 )
 from bot.tools.runner import INTERRUPTED, ToolOutcome, ToolStatus
 from storage import statements as sql
-from storage.database import sessionmaker
 from storage.group_commit import GroupCommit
 from storage.models import (
     ControlRow,
@@ -58,6 +62,7 @@ from storage.models import (
     ToolCallRow,
 )
 from storage.statements import MESSAGES, SESSIONS, TOOL_CALLS
+from storage.transaction import Work, run_transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -148,7 +153,6 @@ class SqlStore:
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.history_rows = history_rows
-        self._tx = sessionmaker(engine)
         # The dedupe insert, built once (storage.statements says why): the dialect's own
         # INSERT ... ON CONFLICT DO NOTHING.
         dialect_insert = postgresql_insert if engine.dialect.name == "postgresql" else sqlite_insert
@@ -159,37 +163,39 @@ class SqlStore:
 
     # --- helpers -------------------------------------------------------------------
 
-    async def _session_row(self, tx: Tx, session_id: int, lock: bool = False) -> SessionRow:
-        row = await tx.get(SessionRow, session_id, with_for_update=lock)
+    async def _run(self, work: Work[T]) -> T:
+        return await run_transaction(self.engine, work)
+
+    def _session(self, conn: Connection, session_id: int, lock: bool = False) -> Row[Any]:
+        query = select(SESSIONS).where(SESSIONS.c.id == session_id)
+        row = conn.execute(query.with_for_update() if lock else query).first()
         if row is None:
             raise LookupError(f"no session {session_id}")
         return row
 
-    async def _next_position(self, conn: AsyncConnection, session_id: int) -> int:
-        last = await conn.scalar(sql.LAST_POSITION, {"session_id": session_id})
+    def _next_position(self, conn: Connection, session_id: int) -> int:
+        last = conn.scalar(sql.LAST_POSITION, {"session_id": session_id})
         return (last or 0) + 1
 
-    async def _claim(
-        self, conn: AsyncConnection, session_id: int, expected: str, new: str, **values: Any
+    def _claim(
+        self, conn: Connection, session_id: int, expected: str, new: str, **values: Any
     ) -> Row[Any] | None:
         """The compare-and-set on a session's state; the session as it is after, or None
         (nothing changed) if it was not in `expected`."""
-        return (
-            await conn.execute(
-                update(SessionRow)
-                .where(SessionRow.id == session_id, SessionRow.state == expected)
-                .values(state=new, updated_at=now(), **values)
-                .returning(*SESSIONS.columns)
-            )
+        return conn.execute(
+            update(SessionRow)
+            .where(SessionRow.id == session_id, SessionRow.state == expected)
+            .values(state=new, updated_at=now(), **values)
+            .returning(*SESSIONS.columns)
         ).first()
 
-    async def _claim_values(self, conn: AsyncConnection, session_id: int) -> dict[str, Any]:
+    def _claim_values(self, conn: Connection, session_id: int) -> dict[str, Any]:
         """Claim columns for replies about to be added: empty unless this store has a worker
         and nothing older of the session waits (replies go out in order; an older one goes
         first, through the courier's claim). Call before adding them."""
         if self.worker is None:
             return {}
-        older = await conn.scalar(sql.OLDER_UNDELIVERED, {"session_id": session_id})
+        older = conn.scalar(sql.OLDER_UNDELIVERED, {"session_id": session_id})
         return self._reply_claim(older is not None)
 
     def _reply_claim(self, older_unsent: bool) -> dict[str, Any]:
@@ -222,17 +228,15 @@ class SqlStore:
             "created_at": now(),
         }
 
-    async def _add_outbox(
-        self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]
-    ) -> list[OutboxItem]:
+    def _add_outbox(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[OutboxItem]:
         """Inserts the replies (`_outbox` values); the claimed ones are returned, to send."""
         if not rows:
             return []
-        added = await conn.execute(sql.ADD_OUTBOX, rows)
+        added = conn.execute(sql.ADD_OUTBOX, rows)
         return [_outbox_item(row) for row in added if row.claimed_by is not None]
 
-    async def _take_in(
-        self, conn: AsyncConnection, message: InboundMessage, language: str | None
+    def _take_in(
+        self, conn: Connection, message: InboundMessage, language: str | None
     ) -> Row[Any] | None:
         """Dedupe + the conversation's active session, in the caller's transaction, in
         plain SQL (every message passes here). Returns the session's row, locked (the
@@ -240,29 +244,27 @@ class SqlStore:
         transaction), or None for a message seen before."""
         # Values go in as parameters, not into the statement: every message passes here,
         # and a statement built with its values costs a cache key computed from them.
-        seen = await conn.execute(
+        seen = conn.execute(
             self._note_seen,
             {"key": message.dedupe_key, "created_at": now()},
         )
         if not seen.rowcount:
             return None
         key, stamp = active_key(message.conversation), now()
-        found = (
-            await conn.execute(
-                sql.TOUCH_ACTIVE_SESSION,
-                {
-                    "key": key,
-                    "stamp": stamp,
-                    "new_language": language,
-                    "new_title": message.chat_title or None,
-                },
-            )
+        found = conn.execute(
+            sql.TOUCH_ACTIVE_SESSION,
+            {
+                "key": key,
+                "stamp": stamp,
+                "new_language": language,
+                "new_title": message.chat_title or None,
+            },
         ).first()
         if found is not None:
             return found
         c = message.conversation
         return (
-            await conn.execute(
+            conn.execute(
                 insert(SessionRow)
                 .values(
                     platform=c.platform,
@@ -287,16 +289,16 @@ class SqlStore:
         self,
         message: InboundMessage,
         language: str | None,
-        then: Callable[[AsyncConnection, Row[Any]], Awaitable[T]],
+        then: Callable[[Connection, Row[Any]], T],
     ) -> T | None:
         """Takes the message in and does `then` with its session, in one transaction
         (shared with other callers' under a burst: `GroupCommit`). Two workers may create
         the same conversation's session at once: the unique active key fails one
         transaction, and its retry finds the winner's session."""
 
-        async def take_in(conn: AsyncConnection) -> T | None:
-            session = await self._take_in(conn, message, language)
-            return None if session is None else await then(conn, session)
+        def take_in(conn: Connection) -> T | None:
+            session = self._take_in(conn, message, language)
+            return None if session is None else then(conn, session)
 
         return await self._group.run(take_in)
 
@@ -305,7 +307,7 @@ class SqlStore:
     async def record_inbound(
         self, message: InboundMessage, language: str, plan: InterimPlanner
     ) -> Intake | None:
-        async def queue_and_take(conn: AsyncConnection, session: Row[Any]) -> Intake:
+        def queue_and_take(conn: Connection, session: Row[Any]) -> Intake:
             arrived = {
                 "session_id": session.id,
                 "role": "user",
@@ -316,13 +318,13 @@ class SqlStore:
                 "kind": "admin" if message.is_admin else None,
                 "created_at": message.timestamp,
             }
-            return await self._intake(conn, session, plan, arrived)
+            return self._intake(conn, session, plan, arrived)
 
         return await self._take_in_and(message, language, queue_and_take)
 
     async def record_notice(self, message: InboundMessage, text: str) -> int | None:
-        async def notice(conn: AsyncConnection, session: Row[Any]) -> int:
-            await self._add_outbox(
+        def notice(conn: Connection, session: Row[Any]) -> int:
+            self._add_outbox(
                 conn,
                 [
                     self._outbox(
@@ -340,35 +342,31 @@ class SqlStore:
         return await self._take_in_and(message, None, notice)
 
     async def get_session(self, session_id: int) -> SessionInfo:
-        async with self._tx() as tx:
-            return _session_info(await self._session_row(tx, session_id))
+        return await self._run(lambda conn: _session_info(self._session(conn, session_id)))
 
     async def active_session_id(self, key: ConversationKey) -> int | None:
-        async with self._tx() as tx:
-            found: int | None = await tx.scalar(
-                select(SessionRow.id).where(SessionRow.active_key == active_key(key))
+        def find(conn: Connection) -> int | None:
+            found: int | None = conn.scalar(
+                select(SESSIONS.c.id).where(SESSIONS.c.active_key == active_key(key))
             )
             return found
+
+        return await self._run(find)
 
     # --- turns ---------------------------------------------------------------------------
 
     async def take_queued(self, session_id: int, plan: InterimPlanner) -> Intake:
-        async with self.engine.begin() as conn:
+        def take(conn: Connection) -> Intake:
             # Locked (PostgreSQL; SQLite has one writer anyway): a worker closing the tool
             # round meanwhile would otherwise miss a message deferred against the state
             # read here, and leave it out of the history.
-            session = (
-                await conn.execute(
-                    select(SESSIONS).where(SESSIONS.c.id == session_id).with_for_update()
-                )
-            ).first()
-            if session is None:
-                raise LookupError(f"no session {session_id}")
-            return await self._intake(conn, session, plan)
+            return self._intake(conn, self._session(conn, session_id, lock=True), plan)
 
-    async def _intake(
+        return await self._run(take)
+
+    def _intake(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         session: Row[Any],
         plan: InterimPlanner,
         arrived: dict[str, Any] | None = None,
@@ -380,76 +378,71 @@ class SqlStore:
         and then moving it)."""
         info = _session_info(session)
         if info.archived or info.state == SessionState.LLM:
-            await self._queue(conn, info, arrived)
+            self._queue(conn, info, arrived)
             return Intake(info)
-        queued = (await conn.execute(sql.QUEUED_MESSAGES, {"session_id": info.id})).all()
+        queued = conn.execute(sql.QUEUED_MESSAGES, {"session_id": info.id}).all()
         if not queued and arrived is None:
             return Intake(info)
         if info.state == SessionState.IDLE:
-            return await self._begin_turn(conn, info, queued, arrived)
-        return await self._defer(conn, session, queued, plan, arrived)
+            return self._begin_turn(conn, info, queued, arrived)
+        return self._defer(conn, session, queued, plan, arrived)
 
-    async def _queue(
-        self, conn: AsyncConnection, info: SessionInfo, arrived: dict[str, Any] | None
-    ) -> None:
+    def _queue(self, conn: Connection, info: SessionInfo, arrived: dict[str, Any] | None) -> None:
         """Stores the arriving message (if any) queued: for the session's next turn."""
         if arrived is not None:
-            await conn.execute(sql.ADD_MESSAGE, {**arrived, "status": "queued", "turn": info.turn})
+            conn.execute(sql.ADD_MESSAGE, {**arrived, "status": "queued", "turn": info.turn})
 
-    async def _begin_turn(
+    def _begin_turn(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         info: SessionInfo,
         queued: Sequence[Row[*tuple[Any, ...]]],
         arrived: dict[str, Any] | None,
     ) -> Intake:
         last = arrived if arrived is not None else queued[-1]._mapping
         turn = info.turn + 1
-        claimed = (
-            await conn.execute(
-                sql.START_TURN,
-                {
-                    "session_id": info.id,
-                    "stamp": now(),
-                    "new_turn": turn,
-                    "reply_to": last["platform_message_id"],
-                    "turn_user": last["author_id"],
-                    "admin": last["kind"] == "admin",
-                },
-            )
+        claimed = conn.execute(
+            sql.START_TURN,
+            {
+                "session_id": info.id,
+                "stamp": now(),
+                "new_turn": turn,
+                "reply_to": last["platform_message_id"],
+                "turn_user": last["author_id"],
+                "admin": last["kind"] == "admin",
+            },
         ).first()
         if claimed is None:  # another worker took the turn
-            await self._queue(conn, info, arrived)
+            self._queue(conn, info, arrived)
             return Intake(info)
         if queued:
-            await conn.execute(
+            conn.execute(
                 sql.JOIN_HISTORY,
                 [{"row_id": row.id, "of_session": info.id, "row_turn": turn} for row in queued],
             )
         if arrived is not None:  # after the older ones: its position is the next
-            await conn.execute(
+            conn.execute(
                 sql.ADD_HISTORY_MESSAGE,
                 {**arrived, "of_session": info.id, "status": "history", "turn": turn},
             )
         started = _session_info(claimed)
-        return Intake(started, turn=await self._model_turn(conn, started))
+        return Intake(started, turn=self._model_turn(conn, started))
 
     async def history(self, session_id: int) -> list[HistoryEntry]:
-        async with self.engine.connect() as conn:
-            return await self._history(conn, session_id)
+        return await self._run(lambda conn: self._history(conn, session_id))
 
-    async def _history(self, conn: AsyncConnection, session_id: int) -> list[HistoryEntry]:
-        rows = await conn.execute(sql.HISTORY, {"session_id": session_id})
+    def _history(self, conn: Connection, session_id: int) -> list[HistoryEntry]:
+        rows = conn.execute(sql.HISTORY, {"session_id": session_id})
         return [HistoryEntry(*row) for row in rows]
 
-    async def _model_history(self, conn: AsyncConnection, session_id: int) -> list[HistoryEntry]:
+    def _model_history(self, conn: Connection, session_id: int) -> list[HistoryEntry]:
         """The history a model call needs: the newest `history_rows` rows, from the first
         turn that starts inside them. Reading every row would make each turn of a long
         chat slower than the last, for messages the request's budget drops anyway."""
         limit = self.history_rows
         if limit is None:
-            return await self._history(conn, session_id)
-        newest = await conn.execute(sql.NEWEST_HISTORY, {"session_id": session_id, "rows": limit})
+            return self._history(conn, session_id)
+        newest = conn.execute(sql.NEWEST_HISTORY, {"session_id": session_id, "rows": limit})
         rows = newest.all()[::-1]
         if len(rows) < limit:
             return [HistoryEntry(*row) for row in rows]
@@ -464,18 +457,19 @@ class SqlStore:
             None,
         )
         if start is None:  # one turn longer than the window: all of it
-            return await self._history(conn, session_id)
+            return self._history(conn, session_id)
         return [HistoryEntry(*row) for row in rows[start:]]
 
     async def model_turn(self, session_id: int) -> ModelTurn:
-        async with self._tx() as tx:
-            info = _session_info(await self._session_row(tx, session_id))
-            return await self._model_turn(await tx.connection(), info)
+        def read(conn: Connection) -> ModelTurn:
+            return self._model_turn(conn, _session_info(self._session(conn, session_id)))
 
-    async def _model_turn(self, conn: AsyncConnection, info: SessionInfo) -> ModelTurn:
+        return await self._run(read)
+
+    def _model_turn(self, conn: Connection, info: SessionInfo) -> ModelTurn:
         interims: list[str] = []
         if info.tool_rounds:
-            rows = await conn.scalars(
+            rows = conn.scalars(
                 select(MessageRow.content)
                 .where(
                     MessageRow.session_id == info.id,
@@ -485,13 +479,11 @@ class SqlStore:
                 .order_by(MessageRow.id)
             )
             interims = [r or "" for r in rows]
-        return ModelTurn(info, await self._model_history(conn, info.id), interims)
+        return ModelTurn(info, self._model_history(conn, info.id), interims)
 
-    async def _interim_context(
-        self, conn: AsyncConnection, session_id: int, turn: int
-    ) -> InterimContext:
-        calls = await self._round_calls(conn, session_id)
-        interims = await conn.execute(sql.RECENT_INTERIM_REPLIES, {"session_id": session_id})
+    def _interim_context(self, conn: Connection, session_id: int, turn: int) -> InterimContext:
+        calls = self._round_calls(conn, session_id)
+        interims = conn.execute(sql.RECENT_INTERIM_REPLIES, {"session_id": session_id})
         newest_first = list(interims)
         recent = [text or "" for row_turn, text in reversed(newest_first) if row_turn == turn]
         if newest_first and (not recent or newest_first[0][1] != recent[-1]):
@@ -513,9 +505,9 @@ class SqlStore:
         }
 
     async def record_answer(self, session_id: int, text: str, usage: Usage) -> TurnEnd:
-        async def answer(conn: AsyncConnection) -> TurnEnd:
-            session, after = await self._end_turn(conn, session_id)
-            await conn.execute(
+        def answer(conn: Connection) -> TurnEnd:
+            session, after = self._end_turn(conn, session_id)
+            conn.execute(
                 sql.ADD_HISTORY_MESSAGE,
                 {
                     "session_id": session_id,
@@ -528,7 +520,7 @@ class SqlStore:
                     "created_at": now(),
                 },
             )
-            await conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage))
+            conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage))
             outbox = self._outbox(
                 session,
                 ReplyKind.ANSWER,
@@ -537,39 +529,37 @@ class SqlStore:
                 session.reply_to_user_id,
                 self._reply_claim(after.has_unsent),
             )
-            return await self._turn_end(conn, after, outbox)
+            return self._turn_end(conn, after, outbox)
 
         return await self._group.run(answer)
 
-    async def _end_turn(
-        self, conn: AsyncConnection, session_id: int, error: str | None = None
+    def _end_turn(
+        self, conn: Connection, session_id: int, error: str | None = None
     ) -> tuple[Row[Any], Row[bool, bool]]:
         """The session after its turn ended, and `AFTER_MODEL_REPLY`'s flags."""
         stamp = now()
-        session = (
-            await conn.execute(
-                sql.END_TURN,
-                {
-                    "session_id": session_id,
-                    "stamp": stamp,
-                    "error": error,
-                    "error_at": stamp if error is not None else None,
-                },
-            )
+        session = conn.execute(
+            sql.END_TURN,
+            {
+                "session_id": session_id,
+                "stamp": stamp,
+                "error": error,
+                "error_at": stamp if error is not None else None,
+            },
         ).first()
         if session is None:
             raise SessionMovedOn(f"session {session_id} is not waiting for the model")
-        return session, await self._after_model_reply(conn, session_id)
+        return session, self._after_model_reply(conn, session_id)
 
-    async def _turn_end(
-        self, conn: AsyncConnection, after: Row[bool, bool], outbox: dict[str, Any]
+    def _turn_end(
+        self, conn: Connection, after: Row[bool, bool], outbox: dict[str, Any]
     ) -> TurnEnd:
         """The turn's last reply added; `after` is `_end_turn`'s flags."""
-        return TurnEnd(await self._add_outbox(conn, [outbox]), queued=bool(after.has_queued))
+        return TurnEnd(self._add_outbox(conn, [outbox]), queued=bool(after.has_queued))
 
-    async def _after_model_reply(self, conn: AsyncConnection, session_id: int) -> Row[bool, bool]:
+    def _after_model_reply(self, conn: Connection, session_id: int) -> Row[bool, bool]:
         """`AFTER_MODEL_REPLY`'s flags; call once the session row is locked."""
-        return (await conn.execute(sql.AFTER_MODEL_REPLY, {"session_id": session_id})).one()
+        return conn.execute(sql.AFTER_MODEL_REPLY, {"session_id": session_id}).one()
 
     async def record_tool_calls(
         self,
@@ -579,8 +569,8 @@ class SqlStore:
         notice: str,
         usage: Usage,
     ) -> ToolRound:
-        async with self.engine.begin() as conn:
-            session = await self._claim(
+        def start_round(conn: Connection) -> ToolRound:
+            session = self._claim(
                 conn,
                 session_id,
                 SessionState.LLM,
@@ -590,9 +580,9 @@ class SqlStore:
             )
             if session is None:
                 raise SessionMovedOn(f"session {session_id} is not waiting for the model")
-            after = await self._after_model_reply(conn, session_id)
+            after = self._after_model_reply(conn, session_id)
             stamp = now()
-            message_id = await conn.scalar(
+            message_id = conn.scalar(
                 insert(MessageRow).returning(MessageRow.id),
                 {
                     "session_id": session_id,
@@ -604,7 +594,7 @@ class SqlStore:
                     "created_at": stamp,
                 },
             )
-            rows = await conn.execute(
+            rows = conn.execute(
                 insert(ToolCallRow).returning(*TOOL_CALLS.columns, sort_by_parameter_order=True),
                 [
                     {
@@ -623,7 +613,7 @@ class SqlStore:
                 ],
             )
             stored = [_tool_info(row) for row in rows]
-            await conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage))
+            conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage))
             outbox = self._outbox(
                 session,
                 ReplyKind.WORKING,
@@ -633,15 +623,17 @@ class SqlStore:
                 self._reply_claim(after.has_unsent),
             )
             return ToolRound(
-                stored, await self._add_outbox(conn, [outbox]), queued=bool(after.has_queued)
+                stored, self._add_outbox(conn, [outbox]), queued=bool(after.has_queued)
             )
+
+        return await self._run(start_round)
 
     async def record_llm_failure(
         self, session_id: int, error: str, apology: str, usage: Usage | None = None
     ) -> TurnEnd:
-        async with self.engine.begin() as conn:
-            session, after = await self._end_turn(conn, session_id, error)
-            await conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage, error))
+        def fail(conn: Connection) -> TurnEnd:
+            session, after = self._end_turn(conn, session_id, error)
+            conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage, error))
             outbox = self._outbox(
                 session,
                 ReplyKind.ERROR,
@@ -650,11 +642,13 @@ class SqlStore:
                 session.reply_to_user_id,
                 self._reply_claim(after.has_unsent),
             )
-            return await self._turn_end(conn, after, outbox)
+            return self._turn_end(conn, after, outbox)
 
-    async def _defer(
+        return await self._run(fail)
+
+    def _defer(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         session: Row[Any],
         queued: Sequence[Row[*tuple[Any, ...]]],
         plan: InterimPlanner,
@@ -667,7 +661,7 @@ class SqlStore:
         if arrived is not None:
             # Stored deferred at once: that is what a message gets while tools run, and
             # choosing its reply needs its id. It goes back to the queue if it gets none.
-            added = await conn.execute(
+            added = conn.execute(
                 sql.ADD_MESSAGE_ID, {**arrived, "status": "deferred", "turn": info.turn}
             )
             messages.append(
@@ -678,7 +672,7 @@ class SqlStore:
                     arrived["author_id"],
                 )
             )
-        context = await self._interim_context(conn, info.id, info.turn)
+        context = self._interim_context(conn, info.id, info.turn)
         try:
             planned = list(plan(info, messages, context))
         except Exception:
@@ -690,19 +684,19 @@ class SqlStore:
             planned = []
         new_id = messages[-1].id if arrived is not None else None
         if new_id is not None and all(choice.message_id != new_id for choice in planned):
-            await conn.execute(sql.REQUEUE_MESSAGE, {"row_id": new_id})
+            conn.execute(sql.REQUEUE_MESSAGE, {"row_id": new_id})
         if not planned:
             return Intake(info)
         by_id = {message.id: message for message in messages}
-        claim = await self._claim_values(conn, info.id)
+        claim = self._claim_values(conn, info.id)
         stamp = now()
         older = [choice for choice in planned if choice.message_id != new_id]
         if older:
-            await conn.execute(
+            conn.execute(
                 sql.DEFER_MESSAGES,
                 [{"row_id": choice.message_id, "row_turn": info.turn} for choice in older],
             )
-        await conn.execute(
+        conn.execute(
             sql.ADD_MESSAGE,
             [
                 {
@@ -717,7 +711,7 @@ class SqlStore:
                 for choice in planned
             ],
         )
-        ready = await self._add_outbox(
+        ready = self._add_outbox(
             conn,
             [
                 self._outbox(
@@ -735,25 +729,24 @@ class SqlStore:
         # Taking each of these messages in stamped the session's activity (in this
         # transaction or an earlier one): only a new language is news.
         if language != info.language:
-            await conn.execute(
+            conn.execute(
                 update(SessionRow).where(SessionRow.id == info.id).values(language=language)
             )
         return Intake(replace(info, language=language), planned=planned, ready=ready)
 
     # --- tools ---------------------------------------------------------------------------
 
-    async def _round_calls(self, conn: AsyncConnection, session_id: int) -> list[ToolCallInfo]:
+    def _round_calls(self, conn: Connection, session_id: int) -> list[ToolCallInfo]:
         """The calls of the round in progress, in the model's order, in one query."""
-        rows = (await conn.execute(sql.OPEN_ROUND_CALLS, {"session_id": session_id})).all()
+        rows = conn.execute(sql.OPEN_ROUND_CALLS, {"session_id": session_id}).all()
         return [_tool_info(row) for row in rows if row.message_id == rows[0].message_id]
 
     async def open_tool_calls(self, session_id: int) -> list[ToolCallInfo]:
-        async with self.engine.connect() as conn:
-            return await self._round_calls(conn, session_id)
+        return await self._run(lambda conn: self._round_calls(conn, session_id))
 
     async def mark_tool_running(self, tool_call_id: int) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        def mark(conn: Connection) -> None:
+            conn.execute(
                 update(ToolCallRow)
                 .where(ToolCallRow.id == tool_call_id, ToolCallRow.status.in_(UNFINISHED))
                 .values(
@@ -763,23 +756,29 @@ class SqlStore:
                 )
             )
 
+        await self._run(mark)
+
     async def finish_tool(self, tool_call_id: int, outcome: ToolOutcome) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+        def finish(conn: Connection) -> bool:
+            result = conn.execute(
                 update(ToolCallRow)
                 .where(ToolCallRow.id == tool_call_id, ToolCallRow.status.in_(UNFINISHED))
                 .values(status=outcome.status.value, result=outcome.result, finished_at=now())
             )
             return bool(result.rowcount)
 
-    async def close_tool_round(self, session_id: int) -> ModelTurn | None:
-        async with self._tx() as tx, tx.begin():
-            if not await self._close_rounds(tx, [session_id]):
-                return None
-            info = _session_info(await self._session_row(tx, session_id))
-            return await self._model_turn(await tx.connection(), info)
+        return await self._run(finish)
 
-    async def _close_rounds(self, tx: Tx, session_ids: Sequence[int]) -> list[int]:
+    async def close_tool_round(self, session_id: int) -> ModelTurn | None:
+        def close(conn: Connection) -> ModelTurn | None:
+            with Session(bind=conn) as tx:
+                if not self._close_rounds(tx, [session_id]):
+                    return None
+            return self._model_turn(conn, _session_info(self._session(conn, session_id)))
+
+        return await self._run(close)
+
+    def _close_rounds(self, tx: Session, session_ids: Sequence[int]) -> list[int]:
         """tools -> llm for those of the sessions whose round has every result (the
         compare-and-set comes first, so a worker that loses it changes nothing), and their
         rounds join the history. Returns the sessions closed."""
@@ -791,7 +790,7 @@ class SqlStore:
             .exists()
         )
         closed = list(
-            await tx.scalars(
+            tx.scalars(
                 update(SessionRow)
                 .where(
                     SessionRow.id.in_(session_ids),
@@ -804,32 +803,32 @@ class SqlStore:
                 .execution_options(synchronize_session=False)
             )
         )
-        await self.place_rounds(tx, closed)
+        self.place_rounds(tx, closed)
         return closed
 
-    async def place_rounds(self, tx: Tx, session_ids: Sequence[int]) -> None:
+    def place_rounds(self, tx: Session, session_ids: Sequence[int]) -> None:
         """Each session's open rounds enter its history whole, a few statements for them
         all: the assistant message, one tool message per call in the model's order, then
         what users said meanwhile. Every call must have its result. Plain SQL: a caller
         holding these rows as objects reads them again with `populate_existing`."""
         if not session_ids:
             return
-        await tx.flush()
+        tx.flush()
         mine = MessageRow.session_id.in_(session_ids)
-        ends = await tx.execute(
+        ends = tx.execute(
             select(MessageRow.session_id, func.max(MessageRow.position))
             .where(mine)
             .group_by(MessageRow.session_id)
         )
         last: dict[int, int] = {session_id: end or 0 for session_id, end in ends}
-        rounds = await tx.execute(
+        rounds = tx.execute(
             select(MessageRow.session_id, MessageRow.id, MessageRow.turn, ToolCallRow)
             .outerjoin(ToolCallRow, ToolCallRow.message_id == MessageRow.id)
             .where(mine, MessageRow.status == "pending_calls")
             .order_by(MessageRow.session_id, MessageRow.id, ToolCallRow.seq)
         )
         deferred: dict[int, list[int]] = {}
-        for session_id, message_id in await tx.execute(
+        for session_id, message_id in tx.execute(
             select(MessageRow.session_id, MessageRow.id)
             .where(mine, MessageRow.status == "deferred")
             .order_by(MessageRow.id)
@@ -862,14 +861,14 @@ class SqlStore:
                 moved.append({"row_id": waiting, "row_position": position})
             last[session_id] = position
         if moved:
-            await tx.execute(
+            tx.execute(
                 update(MESSAGES)
                 .where(MESSAGES.c.id == bindparam("row_id"))
                 .values(status="history", position=bindparam("row_position")),
                 moved,
             )
         if results:
-            await tx.execute(insert(MESSAGES), results)
+            tx.execute(insert(MESSAGES), results)
 
     async def repair_after_restart(self, rerunnable: Collection[str], max_reruns: int) -> int:
         """Start-up, before any actor runs: every call the last process left unfinished
@@ -878,9 +877,10 @@ class SqlStore:
         and in batches, so ten thousand sessions take seconds and new messages interleave.
         Returns the number of rounds closed."""
         stamp = now()
-        async with self.engine.begin() as conn:
+
+        def interrupt(conn: Connection) -> None:
             in_round = select(MessageRow.id).where(MessageRow.status == "pending_calls")
-            await conn.execute(
+            conn.execute(
                 update(ToolCallRow)
                 .where(
                     ToolCallRow.status.in_(UNFINISHED),
@@ -891,11 +891,13 @@ class SqlStore:
                     status=INTERRUPTED.status.value, result=INTERRUPTED.result, finished_at=stamp
                 )
             )
-        closed, after = 0, 0
-        while True:
-            async with self._tx() as tx, tx.begin():
+
+        def close_batch(conn: Connection, after: int) -> tuple[int | None, int]:
+            """The last id of the next batch of sessions in a tool round (ids above
+            `after`), and how many of them closed; (None, 0) when none is left."""
+            with Session(bind=conn) as tx:
                 batch = list(
-                    await tx.scalars(
+                    tx.scalars(
                         select(SessionRow.id)
                         .where(SessionRow.state == SessionState.TOOLS, SessionRow.id > after)
                         .order_by(SessionRow.id)
@@ -903,15 +905,21 @@ class SqlStore:
                     )
                 )
                 if not batch:
-                    return closed
-                closed += len(await self._close_rounds(tx, batch))
-                after = batch[-1]
+                    return None, 0
+                return batch[-1], len(self._close_rounds(tx, batch))
+
+        await self._run(interrupt)
+        closed, after = 0, 0
+        while True:
+            last, count = await self._run(partial(close_batch, after=after))
+            if last is None:
+                return closed
+            closed, after = closed + count, last
 
     async def archive_session(self, session_id: int) -> None:
-        async with self._tx() as tx, tx.begin():
-            conn = await tx.connection()
+        def archive(conn: Connection) -> None:
             # Never leave an unanswered block behind, even in an archived history.
-            await conn.execute(
+            conn.execute(
                 update(ToolCallRow)
                 .where(
                     ToolCallRow.message_id.in_(
@@ -928,9 +936,10 @@ class SqlStore:
                     finished_at=now(),
                 )
             )
-            await self.place_rounds(tx, [session_id])
-            position = await self._next_position(conn, session_id)
-            waiting = await conn.scalars(
+            with Session(bind=conn) as tx:
+                self.place_rounds(tx, [session_id])
+            position = self._next_position(conn, session_id)
+            waiting = conn.scalars(
                 select(MessageRow.id)
                 .where(
                     MessageRow.session_id == session_id,
@@ -942,13 +951,13 @@ class SqlStore:
                 {"row_id": row_id, "row_position": position + n} for n, row_id in enumerate(waiting)
             ]
             if moved:
-                await conn.execute(
+                conn.execute(
                     update(MESSAGES)
                     .where(MESSAGES.c.id == bindparam("row_id"))
                     .values(status="history", position=bindparam("row_position")),
                     moved,
                 )
-            archived = await conn.execute(
+            archived = conn.execute(
                 update(SessionRow)
                 .where(SessionRow.id == session_id)
                 .values(
@@ -958,23 +967,26 @@ class SqlStore:
             if not archived.rowcount:
                 raise LookupError(f"no session {session_id}")
 
+        await self._run(archive)
+
     # --- outbox --------------------------------------------------------------------------
 
     async def claim_undelivered(
         self, session_id: int, worker: str, lease_seconds: float
     ) -> OutboxClaim:
         stamp = now()
-        async with self.engine.begin() as conn:
+
+        def claim(conn: Connection) -> OutboxClaim:
             # One conditional UPDATE: on PostgreSQL a worker racing for the same rows waits
             # for this commit and then finds them claimed.
-            rows = await conn.execute(
+            rows = conn.execute(
                 update(OutboxRow)
                 .where(*sql.undelivered(session_id), _claimable(worker, stamp))
                 .values(claimed_by=worker, claimed_until=stamp + timedelta(seconds=lease_seconds))
                 .returning(*OutboxRow.__table__.columns)
             )
             items = sorted((_outbox_item(row) for row in rows), key=lambda item: item.id)
-            held = await conn.scalar(
+            held = conn.scalar(
                 select(func.min(OutboxRow.id)).where(
                     *sql.undelivered(session_id), OutboxRow.claimed_by != worker
                 )
@@ -983,17 +995,20 @@ class SqlStore:
                 return OutboxClaim(items, blocked=False)
             later = [item.id for item in items if item.id > held]
             if later:
-                await conn.execute(
+                conn.execute(
                     update(OutboxRow)
                     .where(OutboxRow.id.in_(later))
                     .values(claimed_by=None, claimed_until=None)
                 )
             return OutboxClaim([item for item in items if item.id < held], blocked=True)
 
+        return await self._run(claim)
+
     async def claim_delivery(self, outbox_id: int, worker: str, lease_seconds: float) -> bool:
         stamp = now()
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
+
+        def claim(conn: Connection) -> bool:
+            result = conn.execute(
                 update(OutboxRow)
                 .where(
                     OutboxRow.id == outbox_id,
@@ -1004,17 +1019,19 @@ class SqlStore:
             )
             return bool(result.rowcount)
 
+        return await self._run(claim)
+
     async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None:
         values = {"outbox_id": outbox_id, "stamp": now(), "sent_id": platform_message_id}
 
-        async def mark(conn: AsyncConnection) -> None:
-            await conn.execute(sql.MARK_DELIVERED, values)
+        def mark(conn: Connection) -> None:
+            conn.execute(sql.MARK_DELIVERED, values)
 
         await self._group.run(mark)
 
     async def mark_delivery_failed(self, outbox_id: int, error: str, permanent: bool) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
+        def mark(conn: Connection) -> None:
+            conn.execute(
                 update(OutboxRow)
                 .where(OutboxRow.id == outbox_id)
                 .values(
@@ -1027,64 +1044,66 @@ class SqlStore:
                 )
             )
 
+        await self._run(mark)
+
     # --- recovery and operators --------------------------------------------------------
 
     async def sessions_needing_work(self) -> list[int]:
-        async with self._tx() as tx:
-            waiting = exists().where(
-                MessageRow.session_id == SessionRow.id,
-                MessageRow.status.in_(("queued", "deferred")),
-            )
-            unsent = exists().where(
-                OutboxRow.session_id == SessionRow.id,
-                OutboxRow.delivered_at.is_(None),
-                OutboxRow.failed.is_(False),
-            )
-            rows = await tx.scalars(
-                select(SessionRow.id)
-                .where(
-                    or_(
-                        and_(
-                            SessionRow.active_key.is_not(None),
-                            or_(SessionRow.state != SessionState.IDLE, waiting),
-                        ),
-                        unsent,
-                    )
+        waiting = exists().where(
+            MessageRow.session_id == SessionRow.id,
+            MessageRow.status.in_(("queued", "deferred")),
+        )
+        unsent = exists().where(
+            OutboxRow.session_id == SessionRow.id,
+            OutboxRow.delivered_at.is_(None),
+            OutboxRow.failed.is_(False),
+        )
+        query = (
+            select(SessionRow.id)
+            .where(
+                or_(
+                    and_(
+                        SessionRow.active_key.is_not(None),
+                        or_(SessionRow.state != SessionState.IDLE, waiting),
+                    ),
+                    unsent,
                 )
-                .order_by(SessionRow.id)
             )
-            return list(rows)
+            .order_by(SessionRow.id)
+        )
+        return await self._run(lambda conn: list(conn.scalars(query)))
 
     async def sessions_with_undelivered(self) -> list[int]:
-        async with self._tx() as tx:
-            rows = await tx.scalars(
-                select(OutboxRow.session_id)
-                .where(OutboxRow.delivered_at.is_(None), OutboxRow.failed.is_(False))
-                .distinct()
-            )
-            return list(rows)
+        query = (
+            select(OutboxRow.session_id)
+            .where(OutboxRow.delivered_at.is_(None), OutboxRow.failed.is_(False))
+            .distinct()
+        )
+        return await self._run(lambda conn: list(conn.scalars(query)))
 
     async def pending_controls(self) -> list[Control]:
-        async with self._tx() as tx:
-            rows = await tx.scalars(
-                select(ControlRow).where(ControlRow.done_at.is_(None)).order_by(ControlRow.id)
-            )
-            return [Control(r.id, r.session_id, r.action) for r in rows]
+        query = (
+            select(ControlRow.id, ControlRow.session_id, ControlRow.action)
+            .where(ControlRow.done_at.is_(None))
+            .order_by(ControlRow.id)
+        )
+        return await self._run(lambda conn: [Control(*row) for row in conn.execute(query)])
 
     async def add_control(self, session_id: int, action: str) -> int:
-        async with self._tx() as tx, tx.begin():
-            row = ControlRow(session_id=session_id, action=action, created_at=now())
-            tx.add(row)
-            await tx.flush()
-            return row.id
+        added = (
+            insert(ControlRow)
+            .values(session_id=session_id, action=action, created_at=now())
+            .returning(ControlRow.id)
+        )
+        return await self._run(lambda conn: int(conn.execute(added).scalar_one()))
 
     async def finish_control(self, control_id: int, result: str) -> None:
-        async with self._tx() as tx, tx.begin():
-            await tx.execute(
-                update(ControlRow)
-                .where(ControlRow.id == control_id)
-                .values(done_at=now(), result=result)
-            )
+        finished = (
+            update(ControlRow)
+            .where(ControlRow.id == control_id)
+            .values(done_at=now(), result=result)
+        )
+        await self._run(lambda conn: conn.execute(finished))
 
     # --- usage (token budgets) ---------------------------------------------------------
 
@@ -1100,16 +1119,12 @@ class SqlStore:
         in_month = LLMCallRow.created_at >= month_start
         by_user = LLMCallRow.user_id == user_id
         by_chat = LLMCallRow.chat_key == chat_key
-        async with self._tx() as tx:
-            row = (
-                await tx.execute(
-                    select(
-                        total(by_user, in_day),
-                        total(by_user, in_month),
-                        total(by_chat, in_day),
-                        total(by_chat, in_month),
-                        total(in_day),
-                    )
-                )
-            ).one()
-            return TokenTotals(*(int(v) for v in row))
+        query = select(
+            total(by_user, in_day),
+            total(by_user, in_month),
+            total(by_chat, in_day),
+            total(by_chat, in_month),
+            total(in_day),
+        )
+        row = await self._run(lambda conn: conn.execute(query).one())
+        return TokenTotals(*(int(v) for v in row))

@@ -4,6 +4,7 @@ fake OpenAI. Runs on SQLite and on PostgreSQL (see conftest)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from bot.offline import FakeOpenAI
 from bot.session import SessionActor
 from bot.store import ToolCallInfo
 from bot.tools.runner import CANCELLED_BY_USER
+from storage.database import sessionmaker
 from storage.models import MessageRow, OutboxRow, ToolCallRow
 from tests.conftest import CoreFactory
 from tests.support import slow_tools
@@ -31,7 +33,7 @@ def kinds(sent: list[Any]) -> list[ReplyKind]:
 
 
 async def rows(runtime: Any, model: Any, **where: Any) -> list[Any]:
-    async with runtime.engine.store._tx() as tx:
+    async with sessionmaker(runtime.db)() as tx:
         query = select(model)
         for name, value in where.items():
             query = query.where(getattr(model, name) == value)
@@ -389,23 +391,26 @@ async def test_an_instant_reply_costs_two_storage_transactions(
     assert calls_for_the_reply == ["record_inbound", "mark_delivered"]
 
 
+TAKING_IN: contextvars.ContextVar[bool] = contextvars.ContextVar("taking_in", default=False)
+
+
 def count_intake_statements(runtime: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The SQL statements run on behalf of `record_inbound` calls from now on (its task's
-    own, whatever else shares the connection)."""
+    """The SQL statements run on behalf of `record_inbound` calls from now on: its
+    transaction's work runs in its caller's context, whatever else shares the
+    transaction."""
     statements: list[str] = []
-    taking_in: set[asyncio.Task[Any] | None] = set()
     store = runtime.engine.store
     record_inbound = store.record_inbound
 
     async def recorded(*args: Any, **kwargs: Any) -> Any:
-        taking_in.add(asyncio.current_task())
+        token = TAKING_IN.set(True)
         try:
             return await record_inbound(*args, **kwargs)
         finally:
-            taking_in.discard(asyncio.current_task())
+            TAKING_IN.reset(token)
 
     def note(*args: Any) -> None:
-        if asyncio.current_task() in taking_in:
+        if TAKING_IN.get():
             statements.append(args[2])
 
     monkeypatch.setattr(store, "record_inbound", recorded)
@@ -440,7 +445,7 @@ async def test_a_message_is_stored_with_the_status_its_session_gives_it(
         ReplyKind.ANSWER,
         ReplyKind.ANSWER,
     ]
-    assert len(instant_reply) == 9, instant_reply
+    assert len(instant_reply) == 9, "\n".join(instant_reply)
     assert len(starting_a_turn) == 6, starting_a_turn
     for statement in instant_reply + starting_a_turn:
         assert not statement.lstrip().upper().startswith("UPDATE MESSAGES"), statement

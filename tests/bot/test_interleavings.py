@@ -18,6 +18,7 @@ from bot.events import CommandName, ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
+from storage.database import sessionmaker
 from storage.models import MessageRow, OutboxRow, SessionRow, ToolCallRow
 from tests.conftest import core_settings
 from tests.support import slow_tools
@@ -79,7 +80,7 @@ async def _check(runtime: Runtime, fake: FakeOpenAI, chat: MemoryAdapter, said: 
     assert fake.rejected == []
     for request in fake.requests:
         assert validate(request["messages"]) == []
-    async with runtime.engine.store._tx() as tx:  # type: ignore[attr-defined]
+    async with sessionmaker(runtime.db)() as tx:
         messages = list(await tx.scalars(select(MessageRow)))
         calls = list(await tx.scalars(select(ToolCallRow)))
         sessions = list(await tx.scalars(select(SessionRow)))

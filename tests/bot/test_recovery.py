@@ -18,6 +18,7 @@ from bot.prompt import to_openai
 from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.store import TurnEnd
+from storage.database import sessionmaker
 from storage.models import OutboxRow, ToolCallRow
 from storage.repository import SqlStore
 from tests.conftest import core_settings, started_core
@@ -25,7 +26,7 @@ from tests.support import slow_tools
 
 
 async def _tool_calls(runtime: Runtime) -> list[ToolCallRow]:
-    async with runtime.engine.store._tx() as tx:  # type: ignore[attr-defined]
+    async with sessionmaker(runtime.db)() as tx:
         return list(await tx.scalars(select(ToolCallRow).order_by(ToolCallRow.seq)))
 
 
@@ -75,7 +76,7 @@ async def test_undelivered_reply_is_sent_once_after_restart(
         first.engine.courier.base_backoff = 30  # the retry would come after the "crash"
         chat.fail_next = [DeliveryError("network down")]
         await chat.say("hello")
-        async with first.engine.store._tx() as tx:  # type: ignore[attr-defined]
+        async with sessionmaker(first.db)() as tx:
             while not list(await tx.scalars(select(OutboxRow).where(OutboxRow.attempts > 0))):
                 await tx.rollback()
                 await asyncio.sleep(0.02)

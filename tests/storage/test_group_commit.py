@@ -1,20 +1,25 @@
 """Group commit: units queued while a transaction runs commit together in the next one,
 each caller resumes once its own unit is committed, and a failure reaches only its own
-caller. Runs on SQLite and on PostgreSQL (see conftest)."""
+caller; a batch once begun runs to its end. Runs on SQLite and on PostgreSQL (see
+conftest)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util.concurrency import await_
 
 from storage.database import create_engine
 from storage.group_commit import GroupCommit
+from storage.transaction import run_transaction
+from tests.support.held import Hold
 
 ITEMS = Table(
     "group_commit_items",
@@ -34,9 +39,9 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-def add(name: str) -> Callable[[AsyncConnection], Awaitable[str]]:
-    async def work(conn: AsyncConnection) -> str:
-        await conn.execute(insert(ITEMS).values(name=name))
+def add(name: str) -> Callable[[Connection], str]:
+    def work(conn: Connection) -> str:
+        conn.execute(insert(ITEMS).values(name=name))
         return name
 
     return work
@@ -52,36 +57,40 @@ class HeldOpen:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.inside = asyncio.Event()
-        self.release = asyncio.Event()
+        self.held = Hold()
 
-    async def __call__(self, conn: AsyncConnection) -> str:
-        await conn.execute(insert(ITEMS).values(name=self.name))
-        self.inside.set()
-        await self.release.wait()
+    async def inside(self) -> None:
+        await self.held.inside.wait()
+
+    def release(self) -> None:
+        self.held.release()
+
+    def __call__(self, conn: Connection) -> str:
+        conn.execute(insert(ITEMS).values(name=self.name))
+        self.held.hold()
         return self.name
 
 
 async def queue_behind(
-    group: GroupCommit, held: HeldOpen, units: list[Callable[[AsyncConnection], Awaitable[str]]]
+    group: GroupCommit, held: HeldOpen, units: list[Callable[[Connection], str]]
 ) -> tuple[asyncio.Task[str], list[asyncio.Task[str]]]:
     leader = asyncio.create_task(group.run(held))
-    await held.inside.wait()
+    await held.inside()
     waiting = [asyncio.create_task(group.run(unit)) for unit in units]
     await asyncio.sleep(0.01)  # every one of them queued
     return leader, waiting
 
 
 async def second_batch_open(
-    group: GroupCommit, leading: HeldOpen, rider: Callable[[AsyncConnection], Awaitable[str]]
+    group: GroupCommit, leading: HeldOpen, rider: Callable[[Connection], str]
 ) -> tuple[asyncio.Task[str], asyncio.Task[str]]:
     """A second batch, after "first", whose first unit (`leading`, its caller the batch's
     leader) holds the transaction open with `rider` in it."""
     held = HeldOpen("first")
     first, (leader, riding) = await queue_behind(group, held, [leading, rider])
-    held.release.set()
+    held.release()
     await first
-    await leading.inside.wait()
+    await leading.inside()
     return leader, riding
 
 
@@ -100,7 +109,7 @@ async def test_units_queued_during_a_transaction_share_the_next_one(
     held = HeldOpen("first")
     leader, waiting = await queue_behind(group, held, [add(f"n{i}") for i in range(5)])
     assert not any(task.done() for task in waiting)  # nobody resumes before a commit
-    held.release.set()
+    held.release()
     assert await leader == "first"
     assert await asyncio.gather(*waiting) == [f"n{i}" for i in range(5)]
     assert (group.transactions, group.units) == (2, 6)
@@ -111,7 +120,7 @@ async def test_a_batch_is_bounded(engine: AsyncEngine) -> None:
     group = GroupCommit(engine, max_batch=2)
     held = HeldOpen("first")
     leader, waiting = await queue_behind(group, held, [add(f"n{i}") for i in range(5)])
-    held.release.set()
+    held.release()
     await asyncio.gather(leader, *waiting)
     assert (group.transactions, group.units) == (4, 6)  # 1, then 2 + 2 + 1
     assert len(await stored(engine)) == 6
@@ -123,13 +132,13 @@ async def test_a_failing_unit_fails_alone_and_the_rest_of_its_batch_commits(
     caplog.set_level(logging.INFO, logger="storage.group_commit")
     group = GroupCommit(engine)
 
-    async def broken(conn: AsyncConnection) -> str:
-        await conn.execute(insert(ITEMS).values(name="from the broken unit"))
+    def broken(conn: Connection) -> str:
+        conn.execute(insert(ITEMS).values(name="from the broken unit"))
         raise ValueError("a bug in one unit")
 
     held = HeldOpen("first")
     leader, waiting = await queue_behind(group, held, [add("before"), broken, add("after")])
-    held.release.set()
+    held.release()
     outcomes = await asyncio.gather(*waiting, return_exceptions=True)
     assert await leader == "first"
     assert outcomes[0] == "before" and outcomes[2] == "after"
@@ -146,15 +155,17 @@ async def test_a_unique_conflict_alone_is_retried_once(engine: AsyncEngine) -> N
     group = GroupCommit(engine)
     attempts = 0
 
-    async def insert_or_find(conn: AsyncConnection) -> str:
+    other_worker = asyncio.create_task(run_transaction(engine, add("shared")))
+
+    def insert_or_find(conn: Connection) -> str:
         nonlocal attempts
         attempts += 1
         if attempts == 1:
-            # Another worker's row, committed while this transaction ran.
-            async with engine.begin() as other:
-                await other.execute(insert(ITEMS).values(name="shared"))
-            await conn.execute(insert(ITEMS).values(name="shared"))
-        found = await conn.scalar(select(ITEMS.c.name).where(ITEMS.c.name == "shared"))
+            # Another worker's row, committed while this transaction ran (PostgreSQL:
+            # this runs in a greenlet on the loop, and waits for that task here).
+            await_(other_worker)
+            conn.execute(insert(ITEMS).values(name="shared"))
+        found = conn.scalar(select(ITEMS.c.name).where(ITEMS.c.name == "shared"))
         return str(found)
 
     assert await group.run(insert_or_find) == "shared"
@@ -170,7 +181,7 @@ async def test_a_caller_cancelled_while_waiting_drops_only_its_unit(
     held = HeldOpen("first")
     leader, waiting = await queue_behind(group, held, [add("kept"), add("dropped"), add("too")])
     waiting[1].cancel()
-    held.release.set()
+    held.release()
     await leader
     kept, too = await asyncio.wait_for(asyncio.gather(waiting[0], waiting[2]), 5)
     assert (kept, too) == ("kept", "too")
@@ -179,20 +190,24 @@ async def test_a_caller_cancelled_while_waiting_drops_only_its_unit(
     assert await stored(engine) == ["first", "kept", "too"]
 
 
-async def test_a_leader_cancelled_mid_batch_rolls_back_and_the_others_commit(
+async def test_a_leader_cancelled_mid_batch_hears_it_once_the_batch_is_committed(
     engine: AsyncEngine,
 ) -> None:
+    """A batch cannot be stopped halfway (on SQLite the driver's thread finishes it
+    anyway): its leader's caller stays until it is over, then gets its cancellation;
+    every unit in it, the leader's too, is committed."""
     group = GroupCommit(engine)
-    # The leader of the second batch is cancelled while its transaction is open.
-    going, after = await second_batch_open(
-        group, HeldOpen("from a leader that goes away"), add("last")
-    )
+    leading = HeldOpen("from a leader that goes away")
+    going, after = await second_batch_open(group, leading, add("last"))
     going.cancel()
+    await asyncio.sleep(0.05)
+    assert not going.done()  # waits for its batch
+    leading.release()
     with pytest.raises(asyncio.CancelledError):
         await going
     # A unit left behind would wait forever: a bound makes that a failure.
     assert await asyncio.wait_for(after, 5) == "last"
-    assert await stored(engine) == ["first", "last"]
+    assert await stored(engine) == ["first", "from a leader that goes away", "last"]
     # Idle again: the next unit leads at once.
     assert await group.run(add("later")) == "later"
 
@@ -205,7 +220,7 @@ async def test_a_caller_cancelled_while_its_unit_runs_in_a_batch_led_by_another(
     second_leader, riding = await second_batch_open(group, leads, add("riding"))
     riding.cancel()  # its unit is in the batch "leads" runs, the transaction open
     await asyncio.sleep(0.01)
-    leads.release.set()
+    leads.release()
     assert await asyncio.wait_for(second_leader, 5) == "leads the second batch"
     with pytest.raises(asyncio.CancelledError):
         await riding

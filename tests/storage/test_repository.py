@@ -4,10 +4,12 @@ taken in while another worker closes the round."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 from sqlalchemy import event, select
 
@@ -26,12 +28,14 @@ from bot.store import (
     SessionState,
 )
 from bot.tools.runner import ToolOutcome, ToolStatus
-from storage.database import create_engine
+from storage.database import create_engine, sessionmaker
 from storage.migrate import upgrade
 from storage.models import MessageRow, SessionRow, ToolCallRow
 from storage.repository import SqlStore
+from storage.transaction import run_transaction
 from tests.conftest import core_settings, started_core
 from tests.support import slow_tools
+from tests.support.held import Hold
 
 BUSY_CHATS = 12
 
@@ -68,14 +72,14 @@ async def test_repair_closes_every_interrupted_round_in_a_few_statements_for_all
     try:
         closed = await store.repair_after_restart({"slow_once"}, max_reruns=3)
         repair_statements = len(statements)
-        async with store._tx() as tx:
+        async with sessionmaker(engine)() as tx:
             sessions = {row.chat_id: row for row in await tx.scalars(select(SessionRow))}
             calls = list(await tx.scalars(select(ToolCallRow).order_by(ToolCallRow.id)))
             deferred = list(
                 await tx.scalars(select(MessageRow).where(MessageRow.status == "deferred"))
             )
             # A session with no open round: nothing to place, nothing changes.
-            await store.place_rounds(tx, [sessions["idle"].id])
+            await tx.run_sync(store.place_rounds, [sessions["idle"].id])
             await tx.commit()
         histories = {
             name: [to_openai(e, name_authors=False) for e in await store.history(row.id)]
@@ -143,21 +147,20 @@ async def taken_in_and_held(
 ) -> AsyncIterator[asyncio.Task[Intake | None]]:
     """Takes `message` in and holds its transaction open (the message stored, the session
     row written) until the block ends; the task then finishes it."""
-    inside, release = asyncio.Event(), asyncio.Event()
+    held = Hold()
     real_intake = store._intake
 
-    async def held(*args: Any) -> Intake:
-        inside.set()
-        await release.wait()
-        return await real_intake(*args)
+    def holding(*args: Any) -> Intake:
+        held.hold()
+        return real_intake(*args)
 
-    monkeypatch.setattr(store, "_intake", held)
+    monkeypatch.setattr(store, "_intake", holding)
     task = asyncio.create_task(store.record_inbound(message, "en", reply_to_each))
-    await inside.wait()
+    await held.inside.wait()
     try:
         yield task
     finally:
-        release.set()
+        held.release()
 
 
 async def test_a_round_closing_while_a_message_is_taken_in_waits_and_places_it(
@@ -227,8 +230,7 @@ async def test_a_long_chat_reads_only_the_history_its_request_can_use(
             answers += 2 if number % 4 == 1 else 1
             await chat.wait_for(answers)
         full = await store.history(1)
-        async with runtime.db.connect() as conn:
-            window = await store._model_history(conn, 1)
+        window = await run_transaction(runtime.db, lambda conn: store._model_history(conn, 1))
 
     assert len(full) > store.history_rows >= len(window) > 0
     # The newest rows, starting at a turn's first message.
@@ -246,3 +248,69 @@ async def test_a_long_chat_reads_only_the_history_its_request_can_use(
         stats=PromptStats(),
         session_label="s",
     )
+
+
+async def test_each_store_call_of_a_turn_is_one_trip_to_sqlites_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storing a message, starting tools, an instant reply, closing the round, the answer,
+    each delivery: one trip each (storage.transaction), not one per statement."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'trips.db'}"
+    await upgrade(url)
+    engine = create_engine(url)
+    trips: list[str] = []
+    real = aiosqlite.Connection._execute
+
+    async def counting(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    store = SqlStore(engine, worker="main")
+    try:
+        await store.record_inbound(said("what time is it", "m1"), "en", reply_to_each)
+        first = (await store.record_answer(1, "noon", Usage())).ready[0]
+        session_id = first.session_id
+        await store.mark_delivered(first.id, "sent-1")
+        monkeypatch.setattr(aiosqlite.Connection, "_execute", counting)
+        calls: dict[str, int] = {}
+
+        async def counted(name: str, call: Awaitable[Any]) -> Any:
+            before = len(trips)
+            result = await call
+            calls[name] = len(trips) - before
+            return result
+
+        started = await counted(
+            "record_inbound", store.record_inbound(said("and now?", "m2"), "en", reply_to_each)
+        )
+        assert started is not None and started.turn is not None
+        request = ToolCallRequest("call_1", "get_current_time", "{}")
+        tool_round = await counted(
+            "record_tool_calls",
+            store.record_tool_calls(
+                session_id, None, [PlannedCall(request, 30.0)], "working", Usage()
+            ),
+        )
+        await counted("mark_delivered", store.mark_delivered(tool_round.ready[0].id, "sent-2"))
+        await counted("mark_tool_running", store.mark_tool_running(tool_round.calls[0].id))
+        instant = await counted(
+            "record_inbound (instant reply)",
+            store.record_inbound(said("still there?", "m3"), "en", reply_to_each),
+        )
+        assert instant is not None and instant.planned and instant.ready
+        done = ToolOutcome(ToolStatus.DONE, "12:00")
+        await counted("finish_tool", store.finish_tool(tool_round.calls[0].id, done))
+        await counted("close_tool_round", store.close_tool_round(session_id))
+        await counted("record_answer", store.record_answer(session_id, "It is noon.", Usage()))
+    finally:
+        await engine.dispose()
+    assert calls == {
+        "record_inbound": 1,
+        "record_tool_calls": 1,
+        "mark_tool_running": 1,
+        "record_inbound (instant reply)": 1,
+        "mark_delivered": 1,
+        "finish_tool": 1,
+        "close_tool_round": 1,
+        "record_answer": 1,
+    }

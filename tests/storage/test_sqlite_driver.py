@@ -1,6 +1,6 @@
-"""The aiosqlite adapter that makes one trip to the driver's thread per statement: what
-SQLAlchemy reads from a cursor is unchanged, errors are SQLAlchemy's, and the trips are
-counted."""
+"""The aiosqlite adapter that makes one trip to the driver's thread per statement, or one
+per transaction run there whole: what SQLAlchemy reads from a cursor is unchanged, errors
+are SQLAlchemy's, and the trips are counted."""
 
 from __future__ import annotations
 
@@ -25,11 +25,13 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.database import create_engine
 from storage.sqlite_driver import OneTripDBAPI
+from storage.transaction import run_transaction
 
 ITEMS = Table(
     "driver_items",
@@ -154,3 +156,27 @@ async def test_a_write_cancelled_before_its_thread_ran_it_is_rolled_back(
         await conn.execute(insert(ITEMS), {"name": "kept"})
     async with engine.connect() as conn:
         assert list(await conn.scalars(select(ITEMS.c.name))) == ["kept"]
+
+
+async def test_a_whole_transaction_in_the_drivers_thread_is_one_trip(
+    engine: AsyncEngine, trips: list[str]
+) -> None:
+    """`storage.transaction` runs its work there: statements, commit and rollback run at
+    once, without a trip each."""
+
+    def work(conn: Connection) -> list[str]:
+        conn.execute(insert(ITEMS), [{"name": "a"}, {"name": "b"}])
+        conn.execute(update(ITEMS).values(name="c").where(ITEMS.c.name == "a"))
+        return list(conn.scalars(select(ITEMS.c.name).order_by(ITEMS.c.id)))
+
+    def broken(conn: Connection) -> None:
+        conn.execute(insert(ITEMS).values(name="undone"))
+        conn.execute(insert(ITEMS).values(name="b"))  # unique: fails, rolls back
+
+    assert await run_transaction(engine, work) == ["c", "b"]
+    assert trips == ["inline"]
+    with pytest.raises(IntegrityError):
+        await run_transaction(engine, broken)
+    assert trips == ["inline", "inline"]
+    async with engine.connect() as conn:
+        assert list(await conn.scalars(select(ITEMS.c.name))) == ["c", "b"]

@@ -14,7 +14,7 @@ from bot.events import ConversationKey, InboundMessage, ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
-from storage.database import create_engine
+from storage.database import create_engine, sessionmaker
 from storage.migrate import upgrade
 from storage.models import MessageRow, OutboxRow, SessionRow
 from storage.repository import SqlStore
@@ -47,7 +47,7 @@ async def test_two_workers_share_a_conversation(
         for _ in range(100):
             await one.engine.wait_idle()
             await two.engine.wait_idle()
-            async with one.engine.store._tx() as tx:  # type: ignore[attr-defined]
+            async with sessionmaker(one.db)() as tx:
                 sessions = list(await tx.scalars(select(SessionRow)))
                 busy = [s for s in sessions if s.state != "idle"]
                 waiting = list(
@@ -60,7 +60,7 @@ async def test_two_workers_share_a_conversation(
             if not busy and not waiting:
                 break
             await asyncio.sleep(0.05)
-        async with one.engine.store._tx() as tx:  # type: ignore[attr-defined]
+        async with sessionmaker(one.db)() as tx:
             outbox = list(await tx.scalars(select(OutboxRow)))
             users = list(await tx.scalars(select(MessageRow).where(MessageRow.role == "user")))
             sessions = list(await tx.scalars(select(SessionRow)))

@@ -1,0 +1,102 @@
+"""run_transaction: a sync function of a connection, committed or rolled back as a whole,
+in the caller's context, and never abandoned halfway: a caller cancelled meanwhile hears
+of it once the transaction is over. Runs on SQLite and on PostgreSQL (see conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.database import create_engine
+from storage.transaction import run_transaction
+from tests.support.held import Hold
+
+ITEMS = Table(
+    "transaction_items",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("name", String(50), unique=True, nullable=False),
+)
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="nobody")
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(ITEMS.metadata.drop_all)
+        await conn.run_sync(ITEMS.metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+async def stored(engine: AsyncEngine) -> list[str]:
+    return await run_transaction(
+        engine, lambda conn: list(conn.scalars(select(ITEMS.c.name).order_by(ITEMS.c.id)))
+    )
+
+
+async def test_work_is_committed_and_its_result_returned(engine: AsyncEngine) -> None:
+    def add_two(conn: Connection) -> int:
+        conn.execute(insert(ITEMS), [{"name": "a"}, {"name": "b"}])
+        return int(conn.scalar(select(ITEMS.c.id).where(ITEMS.c.name == "b")) or 0)
+
+    assert await run_transaction(engine, add_two) == 2
+    assert await stored(engine) == ["a", "b"]
+
+
+async def test_work_that_raises_is_rolled_back_and_its_error_reaches_the_caller(
+    engine: AsyncEngine,
+) -> None:
+    await run_transaction(engine, lambda conn: conn.execute(insert(ITEMS).values(name="kept")))
+
+    def broken(conn: Connection) -> None:
+        conn.execute(insert(ITEMS).values(name="lost"))
+        raise ValueError("a bug")
+
+    def conflicting(conn: Connection) -> None:
+        conn.execute(insert(ITEMS).values(name="lost too"))
+        conn.execute(insert(ITEMS).values(name="kept"))
+
+    with pytest.raises(ValueError, match="a bug"):
+        await run_transaction(engine, broken)
+    with pytest.raises(IntegrityError):  # SQLAlchemy's error, as from an awaited statement
+        await run_transaction(engine, conflicting)
+    assert await stored(engine) == ["kept"]
+
+
+async def test_work_runs_in_the_callers_context(engine: AsyncEngine) -> None:
+    CALLER.set("the caller")
+    assert await run_transaction(engine, lambda conn: CALLER.get()) == "the caller"
+
+
+async def test_a_caller_cancelled_mid_transaction_hears_it_once_it_is_committed(
+    engine: AsyncEngine,
+) -> None:
+    """On SQLite the driver's thread finishes a transaction whatever happens to its
+    caller; on PostgreSQL it is let finish too, so a write is never half-known."""
+    held = Hold()
+
+    def slow(conn: Connection) -> None:
+        conn.execute(insert(ITEMS).values(name="committed"))
+        held.hold()
+
+    task = asyncio.create_task(run_transaction(engine, slow))
+    await held.inside.wait()
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # still waits for its transaction
+    held.release()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await stored(engine) == ["committed"]
+    # The connection is whole: the next transaction runs as usual.
+    await run_transaction(engine, lambda conn: conn.execute(insert(ITEMS).values(name="next")))
+    assert await stored(engine) == ["committed", "next"]
