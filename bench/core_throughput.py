@@ -50,6 +50,7 @@ from bench.common import (
     write_result,
 )
 from bench.memory_chat import running_core
+from bench.profiling import Profiles
 from bench.store_calls import counted
 from bot.events import ReplyKind
 from bot.runtime import build_llm
@@ -106,8 +107,10 @@ def _per_chat(size: Size) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(size.chats)]
 
 
-async def run_stillhere(url: str, size: Size) -> tuple[int, float]:
-    """Returns (answers received, seconds)."""
+async def run_stillhere(
+    url: str, size: Size, profiles: Profiles | None = None
+) -> tuple[int, float]:
+    """Returns (answers received, seconds); `profiles` sample the messages' part."""
     settings = Settings(
         _env_file=None,
         database_url=url,
@@ -134,9 +137,13 @@ async def run_stillhere(url: str, size: Size) -> tuple[int, float]:
                     log.error("%s: no answer in %ss; chat stopped", chat_id, ANSWER_TIMEOUT)
                     return
 
+        if profiles is not None:
+            await profiles.start(runtime.db)
         started = time.perf_counter()
         await asyncio.gather(*(talk(i, n) for i, n in enumerate(_per_chat(size))))
         elapsed = time.perf_counter() - started
+        if profiles is not None:
+            await profiles.stop()
         with contextlib.suppress(TimeoutError):
             await runtime.engine.wait_idle(timeout=ANSWER_TIMEOUT)
         # Only real answers count: an apology after a failed call is a reply too.

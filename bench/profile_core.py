@@ -9,8 +9,10 @@ answer   N messages over 20 chats, each chat sending its next one when its answe
          (the path of bench.core_throughput): the offline model answers at once.
 
 Both run the real core on a SQLite file (bench.scale's settings, rate limits off) with the
-in-process adapter. It prints the figures of the run and writes the profile (text) to
-FILE. Profiling slows the run: its figures are only for comparing two profiles.
+in-process adapter. It prints the figures of the run and writes the profiles (text) of
+the event loop's thread and of aiosqlite's thread, where storage transactions run, to
+FILE (bench.profiling). Profiling slows the run: its figures are only for comparing two
+profiles.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from bench.common import latency_summary
 from bench.core_throughput import Size, run_stillhere
 from bench.memory_chat import running_core
+from bench.profiling import Profiles
 from bench.scale import CountingModel, settings_for, start_tools
 from storage.migrate import upgrade
 
@@ -36,23 +38,16 @@ ANSWER_CHATS = 20
 REPLY_TIMEOUT = 10.0
 
 
-def _profiler() -> Any:
-    from pyinstrument import Profiler
-
-    # Not async-aware: every sample counts, whichever task the loop runs.
-    return Profiler(interval=0.0005, async_mode="disabled")
-
-
-async def profile_instant(db: Path, messages: int) -> tuple[Any, str]:
+async def profile_instant(db: Path, messages: int) -> tuple[str, str]:
     async with CountingModel() as model:
         settings = settings_for(
             db, model, rate_limit_user_per_minute=0, rate_limit_chat_per_minute=0
         )
-        async with running_core(settings) as (_, chat):
+        async with running_core(settings) as (runtime, chat):
             await start_tools(chat, 0, BUSY_SESSIONS, BUSY_SESSIONS)
-            profiler = _profiler()
+            profiles = Profiles()
             latencies = []
-            profiler.start()
+            await profiles.start(runtime.db)
             cpu = time.process_time()
             for number in range(messages):
                 message_id = f"p-{number}"
@@ -68,29 +63,29 @@ async def profile_instant(db: Path, messages: int) -> tuple[Any, str]:
                 await chat.wait_for(expected, timeout=REPLY_TIMEOUT)
                 latencies.append(chat.replied_at[message_id] - sent)
             cpu = time.process_time() - cpu
-            profiler.stop()
+            report = await profiles.stop()
     summary = latency_summary(latencies)
     figures = (
         f"{messages} instant replies: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, "
         f"{1000 * cpu / messages:.2f} ms CPU each (profiled)"
     )
-    return profiler, figures
+    return report, figures
 
 
-async def profile_answer(db: Path, messages: int) -> tuple[Any, str]:
+async def profile_answer(db: Path, messages: int) -> tuple[str, str]:
     url = f"sqlite+aiosqlite:///{db}"
     await upgrade(url)
-    profiler = _profiler()
-    profiler.start()
+    profiles = Profiles()
     cpu = time.process_time()
-    answered, seconds = await run_stillhere(url, Size(ANSWER_CHATS, messages, trials=1))
+    answered, seconds = await run_stillhere(
+        url, Size(ANSWER_CHATS, messages, trials=1), profiles=profiles
+    )
     cpu = time.process_time() - cpu
-    profiler.stop()
     figures = (
         f"{answered} of {messages} answered: {answered / seconds:.1f} msg/s, "
         f"{1000 * cpu / max(1, answered):.2f} ms CPU each (profiled)"
     )
-    return profiler, figures
+    return profiles.report, figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,8 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = profile_instant if args.path == "instant" else profile_answer
     with tempfile.TemporaryDirectory(prefix="stillhere-profile-") as tmp:
-        profiler, figures = asyncio.run(run(Path(tmp) / "bot.db", args.messages))
-    report: str = profiler.output_text(unicode=True, show_all=False)
+        report, figures = asyncio.run(run(Path(tmp) / "bot.db", args.messages))
     out = args.out or Path(f"profile-{args.path}.txt")
     out.write_text(f"{figures}\n\n{report}", encoding="utf-8")
     print(figures)

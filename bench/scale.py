@@ -55,6 +55,7 @@ from bench.common import (
 )
 from bench.long_tools import START_TEXT
 from bench.memory_chat import TimedChat, running_core
+from bench.profiling import Profiles
 from bench.store_calls import counted
 from bot.events import ReplyKind
 from bot.offline import FakeOpenAI
@@ -267,8 +268,10 @@ async def recover(db: Path, sessions: int, newcomers: int, profile: bool = False
         async with Runtime(settings_for(db, model)) as runtime:
             chat = TimedChat(runtime.engine)
             await chat.start()
+            profiles = Profiles(interval=0.001) if profile else None
+            if profiles is not None:
+                await profiles.start(runtime.db)
             started = time.perf_counter()
-            profiler = _profiler() if profile else None
             with counted() as calls:
                 await runtime.engine.start()
                 start_returned = time.perf_counter()
@@ -285,10 +288,7 @@ async def recover(db: Path, sessions: int, newcomers: int, profile: bool = False
                     budget=budget,
                 )
                 newcomer_latencies = await hellos
-            report = None
-            if profiler is not None:
-                profiler.stop()
-                report = profiler.output_text(unicode=True, show_all=False)
+            report = None if profiles is None else await profiles.stop()
             return {
                 "sessions": sessions,
                 "runtime_open_seconds": round(started - opened, 3),
@@ -340,15 +340,6 @@ async def _newcomers(chat: TimedChat, count: int) -> list[float]:
     except TimeoutError:
         log.error("a new chat got no answer while the recovered sessions drained")
     return [chat.replied_at[m] - t for m, t in asked.items() if m in chat.replied_at]
-
-
-def _profiler() -> Any:
-    """pyinstrument, sampling every task the loop runs (not async-aware on purpose)."""
-    from pyinstrument import Profiler
-
-    profiler = Profiler(interval=0.001, async_mode="disabled")
-    profiler.start()
-    return profiler
 
 
 def _half(moments: Sequence[float], sessions: int, started: float) -> float | None:

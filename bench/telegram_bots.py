@@ -40,6 +40,7 @@ import adapters.telegram.adapter as telegram_adapter
 from adapters.telegram import TelegramAdapter
 from adapters.telegram.transport import ChatActionExemptRateLimiter
 from bench import experiments
+from bench.profiling import Profiles
 from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
 from bot.settings import Settings
@@ -70,7 +71,7 @@ def is_ours(variant: str) -> bool:
 @asynccontextmanager
 async def stillhere(
     base_url: str, token: str, db: Path, switches: frozenset[str]
-) -> AsyncIterator[None]:
+) -> AsyncIterator[AsyncEngine]:
     model = FakeOpenAI(record=False)
     await model.start()
     try:
@@ -90,7 +91,7 @@ async def stillhere(
                 await adapter.start()
                 try:
                     await runtime.engine.start()
-                    yield
+                    yield runtime.db
                 finally:
                     await adapter.stop()
     finally:
@@ -145,7 +146,7 @@ class StoredEcho:
 @asynccontextmanager
 async def echo(
     base_url: str, token: str, limited: bool, db: Path | None = None
-) -> AsyncIterator[None]:
+) -> AsyncIterator[AsyncEngine | None]:
     builder: Any = ApplicationBuilder().token(token).base_url(base_url).job_queue(None)
     # Concurrent like stillhere's per-chat processor (256 updates in flight), so the floor
     # is the library at its fastest, not one reply at a time.
@@ -168,7 +169,7 @@ async def echo(
             await updater.start_polling(timeout=POLL_TIMEOUT)
             await app.start()
             try:
-                yield
+                yield engine
             finally:
                 await updater.stop()
                 await app.stop()
@@ -179,7 +180,8 @@ async def echo(
 
 def bot_context(
     variant: str, base_url: str, token: str, db: Path
-) -> AbstractAsyncContextManager[None]:
+) -> AbstractAsyncContextManager[AsyncEngine | None]:
+    """The bot running; its database engine, if it has one."""
     base, switches = parse_variant(variant)
     if base in OURS:
         return stillhere(base_url, token, db, switches)
@@ -196,25 +198,17 @@ async def _stdin() -> asyncio.StreamReader:
 
 
 async def serve(variant: str, base_url: str, token: str, db: Path, profile: bool) -> str | None:
-    """Runs the bot until stdin closes. A "profile" line starts pyinstrument (in the loop's
-    thread, which is the one it samples), so only the measured phase is profiled; the
-    report is returned."""
-    profiler: Any = None
-    async with bot_context(variant, base_url, token, db):
+    """Runs the bot until stdin closes. A "profile" line starts pyinstrument
+    (bench.profiling), so only the measured phase is profiled; the report is returned."""
+    profiles: Profiles | None = None
+    async with bot_context(variant, base_url, token, db) as engine:
         commands = await _stdin()
         print("READY", flush=True)
         while line := await commands.readline():
-            if line.strip() == b"profile" and profile and profiler is None:
-                from pyinstrument import Profiler
-
-                # Not async-aware: every sample counts, whichever task the loop runs.
-                profiler = Profiler(interval=0.0005, async_mode="disabled")
-                profiler.start()
-        if profiler is None:
-            return None
-        profiler.stop()
-        text: str = profiler.output_text(unicode=True, show_all=False)
-        return text
+            if line.strip() == b"profile" and profile and profiles is None:
+                profiles = Profiles()
+                await profiles.start(engine)
+        return None if profiles is None else await profiles.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

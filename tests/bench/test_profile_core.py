@@ -1,5 +1,5 @@
-"""bench.profile_core at a tiny size: each path runs and its profile names the storage
-call that path makes."""
+"""bench.profile_core at a tiny size: each path runs, and the profile of aiosqlite's
+thread, where storage transactions run, names the storage work of that path."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from bench import profile_core
 
 
 @pytest.mark.parametrize(
-    ("path", "expected"), [("instant", "record_inbound"), ("answer", "record_answer")]
+    ("path", "expected"), [("instant", "SqlStore._defer"), ("answer", "SqlStore._end_turn")]
 )
 def test_a_tiny_profile_of_each_path(tmp_path: Path, path: str, expected: str) -> None:
     out = tmp_path / "profile.txt"
-    assert profile_core.main([path, "--messages", "6", "--out", str(out)]) == 0
+    assert profile_core.main([path, "--messages", "12", "--out", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
     first_line = text.splitlines()[0]
-    assert first_line.startswith("6 instant replies" if path == "instant" else "6 of 6 answered")
-    assert expected in text
+    assert first_line.startswith("12 instant replies" if path == "instant" else "12 of 12 answered")
+    loop, storage = text.split("== aiosqlite's thread (storage transactions)")
+    assert "== the event loop's thread" in loop
+    assert expected in storage
