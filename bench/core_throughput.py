@@ -32,7 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
+from sqlalchemy.engine import Connection
 
 from bench import experiments
 from bench.common import (
@@ -59,6 +60,7 @@ from bot.tools.registry import default_registry
 from storage.database import create_engine
 from storage.migrate import upgrade
 from storage.models import Base
+from storage.transaction import run_transaction
 
 log = logging.getLogger(__name__)
 
@@ -168,10 +170,21 @@ def _session_values(index: int) -> dict[str, object]:
     }
 
 
+def _inserting(*rows: tuple[Table, JSON]) -> Callable[[Connection], None]:
+    """A transaction inserting each (table, values), in order."""
+
+    def work(conn: Connection) -> None:
+        for into, values in rows:
+            conn.execute(insert(into), values)
+
+    return work
+
+
 async def _raw(url: str, size: Size, with_model: bool) -> tuple[int, float]:
     """The rows alone; `with_model`, also the one model call per message any durable
     OpenAI bot makes (the same built-in model through the same SDK wrapper, same growing
-    history, same tools offered)."""
+    history, same tools offered). Written as stillhere writes: each transaction through
+    `storage.transaction` (on SQLite one trip to the driver's thread)."""
     await upgrade(url)
     engine = create_engine(url)
     tables = Base.metadata.tables
@@ -193,55 +206,46 @@ async def _raw(url: str, size: Size, with_model: bool) -> tuple[int, float]:
             history: list[dict[str, Any]] = [{"role": "system", "content": "You are a bot."}]
             for number in range(count):
                 text = next(texts)
-                async with engine.begin() as connection:
-                    await connection.execute(
-                        insert(messages),
-                        {
-                            "session_id": session_id,
-                            "role": "user",
-                            "content": text,
-                            "author_id": f"user-{index}",
-                            "author_name": "Ana",
-                            "platform_message_id": f"m-{index}-{number}",
-                            "status": "history",
-                            "position": 2 * number,
-                            "turn": number,
-                            "created_at": datetime.now(UTC),
-                        },
-                    )
+                question = {
+                    "session_id": session_id,
+                    "role": "user",
+                    "content": text,
+                    "author_id": f"user-{index}",
+                    "author_name": "Ana",
+                    "platform_message_id": f"m-{index}-{number}",
+                    "status": "history",
+                    "position": 2 * number,
+                    "turn": number,
+                    "created_at": datetime.now(UTC),
+                }
+                await run_transaction(engine, _inserting((messages, question)))
                 answer = "Got it."
                 if llm is not None:
                     history.append({"role": "user", "content": text})
                     answer = (await llm.complete(history, tools)).content or answer
                     history.append({"role": "assistant", "content": answer})
-                async with engine.begin() as connection:
-                    await connection.execute(
-                        insert(messages),
-                        {
-                            "session_id": session_id,
-                            "role": "assistant",
-                            "content": answer,
-                            "status": "history",
-                            "position": 2 * number + 1,
-                            "turn": number,
-                            "created_at": datetime.now(UTC),
-                        },
-                    )
-                    await connection.execute(
-                        insert(outbox),
-                        {
-                            "session_id": session_id,
-                            "platform": "memory",
-                            "chat_id": f"chat-{index}",
-                            "thread_id": "",
-                            "reply_to_id": f"m-{index}-{number}",
-                            "kind": "answer",
-                            "text": answer,
-                            "attempts": 0,
-                            "failed": False,
-                            "created_at": datetime.now(UTC),
-                        },
-                    )
+                reply = {
+                    "session_id": session_id,
+                    "role": "assistant",
+                    "content": answer,
+                    "status": "history",
+                    "position": 2 * number + 1,
+                    "turn": number,
+                    "created_at": datetime.now(UTC),
+                }
+                sent = {
+                    "session_id": session_id,
+                    "platform": "memory",
+                    "chat_id": f"chat-{index}",
+                    "thread_id": "",
+                    "reply_to_id": f"m-{index}-{number}",
+                    "kind": "answer",
+                    "text": answer,
+                    "attempts": 0,
+                    "failed": False,
+                    "created_at": datetime.now(UTC),
+                }
+                await run_transaction(engine, _inserting((messages, reply), (outbox, sent)))
 
         started = time.perf_counter()
         await asyncio.gather(*(write(i, n) for i, n in enumerate(_per_chat(size))))

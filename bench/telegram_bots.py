@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, bindparam, insert, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from telegram import Update
 from telegram.ext import Application, ApplicationBuilder, MessageHandler, filters
@@ -45,6 +46,7 @@ from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
 from bot.settings import Settings
 from storage.database import create_engine
+from storage.transaction import run_transaction
 
 VARIANTS = ("stillhere", "stillhere-nolimit", "echo", "echo-limited", "echo-stored")
 OURS = ("stillhere", "stillhere-nolimit")
@@ -124,7 +126,8 @@ _ECHO_SENT = (
 
 class StoredEcho:
     """The echo handler, storing each message before its reply and recording the
-    delivery after it: two short transactions, as stillhere's instant reply."""
+    delivery after it: two short transactions, as stillhere's instant reply, written as
+    stillhere writes them (storage.transaction: on SQLite one trip each)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -133,14 +136,18 @@ class StoredEcho:
         message = update.effective_message
         if message is None or not message.text:
             return
-        key = f"{message.chat_id}:{message.message_id}"
-        async with self.engine.begin() as conn:
-            stored = await conn.execute(_STORE_ECHO, {"update_key": key, "text": message.text})
-        if not stored.rowcount:
+        key, text = f"{message.chat_id}:{message.message_id}", message.text
+
+        def store(conn: Connection) -> int:
+            return conn.execute(_STORE_ECHO, {"update_key": key, "text": text}).rowcount
+
+        if not await run_transaction(self.engine, store):
             return  # seen before
-        sent = await message.reply_text(message.text, do_quote=True)
-        async with self.engine.begin() as conn:
-            await conn.execute(_ECHO_SENT, {"key": key, "sent": str(sent.message_id)})
+        sent = await message.reply_text(text, do_quote=True)
+        sent_id = str(sent.message_id)
+        await run_transaction(
+            self.engine, lambda conn: conn.execute(_ECHO_SENT, {"key": key, "sent": sent_id})
+        )
 
 
 @asynccontextmanager
