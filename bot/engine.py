@@ -238,7 +238,8 @@ class Engine:
         self, info: SessionInfo, queued: Sequence[QueuedMessage], context: InterimContext
     ) -> list[PlannedInterim]:
         """The instant replies for messages that came while tools run (storage calls this
-        inside the transaction that stores them: pure and quick)."""
+        inside the transaction that stores them, maybe in its own thread: pure and
+        quick, no event loop)."""
         running = self.describe_running(context.calls, info.language)
         # Oldest first, newest last: the picker needs to know which text was sent last.
         avoid = list(context.recent_replies)

@@ -91,7 +91,8 @@ class PlannedInterim:
 
 
 # Picks the instant replies for a session's queued messages; pure and quick, because it
-# runs inside the transaction that stores its choices.
+# runs inside the transaction that stores its choices, perhaps in storage's own thread
+# (it must not touch the event loop), perhaps twice (a shared transaction retried).
 InterimPlanner = Callable[
     [SessionInfo, Sequence[QueuedMessage], InterimContext], Sequence[PlannedInterim]
 ]
