@@ -16,10 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util.concurrency import await_
 
-from storage.database import create_engine
 from storage.group_commit import GroupCommit
 from storage.transaction import run_transaction
 from tests.support.held import Hold
+from tests.support.tables import engine_with
 
 ITEMS = Table(
     "group_commit_items",
@@ -31,12 +31,8 @@ ITEMS = Table(
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(ITEMS.metadata.drop_all)
-        await conn.run_sync(ITEMS.metadata.create_all)
-    yield engine
-    await engine.dispose()
+    async with engine_with(database_url, ITEMS.metadata) as engine:
+        yield engine
 
 
 def add(name: str) -> Callable[[Connection], str]:

@@ -29,9 +29,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.database import create_engine
 from storage.sqlite_driver import OneTripDBAPI
 from storage.transaction import run_transaction
+from tests.support.tables import engine_with
 
 ITEMS = Table(
     "driver_items",
@@ -43,11 +43,10 @@ ITEMS = Table(
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
-    async with engine.begin() as conn:
-        await conn.run_sync(ITEMS.metadata.create_all)
-    yield engine
-    await engine.dispose()
+    async with engine_with(
+        f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}", ITEMS.metadata
+    ) as engine:
+        yield engine
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.database import create_engine
 from storage.transaction import run_transaction
 from tests.support.held import Hold
+from tests.support.tables import engine_with
 
 ITEMS = Table(
     "transaction_items",
@@ -29,12 +29,8 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(ITEMS.metadata.drop_all)
-        await conn.run_sync(ITEMS.metadata.create_all)
-    yield engine
-    await engine.dispose()
+    async with engine_with(database_url, ITEMS.metadata) as engine:
+        yield engine
 
 
 async def stored(engine: AsyncEngine) -> list[str]:
