@@ -7,7 +7,8 @@ mix them ("ok, gracias"); the language only decides which texts answer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 
@@ -60,24 +61,44 @@ def _strip_fillers(
     return tokens
 
 
-def _merge(rules: list[Rules]) -> Rules:
-    return Rules(
-        exact=frozenset().union(*(r.exact for r in rules)),
-        start=tuple(dict.fromkeys(p for r in rules for p in r.start)),
-        anywhere=tuple(dict.fromkeys(p for r in rules for p in r.anywhere)),
+@dataclass(frozen=True, slots=True)
+class _Matcher:
+    """One kind's keywords of every locale, compiled: the whole message, its start, or
+    anywhere in it, a keyword only ever between spaces (the texts come padded with one
+    at each end). One regular expression per mode instead of a loop over every keyword:
+    each message that comes while tools run is classified."""
+
+    exact: frozenset[str]
+    start: re.Pattern[str] | None
+    anywhere: re.Pattern[str] | None
+
+    def matches(self, padded_texts: tuple[str, ...]) -> bool:
+        for padded in padded_texts:
+            if padded.strip() in self.exact:
+                return True
+            if self.start is not None and self.start.match(padded):
+                return True
+            if self.anywhere is not None and self.anywhere.search(padded):
+                return True
+        return False
+
+
+def _between_spaces(phrases: Iterable[str]) -> re.Pattern[str] | None:
+    # Any alternative that fits counts (the engine backtracks through all of them), so
+    # the order is only for a stable pattern.
+    unique = sorted(set(phrases))
+    if not unique:
+        return None
+    return re.compile(" (?:" + "|".join(re.escape(p) for p in unique) + ") ")
+
+
+def _matcher(rules: Iterable[Rules]) -> _Matcher:
+    every = list(rules)
+    return _Matcher(
+        exact=frozenset().union(*(r.exact for r in every)),
+        start=_between_spaces(p for r in every for p in r.start),
+        anywhere=_between_spaces(p for r in every for p in r.anywhere),
     )
-
-
-def _matches(rules: Rules, padded_texts: tuple[str, ...]) -> bool:
-    for padded in padded_texts:
-        bare = padded.strip()
-        if bare in rules.exact:
-            return True
-        if any(padded.startswith(f" {p} ") for p in rules.start):
-            return True
-        if any(f" {p} " in padded for p in rules.anywhere):
-            return True
-    return False
 
 
 class Classifier:
@@ -85,8 +106,8 @@ class Classifier:
 
     def __init__(self, locales: Mapping[str, Locale]) -> None:
         self._locales = dict(locales)
-        self._rules = {
-            kind: _merge([loc.rules[kind] for loc in self._locales.values()])
+        self._matchers = {
+            kind: _matcher(loc.rules[kind] for loc in self._locales.values())
             for kind in MATCHED_KINDS
         }
         self._fillers = tuple(
@@ -126,7 +147,7 @@ class Classifier:
         for kind in PRECEDENCE:
             if kind is InterimKind.QUESTION and any(m in prepared for m in self._question_marks):
                 return Classification(kind, language)
-            if tokens and _matches(self._rules[kind], padded):
+            if tokens and self._matchers[kind].matches(padded):
                 return Classification(kind, language)
         return Classification(InterimKind.DEFAULT, language)
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.interim.classify import InterimKind, classify, detect_language
+from bot.interim.catalog import MATCHED_KINDS, Rules, load_locales
+from bot.interim.classify import InterimKind, _matcher, classify, detect_language
 
 STATUS = InterimKind.STATUS
 GREETING = InterimKind.GREETING
@@ -176,3 +177,45 @@ def test_any_text_gets_a_kind_and_a_known_or_default_language(text: str, default
     result = classify(text, default)
     assert result.kind in set(InterimKind)
     assert result.language in {"en", "es"}
+
+
+@pytest.mark.parametrize("kind", MATCHED_KINDS)
+def test_every_keyword_matches_where_its_mode_says(kind: InterimKind) -> None:
+    """All locales' keywords of a kind are compiled together: each must still match."""
+    rules = [locale.rules[kind] for locale in load_locales().values()]
+    matcher = _matcher(rules)
+    for rule in rules:
+        for phrase in rule.exact:
+            assert matcher.matches((f" {phrase} ",)), phrase
+        for phrase in rule.start:
+            assert matcher.matches((f" {phrase} zzq ",)), phrase
+        for phrase in rule.anywhere:
+            assert matcher.matches((f" zzq {phrase} zzq ",)), phrase
+
+
+@pytest.mark.parametrize(
+    ("mode", "text", "matched"),
+    [
+        ("start", " are you there ", True),
+        ("start", " are you ", True),
+        ("start", " /status now ", True),
+        ("start", " so are you ", False),
+        ("start", " are yours ", False),
+        ("start", " ware you ", False),
+        ("start", " status ", False),
+        ("start", " a.b ", True),
+        ("start", " axb ", False),
+        ("anywhere", " so you there now ", True),
+        ("anywhere", " you there ", True),
+        ("anywhere", " you therefore ", False),
+        ("anywhere", " bayou there ", False),
+        ("anywhere", " a.b ", True),
+        ("anywhere", " axb ", False),
+    ],
+)
+def test_a_keyword_matches_as_whole_words_only(mode: str, text: str, matched: bool) -> None:
+    phrases = ("are you", "/status", "a.b") if mode == "start" else ("you there", "a.b")
+    rules = Rules(
+        frozenset(), phrases if mode == "start" else (), phrases if mode == "anywhere" else ()
+    )
+    assert _matcher([rules]).matches((text,)) is matched
