@@ -61,6 +61,7 @@ from storage.models import (
     SessionRow,
     ToolCallRow,
 )
+from storage.prepared import AnyRow, Prepared
 from storage.statements import MESSAGES, SESSIONS, TOOL_CALLS
 from storage.transaction import Work, run_transaction
 
@@ -156,7 +157,7 @@ class SqlStore:
         # The dedupe insert, built once (storage.statements says why): the dialect's own
         # INSERT ... ON CONFLICT DO NOTHING.
         dialect_insert = postgresql_insert if engine.dialect.name == "postgresql" else sqlite_insert
-        self._note_seen = dialect_insert(ProcessedUpdateRow).on_conflict_do_nothing()
+        self._note_seen = Prepared(dialect_insert(ProcessedUpdateRow).on_conflict_do_nothing())
         # The writes every message makes (its intake, its turn's answer, the delivery of
         # its replies) commit together with other sessions' under a burst.
         self._group = GroupCommit(engine)
@@ -174,7 +175,7 @@ class SqlStore:
         return row
 
     def _next_position(self, conn: Connection, session_id: int) -> int:
-        last = conn.scalar(sql.LAST_POSITION, {"session_id": session_id})
+        last = sql.LAST_POSITION.run(conn, {"session_id": session_id}).scalar()
         return (last or 0) + 1
 
     def _claim(
@@ -195,7 +196,7 @@ class SqlStore:
         first, through the courier's claim). Call before adding them."""
         if self.worker is None:
             return {}
-        older = conn.scalar(sql.OLDER_UNDELIVERED, {"session_id": session_id})
+        older = sql.OLDER_UNDELIVERED.run(conn, {"session_id": session_id}).scalar()
         return self._reply_claim(older is not None)
 
     def _reply_claim(self, older_unsent: bool) -> dict[str, Any]:
@@ -232,7 +233,7 @@ class SqlStore:
         """Inserts the replies (`_outbox` values); the claimed ones are returned, to send."""
         if not rows:
             return []
-        added = conn.execute(sql.ADD_OUTBOX, rows)
+        added = sql.ADD_OUTBOX.run(conn, rows)
         return [_outbox_item(row) for row in added if row.claimed_by is not None]
 
     def _take_in(
@@ -244,15 +245,15 @@ class SqlStore:
         transaction), or None for a message seen before."""
         # Values go in as parameters, not into the statement: every message passes here,
         # and a statement built with its values costs a cache key computed from them.
-        seen = conn.execute(
-            self._note_seen,
+        seen = self._note_seen.run(
+            conn,
             {"key": message.dedupe_key, "created_at": now()},
         )
         if not seen.rowcount:
             return None
         key, stamp = active_key(message.conversation), now()
-        found = conn.execute(
-            sql.TOUCH_ACTIVE_SESSION,
+        found = sql.TOUCH_ACTIVE_SESSION.run(
+            conn,
             {
                 "key": key,
                 "stamp": stamp,
@@ -380,7 +381,7 @@ class SqlStore:
         if info.archived or info.state == SessionState.LLM:
             self._queue(conn, info, arrived)
             return Intake(info)
-        queued = conn.execute(sql.QUEUED_MESSAGES, {"session_id": info.id}).all()
+        queued = sql.QUEUED_MESSAGES.run(conn, {"session_id": info.id}).all()
         if not queued and arrived is None:
             return Intake(info)
         if info.state == SessionState.IDLE:
@@ -390,7 +391,7 @@ class SqlStore:
     def _queue(self, conn: Connection, info: SessionInfo, arrived: dict[str, Any] | None) -> None:
         """Stores the arriving message (if any) queued: for the session's next turn."""
         if arrived is not None:
-            conn.execute(sql.ADD_MESSAGE, {**arrived, "status": "queued", "turn": info.turn})
+            sql.ADD_MESSAGE.run(conn, {**arrived, "status": "queued", "turn": info.turn})
 
     def _begin_turn(
         self,
@@ -401,8 +402,8 @@ class SqlStore:
     ) -> Intake:
         last = arrived if arrived is not None else queued[-1]._mapping
         turn = info.turn + 1
-        claimed = conn.execute(
-            sql.START_TURN,
+        claimed = sql.START_TURN.run(
+            conn,
             {
                 "session_id": info.id,
                 "stamp": now(),
@@ -416,13 +417,13 @@ class SqlStore:
             self._queue(conn, info, arrived)
             return Intake(info)
         if queued:
-            conn.execute(
-                sql.JOIN_HISTORY,
+            sql.JOIN_HISTORY.run(
+                conn,
                 [{"row_id": row.id, "of_session": info.id, "row_turn": turn} for row in queued],
             )
         if arrived is not None:  # after the older ones: its position is the next
-            conn.execute(
-                sql.ADD_HISTORY_MESSAGE,
+            sql.ADD_HISTORY_MESSAGE.run(
+                conn,
                 {**arrived, "of_session": info.id, "status": "history", "turn": turn},
             )
         started = _session_info(claimed)
@@ -432,7 +433,7 @@ class SqlStore:
         return await self._run(lambda conn: self._history(conn, session_id))
 
     def _history(self, conn: Connection, session_id: int) -> list[HistoryEntry]:
-        rows = conn.execute(sql.HISTORY, {"session_id": session_id})
+        rows = sql.HISTORY.run(conn, {"session_id": session_id})
         return [HistoryEntry(*row) for row in rows]
 
     def _model_history(self, conn: Connection, session_id: int) -> list[HistoryEntry]:
@@ -442,7 +443,7 @@ class SqlStore:
         limit = self.history_rows
         if limit is None:
             return self._history(conn, session_id)
-        newest = conn.execute(sql.NEWEST_HISTORY, {"session_id": session_id, "rows": limit})
+        newest = sql.NEWEST_HISTORY.run(conn, {"session_id": session_id, "rows": limit})
         rows = newest.all()[::-1]
         if len(rows) < limit:
             return [HistoryEntry(*row) for row in rows]
@@ -483,7 +484,7 @@ class SqlStore:
 
     def _interim_context(self, conn: Connection, session_id: int, turn: int) -> InterimContext:
         calls = self._round_calls(conn, session_id)
-        interims = conn.execute(sql.RECENT_INTERIM_REPLIES, {"session_id": session_id})
+        interims = sql.RECENT_INTERIM_REPLIES.run(conn, {"session_id": session_id})
         newest_first = list(interims)
         recent = [text or "" for row_turn, text in reversed(newest_first) if row_turn == turn]
         if newest_first and (not recent or newest_first[0][1] != recent[-1]):
@@ -507,8 +508,8 @@ class SqlStore:
     async def record_answer(self, session_id: int, text: str, usage: Usage) -> TurnEnd:
         def answer(conn: Connection) -> TurnEnd:
             session, after = self._end_turn(conn, session_id)
-            conn.execute(
-                sql.ADD_HISTORY_MESSAGE,
+            sql.ADD_HISTORY_MESSAGE.run(
+                conn,
                 {
                     "session_id": session_id,
                     "of_session": session_id,
@@ -520,7 +521,7 @@ class SqlStore:
                     "created_at": now(),
                 },
             )
-            conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage))
+            sql.ADD_LLM_CALL.run(conn, self._llm_call(session, usage))
             outbox = self._outbox(
                 session,
                 ReplyKind.ANSWER,
@@ -538,8 +539,8 @@ class SqlStore:
     ) -> tuple[Row[Any], Row[bool, bool]]:
         """The session after its turn ended, and `AFTER_MODEL_REPLY`'s flags."""
         stamp = now()
-        session = conn.execute(
-            sql.END_TURN,
+        session = sql.END_TURN.run(
+            conn,
             {
                 "session_id": session_id,
                 "stamp": stamp,
@@ -557,9 +558,9 @@ class SqlStore:
         """The turn's last reply added; `after` is `_end_turn`'s flags."""
         return TurnEnd(self._add_outbox(conn, [outbox]), queued=bool(after.has_queued))
 
-    def _after_model_reply(self, conn: Connection, session_id: int) -> Row[bool, bool]:
+    def _after_model_reply(self, conn: Connection, session_id: int) -> AnyRow:
         """`AFTER_MODEL_REPLY`'s flags; call once the session row is locked."""
-        return conn.execute(sql.AFTER_MODEL_REPLY, {"session_id": session_id}).one()
+        return sql.AFTER_MODEL_REPLY.run(conn, {"session_id": session_id}).one()
 
     async def record_tool_calls(
         self,
@@ -613,7 +614,7 @@ class SqlStore:
                 ],
             )
             stored = [_tool_info(row) for row in rows]
-            conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage))
+            sql.ADD_LLM_CALL.run(conn, self._llm_call(session, usage))
             outbox = self._outbox(
                 session,
                 ReplyKind.WORKING,
@@ -633,7 +634,7 @@ class SqlStore:
     ) -> TurnEnd:
         def fail(conn: Connection) -> TurnEnd:
             session, after = self._end_turn(conn, session_id, error)
-            conn.execute(sql.ADD_LLM_CALL, self._llm_call(session, usage, error))
+            sql.ADD_LLM_CALL.run(conn, self._llm_call(session, usage, error))
             outbox = self._outbox(
                 session,
                 ReplyKind.ERROR,
@@ -661,8 +662,8 @@ class SqlStore:
         if arrived is not None:
             # Stored deferred at once: that is what a message gets while tools run, and
             # choosing its reply needs its id. It goes back to the queue if it gets none.
-            added = conn.execute(
-                sql.ADD_MESSAGE_ID, {**arrived, "status": "deferred", "turn": info.turn}
+            added = sql.ADD_MESSAGE_ID.run(
+                conn, {**arrived, "status": "deferred", "turn": info.turn}
             )
             messages.append(
                 QueuedMessage(
@@ -684,7 +685,7 @@ class SqlStore:
             planned = []
         new_id = messages[-1].id if arrived is not None else None
         if new_id is not None and all(choice.message_id != new_id for choice in planned):
-            conn.execute(sql.REQUEUE_MESSAGE, {"row_id": new_id})
+            sql.REQUEUE_MESSAGE.run(conn, {"row_id": new_id})
         if not planned:
             return Intake(info)
         by_id = {message.id: message for message in messages}
@@ -692,12 +693,12 @@ class SqlStore:
         stamp = now()
         older = [choice for choice in planned if choice.message_id != new_id]
         if older:
-            conn.execute(
-                sql.DEFER_MESSAGES,
+            sql.DEFER_MESSAGES.run(
+                conn,
                 [{"row_id": choice.message_id, "row_turn": info.turn} for choice in older],
             )
-        conn.execute(
-            sql.ADD_MESSAGE,
+        sql.ADD_MESSAGE.run(
+            conn,
             [
                 {
                     "session_id": info.id,
@@ -738,7 +739,7 @@ class SqlStore:
 
     def _round_calls(self, conn: Connection, session_id: int) -> list[ToolCallInfo]:
         """The calls of the round in progress, in the model's order, in one query."""
-        rows = conn.execute(sql.OPEN_ROUND_CALLS, {"session_id": session_id}).all()
+        rows = sql.OPEN_ROUND_CALLS.run(conn, {"session_id": session_id}).all()
         return [_tool_info(row) for row in rows if row.message_id == rows[0].message_id]
 
     async def open_tool_calls(self, session_id: int) -> list[ToolCallInfo]:
@@ -1025,7 +1026,7 @@ class SqlStore:
         values = {"outbox_id": outbox_id, "stamp": now(), "sent_id": platform_message_id}
 
         def mark(conn: Connection) -> None:
-            conn.execute(sql.MARK_DELIVERED, values)
+            sql.MARK_DELIVERED.run(conn, values)
 
         await self._group.run(mark)
 

@@ -49,7 +49,13 @@ class _DriverThread(threading.local):
 _driver_thread = _DriverThread()
 
 
-class _Outcome:
+def in_driver_thread() -> bool:
+    """Whether this code runs inside `OneTripConnection.in_thread`: in the driver's
+    thread, where its sqlite3 connection may be used directly (storage.prepared)."""
+    return _driver_thread.inline
+
+
+class StatementOutcome:
     """What the DBAPI cursor left after a statement: SQLAlchemy reads these attributes."""
 
     __slots__ = ("description", "lastrowid", "rowcount")
@@ -60,12 +66,12 @@ class _Outcome:
         self.lastrowid = lastrowid
 
 
-_NOTHING_YET = _Outcome(None, -1, None)
+_NOTHING_YET = StatementOutcome(None, -1, None)
 
 
 def _run(
     connection: sqlite3.Connection, operation: str, parameters: Any, many: bool
-) -> tuple[_Outcome, list[Any]]:
+) -> tuple[StatementOutcome, list[Any]]:
     """In aiosqlite's thread: the whole statement, from opening the cursor to closing it."""
     cursor = connection.cursor()
     try:
@@ -75,9 +81,16 @@ def _run(
             cursor.execute(operation, parameters)
         description = cursor.description
         rows = cursor.fetchall() if description else []
-        return _Outcome(description, cursor.rowcount, cursor.lastrowid), rows
+        return StatementOutcome(description, cursor.rowcount, cursor.lastrowid), rows
     finally:
         cursor.close()
+
+
+def run_statement(
+    connection: sqlite3.Connection, operation: str, parameters: Sequence[Any]
+) -> tuple[StatementOutcome, list[Any]]:
+    """In the driver's thread: one statement run whole, its rows fetched."""
+    return _run(connection, operation, parameters, many=False)
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -103,7 +116,9 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     def _statement(self, operation: str, parameters: Any, many: bool) -> None:
         driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-        in_thread = cast(Callable[..., Awaitable[tuple[_Outcome, list[Any]]]], driver._execute)
+        in_thread = cast(
+            Callable[..., Awaitable[tuple[StatementOutcome, list[Any]]]], driver._execute
+        )
         try:
             if _driver_thread.inline:
                 outcome, rows = _run(driver._conn, operation, parameters, many)
@@ -137,6 +152,12 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
         in_thread = cast(Callable[[Callable[[], T]], Awaitable[T]], driver._execute)
         return await in_thread(inline)
+
+    @property
+    def sqlite_connection(self) -> sqlite3.Connection:
+        """The driver's own connection: use it only in its thread (`in_driver_thread`)."""
+        driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
+        return driver._conn
 
     def commit(self) -> None:
         if not _driver_thread.inline:

@@ -2,7 +2,8 @@
 
 Building a statement and computing its cache key cost more than SQLite takes to run it
 (profiled: about 0.2 ms each, a fifth of an instant reply's storage time); a statement
-built once keeps its key.
+built once keeps its key. Each one executed as it is is `Prepared` (storage.prepared):
+run with `.run(conn, params)`, on sqlite3 directly where that is possible.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sqlalchemy import (
 )
 
 from storage.models import Base, LLMCallRow, MessageRow, OutboxRow, SessionRow, ToolCallRow
+from storage.prepared import Prepared
 
 SESSIONS = Base.metadata.tables[SessionRow.__tablename__]
 MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
@@ -30,7 +32,7 @@ OUTBOX = Base.metadata.tables[OutboxRow.__tablename__]
 RECENT_INTERIMS = 20
 
 # The conversation's active session, stamped; language and title change only when given.
-TOUCH_ACTIVE_SESSION = (
+TOUCH_ACTIVE_SESSION = Prepared(
     update(SESSIONS)
     .where(SESSIONS.c.active_key == bindparam("key"))
     .values(
@@ -45,11 +47,11 @@ TOUCH_ACTIVE_SESSION = (
     .returning(*SESSIONS.c)
 )
 
-ADD_MESSAGE = insert(MESSAGES)
+ADD_MESSAGE = Prepared(insert(MESSAGES))
 
-ADD_MESSAGE_ID = insert(MESSAGES).returning(MESSAGES.c.id)
+ADD_MESSAGE_ID = Prepared(insert(MESSAGES).returning(MESSAGES.c.id))
 
-QUEUED_MESSAGES = (
+QUEUED_MESSAGES = Prepared(
     select(
         MESSAGES.c.id,
         MESSAGES.c.content,
@@ -61,8 +63,8 @@ QUEUED_MESSAGES = (
     .order_by(MESSAGES.c.id)
 )
 
-LAST_POSITION = select(func.max(MESSAGES.c.position)).where(
-    MESSAGES.c.session_id == bindparam("session_id")
+LAST_POSITION = Prepared(
+    select(func.max(MESSAGES.c.position)).where(MESSAGES.c.session_id == bindparam("session_id"))
 )
 
 # The session's next free history position, computed by the statement that takes it (one
@@ -74,10 +76,10 @@ NEXT_POSITION = (
     .scalar_subquery()
 )
 
-ADD_HISTORY_MESSAGE = insert(MESSAGES).values(position=NEXT_POSITION)
+ADD_HISTORY_MESSAGE = Prepared(insert(MESSAGES).values(position=NEXT_POSITION))
 
 # Executed with one parameter set per message, in the order they join.
-JOIN_HISTORY = (
+JOIN_HISTORY = Prepared(
     update(MESSAGES)
     .where(MESSAGES.c.id == bindparam("row_id"))
     .values(status="history", position=NEXT_POSITION, turn=bindparam("row_turn"))
@@ -91,20 +93,22 @@ _HISTORY_ROWS = select(
     MESSAGES.c.tool_call_id,
 ).where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.position.is_not(None))
 
-HISTORY = _HISTORY_ROWS.order_by(MESSAGES.c.position)
+HISTORY = Prepared(_HISTORY_ROWS.order_by(MESSAGES.c.position))
 
 # The newest `rows` of the history, newest first (the caller turns them around).
-NEWEST_HISTORY = _HISTORY_ROWS.order_by(MESSAGES.c.position.desc()).limit(bindparam("rows"))
+NEWEST_HISTORY = Prepared(
+    _HISTORY_ROWS.order_by(MESSAGES.c.position.desc()).limit(bindparam("rows"))
+)
 
 # Every call of the session's open rounds, oldest round first, in the model's order.
-OPEN_ROUND_CALLS = (
+OPEN_ROUND_CALLS = Prepared(
     select(TOOL_CALLS)
     .join(MESSAGES, TOOL_CALLS.c.message_id == MESSAGES.c.id)
     .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "pending_calls")
     .order_by(MESSAGES.c.id, TOOL_CALLS.c.seq)
 )
 
-RECENT_INTERIM_REPLIES = (
+RECENT_INTERIM_REPLIES = Prepared(
     select(MESSAGES.c.turn, MESSAGES.c.content)
     .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "interim")
     .order_by(MESSAGES.c.id.desc())
@@ -112,13 +116,13 @@ RECENT_INTERIM_REPLIES = (
 )
 
 # Executed with one parameter set per message.
-DEFER_MESSAGES = (
+DEFER_MESSAGES = Prepared(
     update(MESSAGES)
     .where(MESSAGES.c.id == bindparam("row_id"))
     .values(status="deferred", turn=bindparam("row_turn"))
 )
 
-REQUEUE_MESSAGE = (
+REQUEUE_MESSAGE = Prepared(
     update(MESSAGES).where(MESSAGES.c.id == bindparam("row_id")).values(status="queued")
 )
 
@@ -133,11 +137,13 @@ def undelivered(session_id: Any) -> tuple[ColumnElement[bool], ...]:
     )
 
 
-OLDER_UNDELIVERED = select(OUTBOX.c.id).where(*undelivered(bindparam("session_id"))).limit(1)
+OLDER_UNDELIVERED = Prepared(
+    select(OUTBOX.c.id).where(*undelivered(bindparam("session_id"))).limit(1)
+)
 
-ADD_OUTBOX = insert(OUTBOX).returning(*OUTBOX.c, sort_by_parameter_order=True)
+ADD_OUTBOX = Prepared(insert(OUTBOX).returning(*OUTBOX.c, sort_by_parameter_order=True))
 
-MARK_DELIVERED = (
+MARK_DELIVERED = Prepared(
     update(OUTBOX)
     .where(OUTBOX.c.id == bindparam("outbox_id"))
     .values(
@@ -151,7 +157,7 @@ MARK_DELIVERED = (
 )
 
 # idle -> llm: the turn starts, answering the last of its messages.
-START_TURN = (
+START_TURN = Prepared(
     update(SESSIONS)
     .where(SESSIONS.c.id == bindparam("session_id"), SESSIONS.c.state == "idle")
     .values(
@@ -168,7 +174,7 @@ START_TURN = (
 )
 
 # llm -> idle: the turn ends, with an answer (no error) or an apology (the error, stamped).
-END_TURN = (
+END_TURN = Prepared(
     update(SESSIONS)
     .where(SESSIONS.c.id == bindparam("session_id"), SESSIONS.c.state == "llm")
     .values(
@@ -188,11 +194,13 @@ END_TURN = (
 # the new one is not claimed: replies go out in order). Not in that UPDATE's RETURNING: on
 # PostgreSQL an UPDATE that waited for the row lock still reads other rows as they were
 # when it started, and would miss what the lock holder wrote.
-AFTER_MODEL_REPLY = select(
-    exists()
-    .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "queued")
-    .label("has_queued"),
-    exists().where(*undelivered(bindparam("session_id"))).label("has_unsent"),
+AFTER_MODEL_REPLY = Prepared(
+    select(
+        exists()
+        .where(MESSAGES.c.session_id == bindparam("session_id"), MESSAGES.c.status == "queued")
+        .label("has_queued"),
+        exists().where(*undelivered(bindparam("session_id"))).label("has_unsent"),
+    )
 )
 
-ADD_LLM_CALL = insert(Base.metadata.tables[LLMCallRow.__tablename__])
+ADD_LLM_CALL = Prepared(insert(Base.metadata.tables[LLMCallRow.__tablename__]))

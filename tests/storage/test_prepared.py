@@ -1,0 +1,212 @@
+"""Prepared statements: on SQLite, inside a one-trip transaction, run on sqlite3 directly,
+with the same values in and out as SQLAlchemy's execution, its defaults and its
+exceptions; everywhere else, and whenever someone watches the connection, through
+SQLAlchemy. Runs on SQLite and on PostgreSQL (see conftest)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    event,
+    exists,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import storage.prepared
+from storage.models import UTCDateTime
+from storage.prepared import Prepared, Rows
+from storage.transaction import run_transaction
+from tests.support.tables import engine_with
+
+ITEMS = Table(
+    "prepared_items",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("key", String(20), unique=True, nullable=False),
+    Column("at", UTCDateTime, nullable=True),
+    Column("flag", Boolean, default=False),
+    Column("data", JSON, nullable=True),
+    Column("count", Integer, default=0),
+)
+ADD = Prepared(insert(ITEMS).returning(*ITEMS.c, sort_by_parameter_order=True))
+ADD_QUIETLY = Prepared(insert(ITEMS))
+LISTED = Prepared(
+    select(ITEMS.c.key, ITEMS.c.at, ITEMS.c.flag, ITEMS.c.data)
+    .where(ITEMS.c.key != "hidden", ITEMS.c.count >= bindparam("least"))
+    .order_by(ITEMS.c.id)
+)
+BUMP = Prepared(
+    update(ITEMS)
+    .where(ITEMS.c.key == bindparam("k"))
+    .values(count=ITEMS.c.count + 1, at=bindparam("at", type_=ITEMS.c.at.type))
+    .returning(ITEMS.c.count, ITEMS.c.at)
+)
+ANY_FLAGGED = Prepared(select(exists().where(ITEMS.c.flag.is_(True)).label("any_flagged")))
+BY_KEYS = Prepared(
+    select(ITEMS.c.key).where(ITEMS.c.key.in_(bindparam("keys", expanding=True))).order_by("key")
+)
+STAMP = datetime(2026, 12, 2, 16, 30, 5, 123456, tzinfo=UTC)
+FIRST = {"key": "a", "at": STAMP, "flag": True, "data": {"list": [1, "ñ"], "none": None}}
+SECOND = {"key": "b", "at": None, "data": None}  # flag and count from the column defaults
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    async with engine_with(database_url, ITEMS.metadata) as engine:
+        yield engine
+
+
+@pytest.fixture
+def direct_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements run on sqlite3 directly from now on."""
+    runs: list[str] = []
+    run_statement = storage.prepared.run_statement
+
+    def counted(connection: Any, operation: str, parameters: Any) -> Any:
+        runs.append(operation)
+        return run_statement(connection, operation, parameters)
+
+    monkeypatch.setattr(storage.prepared, "run_statement", counted)
+    return runs
+
+
+def table(rows: Rows | list[Any]) -> list[dict[str, Any]]:
+    return [dict(row._mapping) for row in rows]
+
+
+async def test_values_in_and_out_are_sqlalchemys(
+    engine: AsyncEngine, direct_runs: list[str]
+) -> None:
+    """Bind processing (an aware datetime, a boolean, JSON), the columns' defaults, the
+    rows returned in order, and each read the same as SQLAlchemy's execution of it."""
+
+    def work(conn: Connection) -> dict[str, Any]:
+        added = ADD.run(conn, FIRST).all() + ADD.run(conn, SECOND).all()
+        reads: dict[str, tuple[Prepared, dict[str, Any]]] = {
+            "listed": (LISTED, {"least": 0}),
+            "bumped": (BUMP, {"k": "a", "at": STAMP}),
+            "any_flagged": (ANY_FLAGGED, {}),
+        }
+        seen = {
+            "added": table(added),
+            "stored": table(conn.execute(select(ITEMS).order_by(ITEMS.c.id))),
+        }
+        for name, (statement, params) in reads.items():
+            seen[name] = table(statement.run(conn, params))
+            seen[f"{name} by sqlalchemy"] = table(conn.execute(statement.statement, params))
+        return seen
+
+    seen = await run_transaction(engine, work)
+    assert seen["added"] == seen["stored"]
+    first, second = seen["stored"]
+    assert first == {"id": first["id"], "count": 0, **FIRST}
+    assert first["at"].tzinfo is UTC
+    assert second == {
+        "id": second["id"],
+        "key": "b",
+        "at": None,
+        "flag": False,
+        "data": None,
+        "count": 0,
+    }
+    assert (
+        seen["listed"]
+        == seen["listed by sqlalchemy"]
+        == [
+            {k: v for k, v in row.items() if k in ("key", "at", "flag", "data")}
+            for row in (first, second)
+        ]
+    )
+    # The update ran twice, once each way.
+    assert seen["bumped"] == [{"count": 1, "at": STAMP}]
+    assert seen["bumped by sqlalchemy"] == [{"count": 2, "at": STAMP}]
+    assert seen["any_flagged"] == seen["any_flagged by sqlalchemy"] == [{"any_flagged": True}]
+    directly = engine.dialect.name == "sqlite"
+    assert len(direct_runs) == (5 if directly else 0), direct_runs
+
+
+def dedupe_insert(engine: AsyncEngine) -> Prepared:
+    make = postgresql_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    return Prepared(make(ITEMS).on_conflict_do_nothing())
+
+
+async def test_rowcount_counts_what_changed(engine: AsyncEngine) -> None:
+    ignoring = dedupe_insert(engine)
+
+    def work(conn: Connection) -> list[int]:
+        added = [ignoring.run(conn, {"key": key}).rowcount for key in ("a", "a", "b")]
+        bumped = [BUMP.run(conn, {"k": key, "at": STAMP}).rowcount for key in ("a", "zz")]
+        return added + bumped
+
+    assert await run_transaction(engine, work) == [1, 0, 1, 1, 0]
+
+
+async def test_a_failing_statement_raises_as_sqlalchemy_and_changes_nothing(
+    engine: AsyncEngine,
+) -> None:
+    await run_transaction(engine, lambda conn: ADD.run(conn, FIRST))
+
+    def again(conn: Connection) -> None:
+        ADD_QUIETLY.run(conn, {"key": "new"})
+        ADD.run(conn, FIRST)
+
+    with pytest.raises(IntegrityError):
+        await run_transaction(engine, again)
+    keys = await run_transaction(
+        engine, lambda conn: [r.key for r in LISTED.run(conn, {"least": 0})]
+    )
+    assert keys == ["a"]
+
+
+async def test_what_only_sqlalchemy_can_run_goes_through_it(
+    engine: AsyncEngine, direct_runs: list[str]
+) -> None:
+    """An expanding IN list; and a connection outside the driver's thread (here: the
+    greenlet of `run_sync`), where sqlite3 is not this code's to use."""
+    await run_transaction(
+        engine, lambda conn: ADD_QUIETLY.run(conn, [FIRST, {**FIRST, "key": "b"}])
+    )
+    direct_runs.clear()
+    keys = await run_transaction(
+        engine, lambda conn: [r.key for r in BY_KEYS.run(conn, {"keys": ["b", "a", "zz"]})]
+    )
+    async with engine.connect() as conn:
+        listed = await conn.run_sync(lambda sync: table(LISTED.run(sync, {"least": 0})))
+    assert keys == ["a", "b"]
+    assert [row["key"] for row in listed] == ["a", "b"]
+    assert direct_runs == []
+
+
+async def test_a_watched_connection_sees_every_statement(
+    engine: AsyncEngine, direct_runs: list[str]
+) -> None:
+    """Tracing, statement counts in tests, echo: listeners hear every statement."""
+    heard: list[str] = []
+
+    def note(*args: Any) -> None:
+        heard.append(args[2])
+
+    event.listen(engine.sync_engine, "before_cursor_execute", note)
+    run: Callable[[Connection], Any] = lambda conn: ADD.run(conn, SECOND)  # noqa: E731
+    await run_transaction(engine, run)
+    assert [statement.split()[0] for statement in heard] == ["INSERT"]
+    assert direct_runs == []
