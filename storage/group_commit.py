@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.transaction import Work, finish_before_cancelling, transaction
+from storage.transaction import Cancellations, Work, transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,8 +122,9 @@ class GroupCommit:
         each (a leader cancelled meanwhile is told once they are settled)."""
         count = min(self._max_batch, len(self._waiting))
         batch = [self._waiting.popleft() for _ in range(count)]
+        cancellations = Cancellations()
         try:
-            await finish_before_cancelling(self._commit(batch))
+            await self._commit(batch, cancellations)
         finally:
             for unit in batch:
                 if not unit.done:  # the commit itself was cancelled: the loop is closing
@@ -131,11 +132,13 @@ class GroupCommit:
                 if not unit.wake.done():
                     unit.wake.set_result(None)
             self._pass_lead()
+        if cancellations.noted:
+            raise asyncio.CancelledError()
 
-    async def _commit(self, batch: list[_Unit[Any]]) -> None:
+    async def _commit(self, batch: list[_Unit[Any]], cancellations: Cancellations) -> None:
         if len(batch) > 1:
             try:
-                results = await self._transaction(batch)
+                results = await self._transaction(batch, cancellations)
             except Exception as exc:
                 # The failing unit's own caller hears of it below; this says why its
                 # neighbours paid a second transaction (a deadlock that resolves alone on
@@ -150,25 +153,27 @@ class GroupCommit:
                     unit.result, unit.done = result, True
                 return
         for unit in batch:
-            await self._alone(unit)
+            await self._alone(unit, cancellations)
 
-    async def _transaction(self, batch: list[_Unit[Any]]) -> list[Any]:
+    async def _transaction(
+        self, batch: list[_Unit[Any]], cancellations: Cancellations
+    ) -> list[Any]:
         self.transactions += 1
 
         def units(connection: Connection) -> list[Any]:
             return [unit.work(connection) for unit in batch]
 
-        results = await transaction(self._engine, units)
+        results = await transaction(self._engine, units, cancellations)
         self.units += len(batch)
         return results
 
-    async def _alone(self, unit: _Unit[Any]) -> None:
+    async def _alone(self, unit: _Unit[Any], cancellations: Cancellations) -> None:
         """One unit in its own transaction. A unique-key conflict is retried once: another
         worker created the same row first (two workers creating one conversation's
         session), and the retry finds it."""
         for _attempt in range(2):
             try:
-                (unit.result,) = await self._transaction([unit])
+                (unit.result,) = await self._transaction([unit], cancellations)
             except IntegrityError as exc:
                 unit.error = exc
                 continue

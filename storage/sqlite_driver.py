@@ -22,6 +22,7 @@ pyproject.toml bounds the aiosqlite versions this was checked against.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections import deque
@@ -131,27 +132,58 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows = deque(rows)
 
 
+def _nothing() -> None:
+    """A call queued only to learn that the calls before it are done."""
+
+
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     __slots__ = ()
 
     _cursor_cls = OneTripCursor
 
-    async def in_thread(self, function: Callable[[], T]) -> T:
+    async def in_thread(
+        self, function: Callable[[], T], on_cancel: Callable[[], None] | None = None
+    ) -> T:
         """`function()` run in the driver's thread, its statements, commit and rollback
         run there at once: one trip. It must not touch the event loop. Once queued it
-        runs to its end, whether or not the caller still waits (see
-        `storage.transaction`, which waits for it)."""
+        runs to its end, whether or not the caller still waits. With `on_cancel`, the
+        caller waits: a cancellation meanwhile calls `on_cancel` instead of being raised,
+        and the function's own result or exception comes back once it is over
+        (`storage.transaction`); without, the cancellation is raised at once."""
+        outcome: list[T] = []
+        failure: list[BaseException] = []
 
         def inline() -> T:
             _driver_thread.inline = True
             try:
-                return function()
+                outcome.append(function())
+                return outcome[0]
+            except BaseException as error:
+                failure.append(error)
+                raise
             finally:
                 _driver_thread.inline = False
 
         driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
-        in_thread = cast(Callable[[Callable[[], T]], Awaitable[T]], driver._execute)
-        return await in_thread(inline)
+        in_thread = cast(Callable[[Callable[[], Any]], Awaitable[Any]], driver._execute)
+        try:
+            result: T = await in_thread(inline)
+            return result
+        except asyncio.CancelledError:
+            if on_cancel is None:
+                raise
+            on_cancel()
+        # Queued or running still. The thread runs its queue in order, so once a call
+        # queued after it is back, it is over.
+        while True:
+            try:
+                await in_thread(_nothing)
+                break
+            except asyncio.CancelledError:
+                on_cancel()
+        if failure:
+            raise failure[0]
+        return outcome[0]
 
     @property
     def sqlite_connection(self) -> sqlite3.Connection:

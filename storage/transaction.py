@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from storage.sqlite_driver import OneTripConnection
 
@@ -36,50 +36,83 @@ T = TypeVar("T")
 Work = Callable[[Connection], T]
 
 
+class Cancellations:
+    """Whether the caller was cancelled while work that cannot stop halfway ran: it is
+    told once everything it started is over (`run_transaction`, storage.group_commit)."""
+
+    __slots__ = ("noted",)
+
+    def __init__(self) -> None:
+        self.noted = False
+
+    def note(self) -> None:
+        self.noted = True
+
+
 async def run_transaction(engine: AsyncEngine, work: Work[T]) -> T:
     """`work(connection)` done in a transaction and committed (rolled back if it raises);
     its result. Runs in a copy of the caller's context, as `asyncio.to_thread` does."""
-    return await finish_before_cancelling(transaction(engine, work))
+    cancellations = Cancellations()
+    try:
+        result = await transaction(engine, work, cancellations)
+    except Exception:
+        if cancellations.noted:
+            log.warning("a storage call failed after its caller was cancelled", exc_info=True)
+            raise asyncio.CancelledError() from None
+        raise
+    if cancellations.noted:
+        raise asyncio.CancelledError()
+    return result
 
 
-async def transaction(engine: AsyncEngine, work: Work[T]) -> T:
-    """`run_transaction` for a caller that already waits through cancellation around it
-    (with `finish_before_cancelling`)."""
+async def transaction(engine: AsyncEngine, work: Work[T], cancellations: Cancellations) -> T:
+    """`run_transaction` for a caller that raises the cancellation itself: one that
+    comes meanwhile is noted in `cancellations`, and the transaction goes on to its end.
+
+    On SQLite nothing here needs a task of its own: the driver's thread is waited for
+    directly, and the connection goes back to the pool without a trip (its transaction
+    ended in the thread). Such tasks cost loop turns, each one a wait behind whatever
+    else the loop has to do: six per transaction, most of a busy bot's wait for one."""
     context = contextvars.copy_context()
 
     def in_transaction(connection: Connection) -> T:
         with connection.begin():
             return context.run(work, connection)
 
-    async with engine.connect() as conn:
-        sync = conn.sync_connection
-        assert sync is not None  # started by connect()
-        driver = sync.connection.dbapi_connection
-        if isinstance(driver, OneTripConnection):
-            return await driver.in_thread(lambda: in_transaction(sync))
-        return await conn.run_sync(in_transaction)
+    conn = await _connected(engine, cancellations)
+    sync = conn.sync_connection
+    assert sync is not None  # started by _connected()
+    driver = sync.connection.dbapi_connection
+    if isinstance(driver, OneTripConnection):
+        try:
+            return await driver.in_thread(lambda: in_transaction(sync), cancellations.note)
+        finally:
+            await conn.close()
+    try:
+        return await outlast(conn.run_sync(in_transaction), cancellations)
+    finally:
+        await outlast(conn.close(), cancellations)
 
 
-async def finish_before_cancelling(work: Awaitable[T]) -> T:
-    """Awaits `work` to its end even if the caller is cancelled meanwhile; the
-    cancellation is raised then. `work` cannot be stopped halfway (a transaction queued
-    for the driver's thread), so the caller stays until it is over: nothing is left
-    running, and the caller's cancellation still comes through."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
+async def _connected(engine: AsyncEngine, cancellations: Cancellations) -> AsyncConnection:
+    """A connection from the pool, waited for through cancellations (noted): the
+    transaction runs all the same, as a group commit's other writers need it to."""
     while True:
         try:
-            result = await asyncio.shield(task)
+            return await engine.connect()
         except asyncio.CancelledError:
-            if task.done():  # the work itself was cancelled, not just its caller
+            cancellations.note()
+
+
+async def outlast(work: Awaitable[T], cancellations: Cancellations) -> T:
+    """`work` awaited to its end, in a task of its own, through the caller's
+    cancellations (noted); a cancellation of the work itself (the loop closing) is
+    raised."""
+    task = asyncio.ensure_future(work)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
                 raise
-            cancelled = True
-            continue
-        except Exception:
-            if cancelled:
-                log.warning("a storage call failed after its caller was cancelled", exc_info=True)
-                raise asyncio.CancelledError() from None
-            raise
-        if cancelled:
-            raise asyncio.CancelledError()
-        return result
+            cancellations.note()

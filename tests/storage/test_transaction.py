@@ -96,3 +96,53 @@ async def test_a_caller_cancelled_mid_transaction_hears_it_once_it_is_committed(
     # The connection is whole: the next transaction runs as usual.
     await run_transaction(engine, lambda conn: conn.execute(insert(ITEMS).values(name="next")))
     assert await stored(engine) == ["committed", "next"]
+
+
+async def test_a_caller_cancelled_before_its_transaction_began_still_has_it_run(
+    engine: AsyncEngine,
+) -> None:
+    """Cancelled while it waits for a connection (on SQLite: behind another
+    transaction), the transaction still runs, as a group commit's other writers need
+    it to; the caller hears of the cancellation once it is committed."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's pool has a connection for it at once")
+    held = Hold()
+
+    def first(conn: Connection) -> None:
+        conn.execute(insert(ITEMS).values(name="first"))
+        held.hold()
+
+    holding = asyncio.create_task(run_transaction(engine, first))
+    await held.inside.wait()
+    waiting = asyncio.create_task(
+        run_transaction(engine, lambda conn: conn.execute(insert(ITEMS).values(name="second")))
+    )
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    await asyncio.sleep(0.05)
+    held.release()
+    await holding
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert sorted(await stored(engine)) == ["first", "second"]
+
+
+async def test_a_transaction_that_fails_after_its_caller_was_cancelled_is_logged(
+    engine: AsyncEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    held = Hold()
+
+    def failing(conn: Connection) -> None:
+        held.hold()
+        raise ValueError("broken after the caller left")
+
+    task = asyncio.create_task(run_transaction(engine, failing))
+    await held.inside.wait()
+    task.cancel()
+    await asyncio.sleep(0.05)
+    held.release()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert "a storage call failed after its caller was cancelled" in caplog.text
+    assert "broken after the caller left" in caplog.text
+    assert await stored(engine) == []
