@@ -17,7 +17,7 @@ from bot.core_api import SubmitOutcome
 from bot.courier import Courier
 from bot.events import CommandName, CommandRequest, InboundMessage, ReplySink
 from bot.guards.access import AccessGate
-from bot.interim.classify import classify, detect_language
+from bot.interim.classify import classify, told_language
 from bot.interim.replies import ReplyBook, RunningTool
 from bot.llm import LLMClient
 from bot.policies import Gate, Verdict
@@ -139,7 +139,10 @@ class Engine:
         extra = {"session": str(message.conversation), "platform": message.conversation.platform}
         if not self._addressed(message):
             return SubmitOutcome.IGNORED
-        language = detect_language(message.text, default="en") if message.text else "en"
+        # A message that tells no language ("Ok") leaves the conversation's as it is; the
+        # notices sent before the message is stored fall back to English.
+        told = told_language(message.text) if message.text else None
+        language = told or "en"
         if self._is_admin(message.conversation.platform, message.user_id, message.is_admin):
             message = replace(message, is_admin=True)
         for gate in self.gates:
@@ -160,7 +163,7 @@ class Engine:
                 return SubmitOutcome.IGNORED
             log.info("non-text message (%s)", message.unsupported, extra=extra)
             return await self._notice(message, self.book.phrase("text_only", language))
-        intake = await self.store.record_inbound(message, language, self.plan_interims)
+        intake = await self.store.record_inbound(message, told, self.plan_interims)
         if intake is None:
             log.info("duplicate message %s ignored", message.message_id, extra=extra)
             return SubmitOutcome.DUPLICATE

@@ -188,12 +188,14 @@ class Store(Protocol):
 
     # --- taking messages in ---
     async def record_inbound(
-        self, message: InboundMessage, language: str, plan: InterimPlanner
+        self, message: InboundMessage, language: str | None, plan: InterimPlanner
     ) -> Intake | None:
         """Stores a message as queued in its conversation's active session (created on
         first use) and, in the same transaction, does what `take_queued` does: an idle
         session starts its turn, a session running tools defers the message with the
-        instant reply `plan` picks. None if this platform message was seen before."""
+        instant reply `plan` picks. None if this platform message was seen before.
+        `language`: the one the message tells, the session's from now on; None keeps
+        the session's (English for a new one)."""
         ...
 
     async def record_notice(self, message: InboundMessage, text: str) -> int | None:

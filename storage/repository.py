@@ -306,7 +306,7 @@ class SqlStore:
     # --- taking messages in ------------------------------------------------------------
 
     async def record_inbound(
-        self, message: InboundMessage, language: str, plan: InterimPlanner
+        self, message: InboundMessage, language: str | None, plan: InterimPlanner
     ) -> Intake | None:
         def queue_and_take(conn: Connection, session: Row[Any]) -> Intake:
             arrived = {

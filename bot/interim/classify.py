@@ -23,6 +23,7 @@ __all__ = [
     "classify",
     "default_classifier",
     "detect_language",
+    "told_language",
 ]
 
 # The first kind that matches wins: "Hola, ¿sigues ahí?" asks for the status.
@@ -122,10 +123,13 @@ class Classifier:
         )
 
     def detect_language(self, text: str, default: str = "en") -> str:
-        prepared = prepare(text)
-        return self._language(prepared, words(prepared), default)
+        return self.told_language(text) or default
 
-    def _language(self, prepared: str, tokens: tuple[str, ...], default: str) -> str:
+    def told_language(self, text: str) -> str | None:
+        prepared = prepare(text)
+        return self._told(prepared, words(prepared))
+
+    def _told(self, prepared: str, tokens: tuple[str, ...]) -> str | None:
         scores: dict[str, int] = {}
         for code, locale in self._locales.items():
             chars = sum(1 for c in prepared if c in locale.hint_chars)
@@ -133,15 +137,15 @@ class Classifier:
             scores[code] = _CHAR_WEIGHT * chars + hits
         best = max(scores.values(), default=0)
         winners = [code for code, score in scores.items() if score == best]
-        # Nothing telling, or a tie: keep the conversation's language.
+        # Nothing telling, or a tie: the text tells no language.
         if best == 0 or len(winners) > 1:
-            return default
+            return None
         return winners[0]
 
     def classify(self, text: str, default_language: str = "en") -> Classification:
         prepared = prepare(text)
         tokens = words(prepared)
-        language = self._language(prepared, tokens, default_language)
+        language = self._told(prepared, tokens) or default_language
         core = _strip_fillers(tokens, self._fillers)
         padded = (f" {' '.join(tokens)} ", f" {' '.join(core)} ")
         for kind in PRECEDENCE:
@@ -164,3 +168,9 @@ def classify(text: str, default_language: str = "en") -> Classification:
 
 def detect_language(text: str, default: str = "en") -> str:
     return default_classifier().detect_language(text, default)
+
+
+def told_language(text: str) -> str | None:
+    """The language `text` tells, or None when it tells none ("Ok", "👍") or ties: then
+    the conversation keeps the language it has."""
+    return default_classifier().told_language(text)

@@ -13,6 +13,7 @@ from sqlalchemy import event, select
 from bot.core_api import SubmitOutcome
 from bot.events import CommandName, DeliveryError, ReplyKind
 from bot.history import validate
+from bot.interim.classify import detect_language
 from bot.offline import FakeOpenAI
 from bot.session import SessionActor
 from bot.store import ToolCallInfo
@@ -117,6 +118,28 @@ async def test_scenario_3_four_instant_replies_no_llm_call(
     assert len(texts) == 4 and len(set(texts)) == 4
     assert len(chat_requests(fake_openai)) == 2
     assert fake_openai.rejected == []
+
+
+async def test_a_message_that_tells_no_language_keeps_the_conversations(
+    make_core: CoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "Ok" in a Spanish conversation is answered in Spanish, and the conversation stays
+    Spanish: only a message that tells its language changes it."""
+    monkeypatch.setattr(slow_tools, "DELAY", 1.0)
+    async with make_core() as (runtime, chat):
+        await chat.say("Dame la hora actual")
+        await chat.wait_for(1)
+        await chat.say("Ok")
+        sent = await chat.wait_for(2)
+        after_ok = (await runtime.engine.store.get_session(1)).language
+        await chat.say("thanks, are you still there?")
+        await chat.wait_for(3)
+        after_english = (await runtime.engine.store.get_session(1)).language
+        await runtime.engine.wait_idle()
+    assert sent[1].message.kind is ReplyKind.INTERIM
+    # Every instant-reply text of the catalog tells its own language to the detector.
+    assert detect_language(sent[1].message.text, default="neither") == "es"
+    assert (after_ok, after_english) == ("es", "en")
 
 
 async def test_messages_during_llm_call_become_one_follow_up_turn(

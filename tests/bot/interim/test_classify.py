@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.interim.catalog import MATCHED_KINDS, Rules, load_locales
-from bot.interim.classify import InterimKind, _matcher, classify, detect_language
+from bot.interim.classify import (
+    InterimKind,
+    _matcher,
+    classify,
+    detect_language,
+    told_language,
+)
 
 STATUS = InterimKind.STATUS
 GREETING = InterimKind.GREETING
@@ -162,6 +168,7 @@ def test_huge_input_is_classified_from_its_start() -> None:
 def test_detect_language(text: str, language: str) -> None:
     other = "en" if language == "es" else "es"
     assert detect_language(text, default=other) == language
+    assert told_language(text) == language
 
 
 @pytest.mark.parametrize("text", ["Ok", "👍", "", "/cancel", "12:30", "lol"])
@@ -169,6 +176,7 @@ def test_unknown_or_tied_keeps_the_default(text: str) -> None:
     assert detect_language(text, default="es") == "es"
     assert detect_language(text, default="en") == "en"
     assert detect_language(text, default="fr") == "fr"
+    assert told_language(text) is None
 
 
 @settings(max_examples=300, deadline=None)
