@@ -123,7 +123,7 @@ async def test_scenario_3_four_instant_replies_no_llm_call(
 async def test_a_message_that_tells_no_language_keeps_the_conversations(
     make_core: CoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ "Ok" in a Spanish conversation is answered in Spanish, and the conversation stays
+    """A Spanish conversation's "Ok" is answered in Spanish, and the conversation stays
     Spanish: only a message that tells its language changes it."""
     monkeypatch.setattr(slow_tools, "DELAY", 1.0)
     async with make_core() as (runtime, chat):

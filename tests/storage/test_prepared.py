@@ -5,7 +5,7 @@ SQLAlchemy. Runs on SQLite and on PostgreSQL (see conftest)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -206,7 +206,6 @@ async def test_a_watched_connection_sees_every_statement(
         heard.append(args[2])
 
     event.listen(engine.sync_engine, "before_cursor_execute", note)
-    run: Callable[[Connection], Any] = lambda conn: ADD.run(conn, SECOND)  # noqa: E731
-    await run_transaction(engine, run)
+    await run_transaction(engine, lambda conn: ADD.run(conn, SECOND))
     assert [statement.split()[0] for statement in heard] == ["INSERT"]
     assert direct_runs == []
