@@ -14,6 +14,13 @@ it; once its batch has begun, the batch runs to its end (on SQLite the driver's 
 finishes it anyway: storage.transaction) and the caller hears of the cancellation then,
 its unit committed or not, like any storage call cancelled mid-way.
 
+A batch is bounded twice: by `MAX_BATCH`, and by each unit's own bound, for a unit whose
+caller is waiting to answer someone. Every unit of a batch waits for the whole batch, so a
+burst's first messages, taken in 64 at a time, would wait for 63 others before their
+instant replies could go out, while the event loop that sends them sat idle; in batches
+of a few, the loop sends one batch's replies while the next commits. Each unit costs
+several times what its share of a commit saves, so a small batch gives up little.
+
 Units are `storage.transaction` work: sync functions of a connection, the whole batch
 run in one trip to SQLite's thread. A unit that raises rolls its batch back; the batch's
 units are then run once more, each in a transaction of its own, so a failure (a bug, a
@@ -57,6 +64,8 @@ class _Unit(Generic[T]):
     done: bool = False
     result: Any = None
     error: BaseException | None = None
+    # The most units, this one included, its transaction may hold.
+    max_batch: int = MAX_BATCH
 
 
 class GroupCommit:
@@ -69,15 +78,17 @@ class GroupCommit:
         self.transactions = 0
         self.units = 0
 
-    async def run(self, work: Work[T]) -> T:
+    async def run(self, work: Work[T], max_batch: int | None = None) -> T:
         """`work` done and committed, in a transaction it may share with other callers'
-        (in the caller's context, whoever leads the transaction)."""
+        (in the caller's context, whoever leads the transaction); with at most
+        `max_batch` units in all, when given and below the group's own bound."""
         context = contextvars.copy_context()
 
         def in_context(connection: Connection) -> T:
             return context.run(work, connection)
 
-        unit: _Unit[T] = _Unit(in_context)
+        bound = self._max_batch if max_batch is None else max(1, min(max_batch, self._max_batch))
+        unit: _Unit[T] = _Unit(in_context, max_batch=bound)
         self._waiting.append(unit)
         if not self._leading:
             self._leading = True
@@ -120,8 +131,14 @@ class GroupCommit:
     async def _lead(self) -> None:
         """Commits the first units waiting, the leader's first among them, and settles
         each (a leader cancelled meanwhile is told once they are settled)."""
-        count = min(self._max_batch, len(self._waiting))
-        batch = [self._waiting.popleft() for _ in range(count)]
+        batch = [self._waiting.popleft()]
+        bound = batch[0].max_batch
+        # In order, as they queued: a unit that allows fewer units than the batch would
+        # then hold waits for the next one.
+        while self._waiting and len(batch) < min(bound, self._waiting[0].max_batch):
+            unit = self._waiting.popleft()
+            batch.append(unit)
+            bound = min(bound, unit.max_batch)
         cancellations = Cancellations()
         try:
             await self._commit(batch, cancellations)

@@ -122,6 +122,23 @@ async def test_a_batch_is_bounded(engine: AsyncEngine) -> None:
     assert len(await stored(engine)) == 6
 
 
+async def test_a_unit_shares_its_transaction_with_no_more_units_than_it_allows(
+    engine: AsyncEngine,
+) -> None:
+    group = GroupCommit(engine)
+    held = HeldOpen("first")
+    leader = asyncio.create_task(group.run(held))
+    await held.inside()
+    bounds = {"a": None, "b": 2, "c": None, "d": None, "e": 1, "f": None}
+    waiting = [asyncio.create_task(group.run(add(n), max_batch=b)) for n, b in bounds.items()]
+    await asyncio.sleep(0.01)
+    held.release()
+    assert await asyncio.gather(leader, *waiting) == ["first", *bounds]
+    # "first"; a + b (b allows two); c + d; e alone; f: in the order they queued.
+    assert (group.transactions, group.units) == (5, 7)
+    assert await stored(engine) == ["first", *bounds]
+
+
 async def test_a_failing_unit_fails_alone_and_the_rest_of_its_batch_commits(
     engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:

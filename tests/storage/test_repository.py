@@ -31,7 +31,7 @@ from bot.tools.runner import ToolOutcome, ToolStatus
 from storage.database import create_engine, sessionmaker
 from storage.migrate import upgrade
 from storage.models import MessageRow, SessionRow, ToolCallRow
-from storage.repository import SqlStore
+from storage.repository import INTAKE_BATCH, SqlStore
 from storage.transaction import run_transaction
 from tests.conftest import core_settings, started_core
 from tests.support import slow_tools
@@ -314,3 +314,30 @@ async def test_each_store_call_of_a_turn_is_one_trip_to_sqlites_thread(
         "close_tool_round": 1,
         "record_answer": 1,
     }
+
+
+async def test_messages_taken_in_at_once_commit_a_few_at_a_time(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every message of a transaction waits for all of it before its instant reply can
+    go out: a burst is taken in `INTAKE_BATCH` messages at a time, not 64."""
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        store = SqlStore(engine)
+        burst = 10
+        assert burst > INTAKE_BATCH  # else one transaction would hold them all anyway
+        async with taken_in_and_held(store, said("first", "m0"), monkeypatch) as first:
+            messages = [said(f"n{n}", f"m{n + 1}") for n in range(burst)]
+            arriving = [
+                asyncio.create_task(store.record_inbound(message, "en", reply_to_each))
+                for message in messages
+            ]
+            await asyncio.sleep(0.05)  # every one of them queued behind the first
+            assert not any(task.done() for task in arriving)
+        intakes = await asyncio.gather(first, *arriving)
+    finally:
+        await engine.dispose()
+    assert all(intake is not None for intake in intakes)
+    batches = -(-burst // INTAKE_BATCH)
+    assert (store._group.transactions, store._group.units) == (1 + batches, 1 + burst)
