@@ -58,14 +58,14 @@ def _future() -> asyncio.Future[None]:
 @dataclass(eq=False)
 class _Unit(Generic[T]):
     work: Work[T]
+    # The most units, this one included, its transaction may hold.
+    max_batch: int
     # Resolved when the unit's transaction committed (or it failed alone), or when the
     # lead passes to its caller: `result` is set in the first case only.
     wake: asyncio.Future[None] = field(default_factory=_future)
     done: bool = False
     result: Any = None
     error: BaseException | None = None
-    # The most units, this one included, its transaction may hold.
-    max_batch: int = MAX_BATCH
 
 
 class GroupCommit:
@@ -88,7 +88,7 @@ class GroupCommit:
             return context.run(work, connection)
 
         bound = self._max_batch if max_batch is None else max(1, min(max_batch, self._max_batch))
-        unit: _Unit[T] = _Unit(in_context, max_batch=bound)
+        unit: _Unit[T] = _Unit(in_context, bound)
         self._waiting.append(unit)
         if not self._leading:
             self._leading = True
