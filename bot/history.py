@@ -463,8 +463,16 @@ _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",
 
 
 def estimate_tokens(message: Mapping[str, Any]) -> int:
-    """A cheap guess (about 4 characters a token, plus the per-message overhead)."""
-    return len(_COMPACT_JSON.encode(message)) // 4 + 4
+    """A cheap guess (about 4 characters a token, plus the per-message overhead).
+
+    The characters are the message's compact JSON, counted without encoding its strings
+    (most of every history, and every message is estimated on every call); escapes in
+    them are not counted, which a guess this rough can spare."""
+    size = 1  # the opening brace; each member adds its separator or the closing one
+    for key, value in message.items():
+        text = len(value) + 2 if isinstance(value, str) else len(_COMPACT_JSON.encode(value))
+        size += len(key) + 4 + text
+    return size // 4 + 4
 
 
 def trim(messages: Sequence[Mapping[str, Any]], budget_tokens: int) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -345,6 +346,23 @@ def cost(messages: list[Message]) -> int:
 def test_estimate_tokens_grows_with_the_text() -> None:
     assert estimate_tokens(user("")) >= 4
     assert estimate_tokens(user("x" * 400)) >= estimate_tokens(user("")) + 100
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        user(""),
+        user("Ana: ¿qué hora es?"),
+        asks("call_1", "call_2"),
+        {"role": "tool", "tool_call_id": "call_1", "content": "2026-11-24T17:30:05+00:00"},
+        {"role": "user", "name": "ana", "content": [{"type": "text", "text": "hi"}]},
+    ],
+)
+def test_estimate_tokens_prices_the_compact_json_at_four_characters_a_token(
+    message: Message,
+) -> None:
+    compact = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    assert estimate_tokens(message) == len(compact) // 4 + 4
 
 
 def test_trim_keeps_everything_within_budget() -> None:

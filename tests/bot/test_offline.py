@@ -426,6 +426,15 @@ async def test_usage_is_reported(client: openai.AsyncOpenAI) -> None:
     assert reply.object == "chat.completion"
 
 
+async def test_usage_prices_the_whole_prompt_at_about_four_characters_a_token(
+    client: openai.AsyncOpenAI,
+) -> None:
+    short = await ask(client, [user("hi")])
+    long = await ask(client, [user("hi"), {"role": "assistant", "content": "x" * 4000}, user("?")])
+    assert short.usage is not None and long.usage is not None
+    assert 1000 <= long.usage.prompt_tokens - short.usage.prompt_tokens <= 1100
+
+
 # --- scripts and faults ----------------------------------------------------------------------
 
 
@@ -625,6 +634,15 @@ async def test_the_model_in_process_rejects_what_openai_rejects(
     )
     with pytest.raises(openai.NotFoundError):
         await in_process.models.list()
+
+
+async def test_the_model_in_process_reports_usage_as_the_server_does(
+    in_process: openai.AsyncOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    history = [SYSTEM, user("hello there " * 100)]
+    usages = [(await ask(model, history)).usage for model in (in_process, client)]
+    assert usages[0] is not None and usages[1] is not None
+    assert usages[0].prompt_tokens == usages[1].prompt_tokens > 300
 
 
 async def test_the_bot_without_an_api_key_uses_the_model_in_process() -> None:
