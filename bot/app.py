@@ -65,6 +65,7 @@ async def run(settings: Settings) -> None:
                     adapters.append(console)
                 else:
                     adapters.append(build_adapter(name, settings, engine))
+            await engine.prepare()
             for adapter in adapters:
                 await adapter.start()
                 log.info("%s adapter started", adapter.platform)

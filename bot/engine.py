@@ -118,6 +118,8 @@ class Engine:
         self.step_failures: dict[int, int] = {}
         self._sinks: dict[str, ReplySink] = {}
         self._control_task: asyncio.Task[None] | None = None
+        # What `prepare` found to carry on; None until it ran.
+        self._to_recover: list[int] | None = None
         self.recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
 
     # --- adapters' side (bot.core_api.ChatCore) ---------------------------------------------
@@ -138,6 +140,10 @@ class Engine:
     async def submit(self, message: InboundMessage) -> SubmitOutcome:
         extra = {"session": str(message.conversation), "platform": message.conversation.platform}
         if not self._addressed(message):
+            return SubmitOutcome.IGNORED
+        if message.unsupported is not None and not (message.is_private or message.addresses_bot):
+            # A group that gets every message answered still shares photos and stickers
+            # among its people: only one sent to the bot gets the "text only" notice.
             return SubmitOutcome.IGNORED
         # A message that tells no language ("Ok") leaves the conversation's as it is; the
         # notices sent before the message is stored fall back to English.
@@ -308,12 +314,23 @@ class Engine:
 
     # --- life cycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Crash recovery, then the operator control poll. Call after adapters attach."""
+    async def prepare(self) -> None:
+        """Repairs what the last process left: each call it left unfinished gets its result
+        (or is noted to run again), and the sessions to carry on are listed. Before any
+        adapter takes a message, so that a call a new message starts is never taken for
+        one a crash interrupted."""
+        if self._to_recover is not None:
+            return
         closed = await self.store.repair_after_restart(self.rerunnable, MAX_RERUNS_AFTER_RESTART)
-        sessions = await self.store.sessions_needing_work()
-        if sessions:
-            log.info("recovering %d sessions (%d tool rounds closed)", len(sessions), closed)
+        self._to_recover = await self.store.sessions_needing_work()
+        if self._to_recover:
+            log.info("recovering %d sessions (%d tool rounds closed)", len(self._to_recover), closed)
+
+    async def start(self) -> None:
+        """Carries on what `prepare` found (preparing first if nothing did), then the
+        operator control poll. Call once adapters attached: recovery sends replies."""
+        await self.prepare()
+        sessions, self._to_recover = self._to_recover or [], []
         for session_id in await self.store.sessions_with_undelivered():
             self.courier.kick(session_id)
         for session_id in sessions:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from bot.history import validate
 from bot.interim.classify import detect_language
 from bot.offline import FakeOpenAI
 from bot.session import SessionActor
+from bot.settings import GroupMode
 from bot.store import ToolCallInfo
 from bot.tools.runner import CANCELLED_BY_USER
 from storage.database import sessionmaker
@@ -310,6 +312,23 @@ async def test_duplicate_and_unaddressed_and_non_text(
     assert sticker is SubmitOutcome.IGNORED and group_sticker is SubmitOutcome.IGNORED
     assert sorted(k.value for k in kinds(chat.sent)) == ["answer", "notice"]
     assert len(chat_requests(fake_openai)) == 1
+
+
+async def test_a_group_answering_everything_ignores_its_photos_unless_they_ask_the_bot(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    # The memory adapter's platform has no group mode of its own: "all" is set for it.
+    async with make_core() as (runtime, chat):
+        runtime.engine.config = replace(
+            runtime.engine.config, group_modes={"memory": GroupMode.ALL}
+        )
+        _, chatter = await chat.say("", unsupported="photo", private=False, addressed=False)
+        _, asked = await chat.say("", unsupported="photo", private=False, addressed=True)
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert (chatter, asked) == (SubmitOutcome.IGNORED, SubmitOutcome.IGNORED)
+    assert [k.value for k in kinds(chat.sent)] == ["notice"]
+    assert chat.sent[0].message.reply_to_id == "m-2"
 
 
 async def test_group_messages_carry_author_names(
