@@ -194,6 +194,14 @@ class Engine:
         language = "en"
         if session_id is not None:
             language = (await self.store.get_session(session_id)).language
+        if self.access is not None:
+            # The platform's own admins (request.is_admin) pass only as message authors do.
+            reason = self.access.refusal(replace(request, is_admin=False))
+            if reason is not None:
+                log.info(
+                    "command refused: %s", reason, extra={"session": str(request.conversation)}
+                )
+                return self.book.phrase("denied", language)
         admin = self._is_admin(request.conversation.platform, request.user_id, request.is_admin)
         if (
             request.name in ADMIN_COMMANDS_IN_GROUPS
@@ -324,7 +332,9 @@ class Engine:
         closed = await self.store.repair_after_restart(self.rerunnable, MAX_RERUNS_AFTER_RESTART)
         self._to_recover = await self.store.sessions_needing_work()
         if self._to_recover:
-            log.info("recovering %d sessions (%d tool rounds closed)", len(self._to_recover), closed)
+            log.info(
+                "recovering %d sessions (%d tool rounds closed)", len(self._to_recover), closed
+            )
 
     async def start(self) -> None:
         """Carries on what `prepare` found (preparing first if nothing did), then the

@@ -77,7 +77,12 @@ class CommandRequest:
     display_name: str
     is_private: bool
     args: str = ""
+    # A platform's own say (a Discord server manager): admin commands in that chat, but
+    # never past the access lists, which only ADMIN_USERS bypass.
     is_admin: bool = False
+    # As on InboundMessage: what access lists check on Discord; empty elsewhere.
+    roles: tuple[str, ...] = ()
+    guild_id: str | None = None
 
 
 class ReplyKind(StrEnum):

@@ -173,6 +173,8 @@ def to_event(
             is_private=is_private,
             args=args,
             is_admin=_is_admin(author),
+            roles=_roles(author),
+            guild_id=None if message.guild is None else str(message.guild.id),
         )
         return TextCommand(request, message.channel.id, str(message.id), str(author.id))
 
@@ -207,4 +209,6 @@ def command_from_interaction(
         display_name=interaction.user.display_name,
         is_private=interaction.guild_id is None,
         is_admin=_is_admin(interaction.user),
+        roles=_roles(interaction.user),
+        guild_id=None if interaction.guild_id is None else str(interaction.guild_id),
     )

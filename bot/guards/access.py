@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.events import ConversationKey, InboundMessage
+from bot.events import CommandRequest, ConversationKey, InboundMessage
 from bot.guards.ids import IdSet
 from bot.policies import Verdict
 from bot.settings import Settings
@@ -35,8 +35,8 @@ class AccessGate:
     def is_admin(self, platform: str, user_id: str) -> bool:
         return self.admins.has(platform, user_id)
 
-    def refusal(self, message: InboundMessage) -> str | None:
-        """Why this message may not reach the model, or None."""
+    def refusal(self, message: InboundMessage | CommandRequest) -> str | None:
+        """Why this message may not reach the model (or this command be answered), or None."""
         platform = message.conversation.platform
         chat = message.conversation.chat_id
         if message.is_admin or self.is_admin(platform, message.user_id):

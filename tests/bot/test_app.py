@@ -46,7 +46,9 @@ async def test_what_a_crash_left_is_repaired_before_any_adapter_takes_a_message(
     database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(slow_tools, "DELAY", 30)
-    settings = core_settings(database_url, fake_openai, telegram_bot_token="42:ProbeTokenProbeTokenProbeToken")
+    settings = core_settings(
+        database_url, fake_openai, telegram_bot_token="42:ProbeTokenProbeTokenProbeToken"
+    )
     fake_openai.script_tool_calls([("get_current_time", {})])
     async with started_core(settings) as (_first, chat):
         await chat.say("Dame la hora")

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from bot import logs
 from bot.core_api import SubmitOutcome
 from bot.events import CommandName, CommandRequest, ReplyKind
+from bot.interim.catalog import load_locales
 from bot.offline import FakeOpenAI
 from tests.conftest import CoreFactory
 from tests.support import slow_tools
@@ -112,6 +113,28 @@ async def test_reset_in_a_group_is_for_admins_once_admins_are_set(
 
         assert "admins" in await reset("someone")
         assert "new conversation" in await reset("boss")
+
+
+async def test_commands_pass_the_same_access_lists_as_messages(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_tool_calls([("get_current_time", {})])
+    settings = {"blocked_users": ["u9"], "allowed_guilds": ["g-ok"], "admin_users": ["boss"]}
+    async with make_core(**settings) as (runtime, chat):
+        await chat.say("Dame la hora", chat="g", private=False, user="boss")  # a tool runs
+        await chat.wait_for(1)
+
+        async def command(name: CommandName, user: str, guild: str | None) -> str:
+            request = CommandRequest(chat.key("g"), name, user, user, False, guild_id=guild)
+            return await runtime.engine.command(request)
+
+        denied = {text for locale in load_locales().values() for text in locale.phrases["denied"]}
+        assert await command(CommandName.CANCEL, "u9", "g-ok") in denied  # blocked
+        assert await command(CommandName.RESET, "u2", "g-other") in denied  # server not allowed
+        assert await command(CommandName.CANCEL, "u2", "g-other") in denied
+        assert await runtime.engine.store.open_tool_calls(1)  # nothing was cancelled
+        assert await command(CommandName.STATUS, "boss", "g-other") not in denied
+        assert await command(CommandName.CANCEL, "u2", "g-ok") not in denied
 
 
 async def test_long_message_is_cut_with_a_note(

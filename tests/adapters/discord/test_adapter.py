@@ -191,6 +191,10 @@ async def test_typed_commands_go_to_the_core_and_are_answered_in_reply(
         (CommandName.RESET, "please", False),
     ]
     assert core.commands[1].is_admin  # alice's role has Manage Server
+    # What the access lists check (ALLOWED_GUILDS, ALLOWED_ROLES), as for her messages.
+    assert (core.commands[0].guild_id, core.commands[0].roles) == (None, ())
+    assert core.commands[1].guild_id == fake.guild_id
+    assert core.commands[1].roles == (fake.mod_role_id,)
     assert [m.text for m in core.submitted] == ["/cancel"]
     [answer] = fake.posted_messages(fake.general_id)
     assert answer["content"] == "reset answered"
@@ -217,6 +221,10 @@ async def test_slash_commands_are_synced_and_answered_ephemerally(
     assert {(c.name, c.conversation, c.is_private) for c in core.commands} == {
         (CommandName.CANCEL, ConversationKey("discord", fake.general_id, fake.thread_id), False),
         (CommandName.STATUS, ConversationKey("discord", fake.dm_channel(fake.alice)), True),
+    }
+    assert {(c.name, c.guild_id) for c in core.commands} == {
+        (CommandName.CANCEL, fake.guild_id),
+        (CommandName.STATUS, None),
     }
     assert {c["data"]["content"] for c in fake.interaction_callbacks} == {
         "cancel answered",
