@@ -34,6 +34,7 @@ from bot.session import (
 )
 from bot.settings import GroupMode, Settings
 from bot.store import (
+    Intake,
     InterimContext,
     PlannedInterim,
     QueuedMessage,
@@ -56,6 +57,10 @@ CONTROL_POLL_SECONDS = 1.0
 RECOVERY_CONCURRENCY = 32
 # How often replies left undelivered (platform down, a dead worker's claim) are retried.
 SWEEP_EVERY_POLLS = 30
+# Waits between tries to store a message whose storing failed (a locked or restarting
+# database). The platform has moved past the message once submit returns, so it is worth
+# holding the adapter's intake a few seconds; after the last try the error propagates.
+INTAKE_RETRY_SECONDS: tuple[float, ...] = (0.5, 2.0, 5.0)
 # In a group, these change the conversation for everyone: only admins, once admins are set.
 ADMIN_COMMANDS_IN_GROUPS = frozenset({CommandName.RESET})
 
@@ -169,7 +174,7 @@ class Engine:
                 return SubmitOutcome.IGNORED
             log.info("non-text message (%s)", message.unsupported, extra=extra)
             return await self._notice(message, self.book.phrase("text_only", language))
-        intake = await self.store.record_inbound(message, told, self.plan_interims)
+        intake = await self._record_inbound(message, told)
         if intake is None:
             log.info("duplicate message %s ignored", message.message_id, extra=extra)
             return SubmitOutcome.DUPLICATE
@@ -178,6 +183,36 @@ class Engine:
             self._actor(intake.info.id).post(Taken(intake))
         # Otherwise it waits, queued, for the model call in flight: its end takes it.
         return SubmitOutcome.ACCEPTED
+
+    async def _record_inbound(self, message: InboundMessage, told: str | None) -> Intake | None:
+        """Stores the message, trying again after a failure (see INTAKE_RETRY_SECONDS)."""
+        delays = iter(INTAKE_RETRY_SECONDS)
+        failed = False
+        while True:
+            try:
+                intake = await self.store.record_inbound(message, told, self.plan_interims)
+            except Exception:
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                log.warning(
+                    "storing message %s failed; trying again in %ss",
+                    message.dedupe_key,
+                    delay,
+                    exc_info=True,
+                    extra={"session": str(message.conversation)},
+                )
+                failed = True
+                await asyncio.sleep(delay)
+                continue
+            if intake is None and failed:
+                # Storing is deduplicated: a try that committed before it failed makes
+                # this one a duplicate, and nothing acted on it yet. The session carries
+                # on from what is stored, as after a restart.
+                session_id = await self.store.active_session_id(message.conversation)
+                if session_id is not None:
+                    self._actor(session_id).post(Recover())
+            return intake
 
     async def _notice(self, message: InboundMessage, text: str) -> SubmitOutcome:
         session_id = await self.store.record_notice(message, text)

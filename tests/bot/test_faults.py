@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bot.core_api import SubmitOutcome
 from bot.events import ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
@@ -122,6 +123,82 @@ async def test_a_failed_storage_step_is_retried_and_the_message_answered(
         await runtime.engine.wait_idle()
     assert sent[0].message.kind is ReplyKind.ANSWER
     assert "hello after a hiccup" in sent[0].message.text
+
+
+async def test_a_message_whose_storing_fails_is_stored_again_before_submit_returns(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot import engine
+
+    # The platform has moved past the message once submit returns: a failure to store it
+    # (a locked or restarting database) must not lose it.
+    monkeypatch.setattr(engine, "INTAKE_RETRY_SECONDS", (0.01, 0.01))
+    async with make_core() as (runtime, chat):
+        store = runtime.engine.store
+        real_record_inbound = store.record_inbound
+        failures = iter([ConnectionError("database went away"), TimeoutError("locked")])
+
+        async def flaky_record_inbound(*args: Any) -> object:
+            error = next(failures, None)
+            if error is not None:
+                raise error
+            return await real_record_inbound(*args)
+
+        monkeypatch.setattr(store, "record_inbound", flaky_record_inbound)
+        _, outcome = await chat.say("hello through a hiccup")
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert outcome is SubmitOutcome.ACCEPTED
+    assert "hello through a hiccup" in sent[0].message.text
+
+
+async def test_a_message_stored_by_a_try_that_then_failed_is_still_answered(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot import engine
+
+    monkeypatch.setattr(engine, "INTAKE_RETRY_SECONDS", (0.01,))
+    async with make_core() as (runtime, chat):
+        store = runtime.engine.store
+        real_record_inbound = store.record_inbound
+        tries = 0
+
+        async def commits_then_fails(*args: Any) -> object:
+            nonlocal tries
+            tries += 1
+            intake = await real_record_inbound(*args)
+            if tries == 1:
+                raise ConnectionError("the connection dropped after the commit")
+            return intake
+
+        monkeypatch.setattr(store, "record_inbound", commits_then_fails)
+        _, outcome = await chat.say("did you get this?")
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert outcome is SubmitOutcome.DUPLICATE  # the retry found it stored
+    assert [s.message.kind for s in sent] == [ReplyKind.ANSWER]
+    assert "did you get this?" in sent[0].message.text
+
+
+async def test_a_message_that_cannot_be_stored_at_all_fails_its_submit(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot import engine
+
+    monkeypatch.setattr(engine, "INTAKE_RETRY_SECONDS", (0.01,))
+    attempts = 0
+
+    async def broken_record_inbound(*args: Any) -> object:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("database gone for good")
+
+    async with make_core() as (runtime, chat):
+        monkeypatch.setattr(runtime.engine.store, "record_inbound", broken_record_inbound)
+        with pytest.raises(ConnectionError):
+            await chat.say("hello into the void")
+    assert attempts == 2  # the first try and one retry
+    assert chat.sent == []
 
 
 async def test_an_answer_that_comes_after_an_operator_archived_the_session_is_dropped(
