@@ -88,3 +88,6 @@ async def started_core(settings: Settings) -> AsyncIterator[tuple[Runtime, Memor
         await chat.start()
         await runtime.engine.start()
         yield runtime, chat
+        # The history is valid by construction: build_request repairs a broken one before
+        # sending, so without this check a stored-history bug would pass every test.
+        assert runtime.engine.prompt_stats.violations == []

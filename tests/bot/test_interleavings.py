@@ -17,6 +17,7 @@ from adapters.memory import MemoryAdapter
 from bot.events import CommandName, ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
+from bot.prompt import to_openai
 from bot.runtime import Runtime
 from storage.database import sessionmaker
 from storage.models import MessageRow, OutboxRow, SessionRow, ToolCallRow
@@ -80,11 +81,17 @@ async def _check(runtime: Runtime, fake: FakeOpenAI, chat: MemoryAdapter, said: 
     assert fake.rejected == []
     for request in fake.requests:
         assert validate(request["messages"]) == []
+    # Valid as stored, not only as sent: build_request would repair a broken history.
+    assert runtime.engine.prompt_stats.violations == []
     async with sessionmaker(runtime.db)() as tx:
         messages = list(await tx.scalars(select(MessageRow)))
         calls = list(await tx.scalars(select(ToolCallRow)))
         sessions = list(await tx.scalars(select(SessionRow)))
         outbox = list(await tx.scalars(select(OutboxRow)))
+    for session in sessions:
+        history = await runtime.engine.store.history(session.id)
+        stored = [to_openai(entry, name_authors=False) for entry in history]
+        assert validate([{"role": "system", "content": "s"}, *stored]) == []
     users = [m for m in messages if m.role == "user"]
     assert len(users) == said
     assert all(m.position is not None for m in users)  # every message made it in, once
