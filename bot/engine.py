@@ -126,6 +126,9 @@ class Engine:
         # What `prepare` found to carry on; None until it ran.
         self._to_recover: list[int] | None = None
         self.recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
+        self._to_hand_back: asyncio.Queue[int] = asyncio.Queue()
+        self._handing_back = 0  # queued by `recover`, Recover not yet posted
+        self._hand_back_task: asyncio.Task[None] | None = None
 
     # --- adapters' side (bot.core_api.ChatCore) ---------------------------------------------
 
@@ -211,7 +214,7 @@ class Engine:
                 # on from what is stored, as after a restart.
                 session_id = await self.store.active_session_id(message.conversation)
                 if session_id is not None:
-                    self._actor(session_id).post(Recover())
+                    self.recover(session_id)
             return intake
 
     async def _notice(self, message: InboundMessage, text: str) -> SubmitOutcome:
@@ -343,9 +346,25 @@ class Engine:
 
         async def later() -> None:
             await asyncio.sleep(delay)
-            self._actor(session_id).post(Recover())
+            self.recover(session_id)
 
         self.tasks.spawn(later(), f"recover-later-{session_id}")
+
+    def recover(self, session_id: int) -> None:
+        """Hands the session back its stored state to carry on from, once a recovery slot
+        is free (see RECOVERY_CONCURRENCY). Its actor waits for none: meanwhile it takes
+        new messages, and one written while its tools wait gets its instant reply."""
+        self._handing_back += 1
+        self._to_hand_back.put_nowait(session_id)
+
+    async def _hand_back(self) -> None:
+        """Takes a slot for each session `recover` queued, in order, and posts its Recover;
+        the actor gives the slot back (or its follow-up call keeps it: SessionActor)."""
+        while True:
+            session_id = await self._to_hand_back.get()
+            await self.recovery_slots.acquire()
+            self._actor(session_id).post(Recover())
+            self._handing_back -= 1
 
     def retire(self, actor: SessionActor) -> None:
         if self._actors.get(actor.session_id) is actor:
@@ -379,7 +398,8 @@ class Engine:
         for session_id in await self.store.sessions_with_undelivered():
             self.courier.kick(session_id)
         for session_id in sessions:
-            self._actor(session_id).post(Recover())
+            self.recover(session_id)
+        self._hand_back_task = self.tasks.spawn(self._hand_back(), "recoveries")
         self._control_task = self.tasks.spawn(self._poll_controls(), "controls")
 
     async def _poll_controls(self) -> None:
@@ -411,7 +431,7 @@ class Engine:
             return f"cancelled {count} running tool call(s)"
         if action == "recover":
             self.courier.kick(session_id)
-            self._actor(session_id).post(Recover())
+            self.recover(session_id)
             return "session handed back to the engine"
         if action == "reset":
             await self.reset(session_id)
@@ -422,12 +442,14 @@ class Engine:
         """Until every session is idle and every reply delivered (tests, console EOF)."""
         # Idleness spans actors and deliveries; a 10 ms poll is fine for its callers.
         async with asyncio.timeout(timeout):
-            while self._actors or self.courier.busy:  # noqa: ASYNC110
+            while self._actors or self.courier.busy or self._handing_back:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
-        if self._control_task is not None:
-            self._control_task.cancel()
+        # First what starts actors: none may start once they are being stopped.
+        for task in (self._control_task, self._hand_back_task):
+            if task is not None:
+                task.cancel()
         for actor in list(self._actors.values()):
             await actor.stop()
         self._actors.clear()

@@ -62,7 +62,8 @@ class Taken:
 
 @dataclass(frozen=True)
 class Recover:
-    """Look at the stored state and carry on from it (start-up, operator repair)."""
+    """Look at the stored state and carry on from it (start-up, operator repair). Posted
+    by `Engine.recover` only, holding a recovery slot for it."""
 
 
 @dataclass(frozen=True)
@@ -406,8 +407,8 @@ class SessionActor:
     # --- recovery and operators ------------------------------------------------------------
 
     async def _on_recover(self) -> None:
+        # The engine took a recovery slot for this Recover before posting it.
         slots = self.engine.recovery_slots
-        await slots.acquire()
         kept = False
         try:
             kept = await self._recover(slots)

@@ -182,3 +182,30 @@ async def test_recovery_bounds_follow_up_calls_until_their_answers_are_recorded(
     assert sorted(s.message.conversation.chat_id for s in sent) == chats
     assert all(s.message.kind is ReplyKind.ANSWER for s in sent)
     assert most == 2
+
+
+async def test_a_session_waiting_to_recover_still_answers_at_once(
+    database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session whose turn waits for a recovery slot still takes new messages: one
+    written while its tool round waits gets its instant reply then, not once the
+    sessions recovering before it are done."""
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    monkeypatch.setattr(slow_tools, "_slow_once_calls", 0)
+    settings = core_settings(database_url, fake_openai)
+    async with started_core(settings) as (_first, chat):
+        fake_openai.script_tool_calls([("get_current_time", {})])
+        await chat.say("Dame la hora", chat="a")
+        await chat.wait_for(1)
+        fake_openai.script_tool_calls([("slow_once", {})])
+        await chat.say("do the slow thing", chat="b")
+        await chat.wait_for(2)
+    # After the restart "a" takes the only slot for its follow-up call, which hangs; "b"
+    # (a tool to run again) waits for the slot.
+    monkeypatch.setattr(engine_module, "RECOVERY_CONCURRENCY", 1)
+    fake_openai.script_delay(30)
+    async with started_core(settings) as (_second, chat2):
+        await chat2.say("¿Sigues ahí?", chat="b")
+        [reply] = await chat2.wait_for(1)
+    assert reply.message.conversation.chat_id == "b"
+    assert reply.message.kind is ReplyKind.INTERIM
