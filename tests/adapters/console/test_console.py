@@ -62,3 +62,19 @@ def test_platform_token_without_key_is_a_clear_start_error(tmp_path: Path) -> No
         "(set OFFLINE_MODEL=true to use the offline demo model there on purpose)"
     ]
     assert "A" * 35 not in result.stderr
+
+
+def _replies(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("bot> ")]
+
+
+def test_a_line_over_the_stream_limit_and_the_next_are_both_answered(tmp_path: Path) -> None:
+    # 100 KiB is past asyncio's 64 KiB line limit, which used to kill the reader: the line
+    # and every line after it went unread, and the run never reached its end.
+    long_line = "a long line " + "x" * (100 * 1024)
+    env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    result = run_bot(tmp_path, env, f"{long_line}\nand a short one\n")
+    assert result.returncode == 0, result.stderr
+    replies = _replies(result.stdout)
+    assert any("a long line xxx" in reply for reply in replies), result.stdout
+    assert "and a short one" in replies[-1], result.stdout
