@@ -11,10 +11,12 @@ import functools
 import getpass
 import itertools
 import logging
+import os
+import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from bot.core_api import ChatCore
 from bot.events import (
@@ -158,7 +160,21 @@ async def read_whole_line(reader: asyncio.StreamReader) -> bytes:
 
 
 async def _stdin_lines() -> ReadLine:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return functools.partial(read_whole_line, reader)
+    """How to read stdin's lines without blocking the loop."""
+    fd = sys.stdin.fileno()
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd):
+        # Pipes, sockets and terminals can be watched by the loop, so no thread waits on
+        # them: a thread blocked reading a terminal could not be stopped at shutdown.
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        return functools.partial(read_whole_line, reader)
+    # A regular file or a device such as /dev/null cannot be watched by epoll
+    # (connect_read_pipe refuses the first and the second fails later), but reading one
+    # never waits for input, so a thread's read always ends soon, shutdown included.
+    return functools.partial(_read_in_thread, sys.stdin.buffer)
+
+
+async def _read_in_thread(file: BinaryIO) -> bytes:
+    return await asyncio.to_thread(file.readline)
