@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,18 +30,24 @@ def bot_environment(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_bot(cwd: Path, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """`stillhere run` to the end of its piped input (and of the work it started)."""
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run"],
-        cwd=cwd,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        timeout=60,
-    )
+def run_bot(
+    cwd: Path, env: dict[str, str], stdin: str = "", *, stdin_file: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`stillhere run` to the end of its input (and of the work it started): `stdin` piped
+    in, or `stdin_file` redirected as a file (`stillhere run < file`), which is not a pipe."""
+    with contextlib.ExitStack() as files:
+        file = None if stdin_file is None else files.enter_context(stdin_file.open("rb"))
+        return subprocess.run(
+            [sys.executable, "-m", "bot.cli", "run"],
+            cwd=cwd,
+            env=env,
+            input=stdin if file is None else None,
+            stdin=file,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            timeout=60,
+        )
 
 
 def start_bot(cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tests.support.process import bot_environment, read_until, run_bot, start_bot
@@ -62,3 +63,40 @@ def test_platform_token_without_key_is_a_clear_start_error(tmp_path: Path) -> No
         "(set OFFLINE_MODEL=true to use the offline demo model there on purpose)"
     ]
     assert "A" * 35 not in result.stderr
+
+
+def _replies(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("bot> ")]
+
+
+def test_a_line_over_the_stream_limit_and_the_next_are_both_answered(tmp_path: Path) -> None:
+    # 100 KiB is past asyncio's 64 KiB line limit, which used to kill the reader: the line
+    # and every line after it went unread, and the run never reached its end.
+    long_line = "a long line " + "x" * (100 * 1024)
+    env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    result = run_bot(tmp_path, env, f"{long_line}\nand a short one\n")
+    assert result.returncode == 0, result.stderr
+    replies = _replies(result.stdout)
+    assert any("a long line xxx" in reply for reply in replies), result.stdout
+    assert "and a short one" in replies[-1], result.stdout
+
+
+def test_stdin_redirected_from_a_file_is_read_line_by_line(tmp_path: Path) -> None:
+    # A regular file is no pipe: the loop cannot watch it, so it used to crash the start.
+    script = tmp_path / "script.txt"
+    script.write_text("/status\nhello from a file\n", encoding="utf-8")
+    env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    result = run_bot(tmp_path, env, stdin_file=script)
+    assert result.returncode == 0, result.stderr
+    replies = _replies(result.stdout)
+    assert replies[0] == "bot> Nothing is running right now.", result.stdout
+    assert "hello from a file" in replies[-1], result.stdout
+
+
+def test_stdin_from_dev_null_ends_the_run_at_once(tmp_path: Path) -> None:
+    # /dev/null is a device the loop cannot watch either (epoll refuses it).
+    env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    result = run_bot(tmp_path, env, stdin_file=Path(os.devnull))
+    assert result.returncode == 0, result.stderr
+    assert "OFFLINE DEMO MODEL" in result.stdout
+    assert _replies(result.stdout) == []
