@@ -350,14 +350,15 @@ class SessionActor:
             extra={"session": self.label, "turn": info.turn},
         )
         for row in rows:
-            self._spawn_tool(row)
+            self._spawn_tool(row, admin=info.turn_is_admin)
         if tool_round.queued:
             await self._take_queued()
 
     # --- tools -----------------------------------------------------------------------------
 
-    def _spawn_tool(self, call: ToolCallInfo) -> None:
-        task = self._work.spawn(self._run_tool(call), f"tool-{call.name}")
+    def _spawn_tool(self, call: ToolCallInfo, *, admin: bool) -> None:
+        """`admin`: whether the turn is an admin's, which admin-only tools need."""
+        task = self._work.spawn(self._run_tool(call, admin), f"tool-{call.name}")
         task.add_done_callback(lambda done: self._reported_unstarted(call, done))
         self._tool_tasks[call.id] = task
 
@@ -368,10 +369,10 @@ class SessionActor:
         if task.cancelled() and self._cancel_outcome is not None:
             self.post(ToolDone(call.id, self._cancel_outcome))
 
-    async def _run_tool(self, call: ToolCallInfo) -> None:
+    async def _run_tool(self, call: ToolCallInfo, admin: bool) -> None:
         try:
             await self.engine.store.mark_tool_running(call.id)
-            outcome = await self.engine.runner.run(call.name, call.arguments)
+            outcome = await self.engine.runner.run(call.name, call.arguments, admin=admin)
         except asyncio.CancelledError:
             if self._cancel_outcome is None:
                 raise  # shutdown: the call stays running and recovery decides
@@ -442,7 +443,7 @@ class SessionActor:
                 continue
             if call.name in engine.rerunnable and call.attempts < MAX_RERUNS_AFTER_RESTART:
                 log.info("re-running %s after a restart", call.name, extra={"session": self.label})
-                self._spawn_tool(call)
+                self._spawn_tool(call, admin=info.turn_is_admin)
             else:
                 await store.finish_tool(call.id, INTERRUPTED)
         await self._take_queued()

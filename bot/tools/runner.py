@@ -92,13 +92,21 @@ class ToolRunner:
             return self.default_timeout
         return spec.timeout
 
-    async def run(self, name: str, raw_arguments: str) -> ToolOutcome:
-        """Runs the call. Cancelling the awaiting task cancels the tool (the caller decides
-        which cancellation text it records)."""
+    async def run(self, name: str, raw_arguments: str, *, admin: bool) -> ToolOutcome:
+        """Runs the call. `admin`: whether the turn is an admin's. Cancelling the awaiting
+        task cancels the tool (the caller decides which cancellation text it records)."""
         spec = self.registry.get(name)
         if spec is None:
-            known = ", ".join(sorted(s.name for s in self.registry)) or "none"
+            offered = (s.name for s in self.registry if admin or not s.admin_only)
+            known = ", ".join(sorted(offered)) or "none"
             return ToolOutcome(ToolStatus.FAILED, f"unknown tool {name!r}; available: {known}")
+        if spec.admin_only and not admin:
+            # Not offering the tool is not enough: once an admin used it, it is in the
+            # history, and the model may call it again in anyone's turn.
+            return ToolOutcome(
+                ToolStatus.FAILED,
+                f"tool {name!r} is for admins only; this message is not an admin's",
+            )
         arguments = _parse_arguments(spec, raw_arguments)
         if isinstance(arguments, ToolOutcome):
             return arguments

@@ -188,8 +188,8 @@ async def test_a_tool_cancelled_before_its_task_ever_ran_still_gets_its_result(
     monkeypatch.setattr(slow_tools, "DELAY", 30)
     real_spawn = SessionActor._spawn_tool
 
-    def spawn_then_cancel(self: SessionActor, call: ToolCallInfo) -> None:
-        real_spawn(self, call)
+    def spawn_then_cancel(self: SessionActor, call: ToolCallInfo, *, admin: bool) -> None:
+        real_spawn(self, call, admin=admin)
         self._cancel_tools(CANCELLED_BY_USER)
 
     monkeypatch.setattr(SessionActor, "_spawn_tool", spawn_then_cancel)
