@@ -21,6 +21,7 @@ from bot.tools.registry import Registry, ToolSpec
 log = logging.getLogger(__name__)
 
 MAX_RESULT_CHARS = 16_000
+MAX_QUOTED_ARGUMENTS = 200
 
 
 class ToolStatus(StrEnum):
@@ -61,15 +62,26 @@ def _render(value: Any) -> str:
     return text
 
 
+def _sent(raw: str) -> str:
+    """The arguments as the model sent them, quoted: the request history carries "{}" in
+    their place (see bot.prompt), so this result is where the model reads what it sent."""
+    if len(raw) > MAX_QUOTED_ARGUMENTS:
+        raw = raw[:MAX_QUOTED_ARGUMENTS] + "…"
+    return repr(raw)
+
+
 def _parse_arguments(spec: ToolSpec, raw: str) -> dict[str, Any] | ToolOutcome:
     try:
         decoded = json.loads(raw or "{}")
     except json.JSONDecodeError as exc:
         return ToolOutcome(
-            ToolStatus.FAILED, f"invalid arguments: not valid JSON ({exc.msg}); send a JSON object"
+            ToolStatus.FAILED,
+            f"invalid arguments: not valid JSON ({exc.msg}) in {_sent(raw)}; send a JSON object",
         )
     if not isinstance(decoded, dict):
-        return ToolOutcome(ToolStatus.FAILED, "invalid arguments: expected a JSON object")
+        return ToolOutcome(
+            ToolStatus.FAILED, f"invalid arguments: expected a JSON object, got {_sent(raw)}"
+        )
     try:
         model = spec.arguments.model_validate(decoded)
     except ValidationError as exc:
