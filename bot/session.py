@@ -117,6 +117,10 @@ class SessionActor:
         self._work = TaskSet(self.label)
         self._llm_task: asyncio.Task[None] | None = None
         self._tool_tasks: dict[int, asyncio.Task[None]] = {}
+        # Outcomes of tools that ended but are not stored yet (the write failed): the
+        # step's retry stores these, where a call with no result would be run again or
+        # called interrupted. The actor stays until they are stored.
+        self._unrecorded: dict[int, ToolOutcome] = {}
         self._cancel_outcome: ToolOutcome | None = None
 
     # --- mailbox ---------------------------------------------------------------------------
@@ -128,7 +132,12 @@ class SessionActor:
 
     @property
     def quiet(self) -> bool:
-        return self._mailbox.empty() and self._llm_task is None and not self._tool_tasks
+        return (
+            self._mailbox.empty()
+            and self._llm_task is None
+            and not self._tool_tasks
+            and not self._unrecorded
+        )
 
     async def _run(self) -> None:
         try:
@@ -168,6 +177,8 @@ class SessionActor:
                 extra={"session": self.label},
             )
             self.engine.step_failures.pop(self.session_id, None)
+            # No retry will store them; the operator's repair gives those calls a result.
+            self._unrecorded.clear()
             return
         self.engine.recover_later(self.session_id, STEP_RETRY_SECONDS * failures)
 
@@ -176,6 +187,7 @@ class SessionActor:
         self._cancel_outcome = None
         await self._work.cancel_all()
         self._tool_tasks.clear()
+        self._unrecorded.clear()
         self._llm_task = None
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -384,11 +396,17 @@ class SessionActor:
 
     async def _on_tool_done(self, tool_call_id: int, outcome: ToolOutcome) -> None:
         self._tool_tasks.pop(tool_call_id, None)
-        store = self.engine.store
-        if await store.finish_tool(tool_call_id, outcome):
-            log.info("tool finished: %s", outcome.status, extra={"session": self.label})
+        self._unrecorded[tool_call_id] = outcome
+        await self._record_outcomes()
         if not self._tool_tasks:
             await self._close_round()
+
+    async def _record_outcomes(self) -> None:
+        """Stores the outcomes of ended tools, each kept until its own write succeeds."""
+        for tool_call_id, outcome in list(self._unrecorded.items()):
+            if await self.engine.store.finish_tool(tool_call_id, outcome):
+                log.info("tool finished: %s", outcome.status, extra={"session": self.label})
+            del self._unrecorded[tool_call_id]
 
     async def _close_round(self) -> None:
         turn = await self.engine.store.close_tool_round(self.session_id)
@@ -420,6 +438,8 @@ class SessionActor:
         """Carries on from the stored state; True when a follow-up model call took `slot`
         (taken) with it."""
         engine, store = self.engine, self.engine.store
+        # Before the calls are read: a call whose outcome waits here is not unfinished.
+        await self._record_outcomes()
         info = await store.get_session(self.session_id)
         if info.archived:
             return False
