@@ -7,6 +7,7 @@ request is never sent.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,28 @@ class PromptStats:
     violations: list[str] = field(default_factory=list)
 
 
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _sendable_call(call: Any) -> Any:
+    """The call with arguments that are not a JSON object (bad JSON the model sent, which
+    its tool result already reported) replaced by "{}": servers such as vLLM parse every
+    historical call's arguments and answer 400, which would cost the chat every later
+    answer. The stored call keeps the text. A call of any other shape goes as it is, for
+    `bot.history.validate` to catch."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        return call
+    arguments = function.get("arguments")
+    if not isinstance(arguments, str) or _is_json_object(arguments):
+        return call
+    return {**call, "function": {**function, "arguments": "{}"}}
+
+
 def to_openai(entry: HistoryEntry, *, name_authors: bool) -> dict[str, Any]:
     if entry.role == "user":
         text = entry.content or ""
@@ -37,7 +60,7 @@ def to_openai(entry: HistoryEntry, *, name_authors: bool) -> dict[str, Any]:
         return {"role": "tool", "tool_call_id": entry.tool_call_id, "content": entry.content or ""}
     message: dict[str, Any] = {"role": entry.role, "content": entry.content}
     if entry.tool_calls:
-        message["tool_calls"] = entry.tool_calls
+        message["tool_calls"] = [_sendable_call(call) for call in entry.tool_calls]
     return message
 
 

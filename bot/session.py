@@ -118,6 +118,10 @@ class SessionActor:
         self._work = TaskSet(self.label)
         self._llm_task: asyncio.Task[None] | None = None
         self._tool_tasks: dict[int, asyncio.Task[None]] = {}
+        # Outcomes of tools that ended but are not stored yet (the write failed): the
+        # step's retry stores these, where a call with no result would be run again or
+        # called interrupted. The actor stays until they are stored.
+        self._unrecorded: dict[int, ToolOutcome] = {}
         self._cancel_outcome: ToolOutcome | None = None
 
     # --- mailbox ---------------------------------------------------------------------------
@@ -129,7 +133,12 @@ class SessionActor:
 
     @property
     def quiet(self) -> bool:
-        return self._mailbox.empty() and self._llm_task is None and not self._tool_tasks
+        return (
+            self._mailbox.empty()
+            and self._llm_task is None
+            and not self._tool_tasks
+            and not self._unrecorded
+        )
 
     async def _run(self) -> None:
         try:
@@ -169,6 +178,8 @@ class SessionActor:
                 extra={"session": self.label},
             )
             self.engine.step_failures.pop(self.session_id, None)
+            # No retry will store them; the operator's repair gives those calls a result.
+            self._unrecorded.clear()
             return
         self.engine.recover_later(self.session_id, STEP_RETRY_SECONDS * failures)
 
@@ -177,6 +188,7 @@ class SessionActor:
         self._cancel_outcome = None
         await self._work.cancel_all()
         self._tool_tasks.clear()
+        self._unrecorded.clear()
         self._llm_task = None
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -351,14 +363,15 @@ class SessionActor:
             extra={"session": self.label, "turn": info.turn},
         )
         for row in rows:
-            self._spawn_tool(row)
+            self._spawn_tool(row, admin=info.turn_is_admin)
         if tool_round.queued:
             await self._take_queued()
 
     # --- tools -----------------------------------------------------------------------------
 
-    def _spawn_tool(self, call: ToolCallInfo) -> None:
-        task = self._work.spawn(self._run_tool(call), f"tool-{call.name}")
+    def _spawn_tool(self, call: ToolCallInfo, *, admin: bool) -> None:
+        """`admin`: whether the turn is an admin's, which admin-only tools need."""
+        task = self._work.spawn(self._run_tool(call, admin), f"tool-{call.name}")
         task.add_done_callback(lambda done: self._reported_unstarted(call, done))
         self._tool_tasks[call.id] = task
 
@@ -369,10 +382,10 @@ class SessionActor:
         if task.cancelled() and self._cancel_outcome is not None:
             self.post(ToolDone(call.id, self._cancel_outcome))
 
-    async def _run_tool(self, call: ToolCallInfo) -> None:
+    async def _run_tool(self, call: ToolCallInfo, admin: bool) -> None:
         try:
             await self.engine.store.mark_tool_running(call.id)
-            outcome = await self.engine.runner.run(call.name, call.arguments)
+            outcome = await self.engine.runner.run(call.name, call.arguments, admin=admin)
         except asyncio.CancelledError:
             if self._cancel_outcome is None:
                 raise  # shutdown: the call stays running and recovery decides
@@ -384,11 +397,17 @@ class SessionActor:
 
     async def _on_tool_done(self, tool_call_id: int, outcome: ToolOutcome) -> None:
         self._tool_tasks.pop(tool_call_id, None)
-        store = self.engine.store
-        if await store.finish_tool(tool_call_id, outcome):
-            log.info("tool finished: %s", outcome.status, extra={"session": self.label})
+        self._unrecorded[tool_call_id] = outcome
+        await self._record_outcomes()
         if not self._tool_tasks:
             await self._close_round()
+
+    async def _record_outcomes(self) -> None:
+        """Stores the outcomes of ended tools, each kept until its own write succeeds."""
+        for tool_call_id, outcome in list(self._unrecorded.items()):
+            if await self.engine.store.finish_tool(tool_call_id, outcome):
+                log.info("tool finished: %s", outcome.status, extra={"session": self.label})
+            del self._unrecorded[tool_call_id]
 
     async def _close_round(self) -> None:
         turn = await self.engine.store.close_tool_round(self.session_id)
@@ -420,6 +439,8 @@ class SessionActor:
         """Carries on from the stored state; True when a follow-up model call took `slot`
         (taken) with it."""
         engine, store = self.engine, self.engine.store
+        # Before the calls are read: a call whose outcome waits here is not unfinished.
+        await self._record_outcomes()
         info = await store.get_session(self.session_id)
         if info.archived:
             return False
@@ -443,7 +464,7 @@ class SessionActor:
                 continue
             if call.name in engine.rerunnable and call.attempts < MAX_RERUNS_AFTER_RESTART:
                 log.info("re-running %s after a restart", call.name, extra={"session": self.label})
-                self._spawn_tool(call)
+                self._spawn_tool(call, admin=info.turn_is_admin)
             else:
                 await store.finish_tool(call.id, INTERRUPTED)
         await self._take_queued()

@@ -21,6 +21,7 @@ from bot.tools.registry import Registry, ToolSpec
 log = logging.getLogger(__name__)
 
 MAX_RESULT_CHARS = 16_000
+MAX_QUOTED_ARGUMENTS = 200
 
 
 class ToolStatus(StrEnum):
@@ -61,15 +62,26 @@ def _render(value: Any) -> str:
     return text
 
 
+def _sent(raw: str) -> str:
+    """The arguments as the model sent them, quoted: the request history carries "{}" in
+    their place (see bot.prompt), so this result is where the model reads what it sent."""
+    if len(raw) > MAX_QUOTED_ARGUMENTS:
+        raw = raw[:MAX_QUOTED_ARGUMENTS] + "…"
+    return repr(raw)
+
+
 def _parse_arguments(spec: ToolSpec, raw: str) -> dict[str, Any] | ToolOutcome:
     try:
         decoded = json.loads(raw or "{}")
     except json.JSONDecodeError as exc:
         return ToolOutcome(
-            ToolStatus.FAILED, f"invalid arguments: not valid JSON ({exc.msg}); send a JSON object"
+            ToolStatus.FAILED,
+            f"invalid arguments: not valid JSON ({exc.msg}) in {_sent(raw)}; send a JSON object",
         )
     if not isinstance(decoded, dict):
-        return ToolOutcome(ToolStatus.FAILED, "invalid arguments: expected a JSON object")
+        return ToolOutcome(
+            ToolStatus.FAILED, f"invalid arguments: expected a JSON object, got {_sent(raw)}"
+        )
     try:
         model = spec.arguments.model_validate(decoded)
     except ValidationError as exc:
@@ -92,13 +104,21 @@ class ToolRunner:
             return self.default_timeout
         return spec.timeout
 
-    async def run(self, name: str, raw_arguments: str) -> ToolOutcome:
-        """Runs the call. Cancelling the awaiting task cancels the tool (the caller decides
-        which cancellation text it records)."""
+    async def run(self, name: str, raw_arguments: str, *, admin: bool) -> ToolOutcome:
+        """Runs the call. `admin`: whether the turn is an admin's. Cancelling the awaiting
+        task cancels the tool (the caller decides which cancellation text it records)."""
         spec = self.registry.get(name)
         if spec is None:
-            known = ", ".join(sorted(s.name for s in self.registry)) or "none"
+            offered = (s.name for s in self.registry if admin or not s.admin_only)
+            known = ", ".join(sorted(offered)) or "none"
             return ToolOutcome(ToolStatus.FAILED, f"unknown tool {name!r}; available: {known}")
+        if spec.admin_only and not admin:
+            # Not offering the tool is not enough: once an admin used it, it is in the
+            # history, and the model may call it again in anyone's turn.
+            return ToolOutcome(
+                ToolStatus.FAILED,
+                f"tool {name!r} is for admins only; this message is not an admin's",
+            )
         arguments = _parse_arguments(spec, raw_arguments)
         if isinstance(arguments, ToolOutcome):
             return arguments

@@ -20,6 +20,7 @@ from bot.session import SessionActor
 from bot.settings import GroupMode
 from bot.store import ToolCallInfo
 from bot.tools.runner import CANCELLED_BY_USER
+from storage.admin import AdminStore
 from storage.database import sessionmaker
 from storage.models import MessageRow, OutboxRow, ToolCallRow
 from tests.conftest import CoreFactory
@@ -190,8 +191,8 @@ async def test_a_tool_cancelled_before_its_task_ever_ran_still_gets_its_result(
     monkeypatch.setattr(slow_tools, "DELAY", 30)
     real_spawn = SessionActor._spawn_tool
 
-    def spawn_then_cancel(self: SessionActor, call: ToolCallInfo) -> None:
-        real_spawn(self, call)
+    def spawn_then_cancel(self: SessionActor, call: ToolCallInfo, *, admin: bool) -> None:
+        real_spawn(self, call, admin=admin)
         self._cancel_tools(CANCELLED_BY_USER)
 
     monkeypatch.setattr(SessionActor, "_spawn_tool", spawn_then_cancel)
@@ -252,6 +253,40 @@ async def test_every_bad_tool_call_gets_exactly_one_result(
     second = chat_requests(fake_openai)[1]["messages"]
     assert [m["role"] for m in second[-5:]] == ["tool"] * 5
     assert validate(second) == []
+    assert fake_openai.rejected == []
+
+
+async def test_bad_tool_arguments_never_reach_a_later_request_but_stay_on_record(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    """Some OpenAI-compatible servers (vLLM) parse the arguments of every tool call in the
+    history and answer 400 to ones that are not a JSON object, which would cost the chat
+    every later answer: requests carry "{}" instead, and the operator still sees the text."""
+    fake_openai.script_tool_calls([("get_current_time", "{not json")])
+    fake_openai.script_reply("sorry, I sent that badly")
+    async with make_core() as (runtime, chat):
+        await chat.say("what time is it?")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+        await chat.say("never mind")
+        await chat.wait_for(3)
+        await runtime.engine.wait_idle()
+        admin = AdminStore(runtime.db, "s")
+        (view,) = [c for m in (await admin.transcript(1)).messages for c in m.calls]
+    later = chat_requests(fake_openai)[1:]
+    assert len(later) == 2
+    sent = [
+        call["function"]["arguments"]
+        for request in later
+        for message in request["messages"]
+        for call in message.get("tool_calls") or ()
+    ]
+    assert sent == ["{}", "{}"]
+    results = [m["content"] for m in later[-1]["messages"] if m["role"] == "tool"]
+    assert len(results) == 1
+    assert results[0].startswith("invalid arguments: not valid JSON")
+    assert "'{not json'" in results[0]  # the model is told what it sent, not "{}"
+    assert (view.arguments, view.status, view.result) == ("{not json", "failed", results[0])
     assert fake_openai.rejected == []
 
 

@@ -9,12 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from bot.core_api import SubmitOutcome
 from bot.events import ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
+from bot.tools.runner import ToolOutcome
 from storage.admin import AdminStore
+from storage.database import sessionmaker
+from storage.models import ToolCallRow
 from tests.conftest import CoreFactory
 
 
@@ -199,6 +203,55 @@ async def test_a_message_that_cannot_be_stored_at_all_fails_its_submit(
             await chat.say("hello into the void")
     assert attempts == 2  # the first try and one retry
     assert chat.sent == []
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "real_result"),
+    [
+        ("get_current_time", {"timezone": "UTC"}, "(UTC)"),  # not re-runnable
+        ("wait_seconds", {"seconds": 0}, "waited 0 s"),  # re-runnable
+    ],
+)
+async def test_a_tool_result_whose_recording_failed_is_recorded_by_the_retry(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    arguments: dict[str, object],
+    real_result: str,
+) -> None:
+    """The retry must record the outcome the tool had, not run the tool again nor call
+    it "interrupted by a restart"."""
+    from bot import session
+
+    monkeypatch.setattr(session, "STEP_RETRY_SECONDS", 0.05)
+    fake_openai.script_tool_calls([(name, arguments)])
+    fake_openai.script_reply("done")
+    async with make_core() as (runtime, chat):
+        store = runtime.engine.store
+        real_finish_tool = store.finish_tool
+        failures = iter([ConnectionError("database went away")])
+
+        async def flaky_finish_tool(tool_call_id: int, outcome: ToolOutcome) -> bool:
+            error = next(failures, None)
+            if error is not None:
+                raise error
+            return await real_finish_tool(tool_call_id, outcome)
+
+        monkeypatch.setattr(store, "finish_tool", flaky_finish_tool)
+        await chat.say("do it")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+        async with sessionmaker(runtime.db)() as tx:
+            calls = list(await tx.scalars(select(ToolCallRow)))
+    assert next(failures, None) is None  # the failure did happen
+    assert [(c.status, c.attempts) for c in calls] == [("done", 1)]
+    assert real_result in (calls[0].result or "")
+    follow_up = chat_requests(fake_openai)[1]["messages"]
+    results = [m for m in follow_up if m["role"] == "tool"]  # type: ignore[index]
+    assert [m["content"] for m in results] == [calls[0].result]  # type: ignore[index]
+    assert [s.message.kind for s in sent] == [ReplyKind.WORKING, ReplyKind.ANSWER]
+    assert validate(follow_up) == []  # type: ignore[arg-type]
 
 
 async def test_an_answer_that_comes_after_an_operator_archived_the_session_is_dropped(

@@ -8,13 +8,15 @@ import logging
 import re
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from bot import logs
 from bot.core_api import SubmitOutcome
 from bot.events import CommandName, CommandRequest, ReplyKind
 from bot.interim.catalog import load_locales
 from bot.offline import FakeOpenAI
+from storage.database import sessionmaker
+from storage.models import ToolCallRow
 from tests.conftest import CoreFactory
 from tests.support import slow_tools
 
@@ -98,6 +100,38 @@ async def test_admin_only_tools_are_offered_to_admins_only(
         for r in chat_requests(fake_openai)
     ]
     assert sorted("restart_service" in names for names in offered) == [False, True]
+
+
+async def test_an_admin_only_tool_called_in_someone_elses_turn_is_refused_not_run(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tool is in the group's history once an admin used it, so the model may call it
+    again for anyone: the call gets a refusal as its one result, and the tool never runs."""
+    monkeypatch.setattr(slow_tools, "restarted", [])
+    fake_openai.script_tool_calls([("restart_service", {"name": "db"})])
+    fake_openai.script_reply("done")
+    fake_openai.script_tool_calls([("restart_service", {"name": "db"}), ("no_such_tool", {})])
+    fake_openai.script_reply("done")
+    async with make_core(admin_users=["boss"]) as (runtime, chat):
+        await chat.say("restart the db", user="boss", private=False, chat="g")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+        await chat.say("do that again", user="someone", private=False, chat="g")
+        await chat.wait_for(4)
+        await runtime.engine.wait_idle()
+        async with sessionmaker(runtime.db)() as tx:
+            calls = list(await tx.scalars(select(ToolCallRow).order_by(ToolCallRow.id)))
+    assert slow_tools.restarted == ["db"]
+    assert [(c.status, c.result) for c in calls[:2]] == [
+        ("done", "db restarted"),
+        ("failed", "tool 'restart_service' is for admins only; this message is not an admin's"),
+    ]
+    # Nor does an unknown-tool result name it to someone it is not offered to.
+    assert "get_current_time" in (calls[2].result or "")
+    assert "restart_service" not in (calls[2].result or "")
+    told = chat_requests(fake_openai)[-1]["messages"][-2]  # type: ignore[index]
+    assert told["role"] == "tool" and "admins only" in told["content"]
+    assert fake_openai.rejected == []
 
 
 async def test_reset_in_a_group_is_for_admins_once_admins_are_set(

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from bot.history import validate
-from bot.prompt import PromptStats, build_request, collapse_user_runs, history_rows
+from bot.prompt import PromptStats, build_request, collapse_user_runs, history_rows, to_openai
 from bot.store import HistoryEntry
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
@@ -59,6 +59,25 @@ def test_a_valid_history_goes_out_unchanged_with_names_and_note() -> None:
         {"role": "system", "content": "already said: x"},
     ]
     assert stats.repaired_requests == 0
+
+
+@pytest.mark.parametrize("raw", ["{not json", '{"a": 1', "[1, 2]", "5", '"x"', "null", ""])
+def test_tool_arguments_that_are_no_json_object_go_out_as_an_empty_object(raw: str) -> None:
+    """Servers such as vLLM parse a history's tool arguments and answer 400 on one that is
+    not a JSON object; the request carries "{}" instead, the stored entry keeps the text."""
+    stored = {**CALL, "function": {"name": "f", "arguments": raw}}
+    entry = HistoryEntry("assistant", None, tool_calls=[stored])
+    sent = to_openai(entry, name_authors=False)
+    assert sent["tool_calls"] == [{**CALL, "function": {"name": "f", "arguments": "{}"}}]
+    assert stored["function"] == {"name": "f", "arguments": raw}
+
+
+def test_tool_arguments_that_are_a_json_object_go_out_as_the_model_wrote_them() -> None:
+    raw = '{ "timezone" : "Europe/Madrid",  "days": 2 }'
+    entry = HistoryEntry(
+        "assistant", None, tool_calls=[{**CALL, "function": {"name": "f", "arguments": raw}}]
+    )
+    assert to_openai(entry, name_authors=False)["tool_calls"][0]["function"]["arguments"] == raw
 
 
 def test_collapse_keeps_short_runs_and_summarizes_long_ones() -> None:

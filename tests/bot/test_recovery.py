@@ -4,6 +4,7 @@ one on the same database carries every turn to exactly one final answer."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -102,6 +103,40 @@ async def test_message_stored_but_not_handled_is_handled_after_restart(
         await second.engine.wait_idle()
     assert [s.message.kind for s in sent] == [ReplyKind.ANSWER]
     assert "are you awake?" in sent[0].message.text
+
+
+async def test_a_restart_does_not_run_an_admin_only_tool_for_a_non_admins_turn(
+    database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery runs a re-runnable call the crash left pending; that path must refuse an
+    admin-only tool in a turn that is not an admin's just as the first run does."""
+    monkeypatch.setattr(slow_tools, "restarted", [])
+    spec = slow_tools.restart_service.__stillhere_tool__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        slow_tools.restart_service, "__stillhere_tool__", replace(spec, rerun_safe=True)
+    )
+    settings = core_settings(database_url, fake_openai, admin_users=["boss"])
+    fake_openai.script_tool_calls([("restart_service", {"name": "db"})])
+    reached = asyncio.Event()
+
+    async def never_marked(tool_call_id: int) -> None:
+        reached.set()
+        await asyncio.Event().wait()
+
+    async with started_core(settings) as (first, chat):
+        # The call stays pending, as if the process died before the tool started.
+        monkeypatch.setattr(first.engine.store, "mark_tool_running", never_marked)
+        await chat.say("restart the db", user="someone", private=False, chat="g")
+        await reached.wait()
+    async with started_core(settings) as (second, chat2):
+        await chat2.wait_for(1)
+        await second.engine.wait_idle()
+        calls = await _tool_calls(second)
+    assert slow_tools.restarted == []
+    assert [(c.status, c.result) for c in calls] == [
+        ("failed", "tool 'restart_service' is for admins only; this message is not an admin's")
+    ]
+    assert fake_openai.rejected == []
 
 
 async def _stopped_with_tools_running(

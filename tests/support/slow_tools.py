@@ -33,9 +33,15 @@ def explode(reason: str) -> str:
     raise RuntimeError(reason)
 
 
+# What restart_service was asked to restart: an admin-only tool must never have run
+# for anyone else, which its result alone could not prove.
+restarted: list[str] = []
+
+
 @tool(admin_only=True)
 async def restart_service(name: str) -> str:
     """Restarts a service (admins only)."""
+    restarted.append(name)
     return f"{name} restarted"
 
 
