@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import discord
 
@@ -74,13 +76,17 @@ class DiscordAdapter:
         *,
         guild_ready_timeout: float = 2.0,
         start_timeout: float = 60.0,
+        command_grace: float = 5.0,
     ) -> None:
+        """`command_grace`: how long stop() lets commands still being answered finish
+        before it cancels them."""
         if settings.discord_bot_token is None:
             raise DiscordStartError("DISCORD_BOT_TOKEN is not set")
         self.core = core
         self._settings = settings
         self._token = settings.discord_bot_token.get_secret_value()
         self._start_timeout = start_timeout
+        self._command_grace = command_grace
         self._client = _Client(self, guild_ready_timeout=guild_ready_timeout)
         self._sender = DiscordSender(self._client)
         self._ready = asyncio.Event()
@@ -89,6 +95,11 @@ class DiscordAdapter:
         self._inbox: asyncio.Queue[InboundMessage | TextCommand] = asyncio.Queue()
         self._client_task: asyncio.Task[None] | None = None
         self._inbox_task: asyncio.Task[None] | None = None
+        # Commands being answered, each in its own task: an answer can take long (a /cancel
+        # waits for its session, discord.py waits out a 429 however long it is), and in the
+        # inbox it would hold up every later message of every server. Kept here so stop()
+        # can end them and so their failures are logged.
+        self._commands: set[asyncio.Task[None]] = set()
 
     # --- ReplySink --------------------------------------------------------------------
 
@@ -168,6 +179,25 @@ class DiscordAdapter:
         if self._inbox_task is not None:
             self._inbox_task.cancel()
             await self._finish(self._inbox_task, timeout=5.0)
+        await self._end_commands()
+
+    async def _end_commands(self) -> None:
+        # The client is closed, so no answer can be posted any more; the grace lets a
+        # /cancel or /reset the core is carrying out finish rather than stop half-way.
+        if not self._commands:
+            return
+        _, running = await asyncio.wait(set(self._commands), timeout=self._command_grace)
+        if not running:
+            return
+        log.warning(
+            "%d Discord command%s still running at shutdown %s cancelled",
+            len(running),
+            "" if len(running) == 1 else "s",
+            "was" if len(running) == 1 else "were",
+        )
+        for task in running:
+            task.cancel()
+        await asyncio.wait(running)
 
     @staticmethod
     async def _finish(task: asyncio.Task[None], *, timeout: float) -> None:
@@ -213,6 +243,23 @@ class DiscordAdapter:
             outcome = await self.core.submit(event)
             log.debug("Discord message %s: %s", event.message_id, outcome)
             return
+        self._spawn_command(self._answer_typed(event), name=f"discord-command-{event.message_id}")
+
+    def _spawn_command(self, answer: Coroutine[Any, Any, None], *, name: str) -> None:
+        task = asyncio.create_task(answer, name=name)
+        self._commands.add(task)
+        task.add_done_callback(self._command_done)
+
+    def _command_done(self, task: asyncio.Task[None]) -> None:
+        self._commands.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "could not answer a Discord command (%s)",
+                task.get_name(),
+                exc_info=task.exception(),
+            )
+
+    async def _answer_typed(self, event: TextCommand) -> None:
         text = await self.core.command(event.request)
         try:
             # The nonce makes a replayed command message (gateway resume) post one answer.
