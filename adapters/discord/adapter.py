@@ -8,21 +8,35 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+import aiohttp
 import discord
 
-from adapters.discord.commands import build_command_tree
-from adapters.discord.convert import TextCommand, is_from_person, to_event
+from adapters.discord.commands import acknowledge, answer_deferred, build_command_tree
+from adapters.discord.convert import (
+    TextCommand,
+    command_from_interaction,
+    is_from_person,
+    to_event,
+)
 from adapters.discord.routing import point_discord_at
 from adapters.discord.sender import DiscordSender, channel_id_of
 from adapters.discord.startup import DiscordStartError, explain_start_failure
 from bot.core_api import ChatCore
-from bot.events import ConversationKey, DeliveryError, InboundMessage, OutgoingMessage
+from bot.events import (
+    CommandName,
+    ConversationKey,
+    DeliveryError,
+    InboundMessage,
+    OutgoingMessage,
+)
 from bot.settings import GroupMode, Settings
 
 log = logging.getLogger(__name__)
 
 # message_content is privileged: without it Discord sends servers' messages with empty text.
 INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True, message_content=True)
+# What a call to Discord raises when it does not go through.
+_CALL_FAILED = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
 
 
 class _Client(discord.Client):
@@ -40,7 +54,7 @@ class _Client(discord.Client):
             allowed_mentions=discord.AllowedMentions.none(),
         )
         self._adapter = adapter
-        self.tree = build_command_tree(self, adapter.core)
+        self.tree = build_command_tree(self, adapter.on_slash_command)
 
     async def setup_hook(self) -> None:
         try:
@@ -184,20 +198,23 @@ class DiscordAdapter:
     async def _end_commands(self) -> None:
         # The client is closed, so no answer can be posted any more; the grace lets a
         # /cancel or /reset the core is carrying out finish rather than stop half-way.
-        if not self._commands:
-            return
-        _, running = await asyncio.wait(set(self._commands), timeout=self._command_grace)
-        if not running:
-            return
-        log.warning(
-            "%d Discord command%s still running at shutdown %s cancelled",
-            len(running),
-            "" if len(running) == 1 else "s",
-            "was" if len(running) == 1 else "were",
-        )
-        for task in running:
-            task.cancel()
-        await asyncio.wait(running)
+        # A loop, because a slash command discord.py received just before the close may
+        # still be handed over while this waits.
+        deadline = asyncio.get_running_loop().time() + self._command_grace
+        while running := {task for task in self._commands if not task.done()}:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, running = await asyncio.wait(running, timeout=timeout)
+            if not running:
+                continue
+            log.warning(
+                "%d Discord command%s still running at shutdown %s cancelled",
+                len(running),
+                "" if len(running) == 1 else "s",
+                "was" if len(running) == 1 else "were",
+            )
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running)
 
     @staticmethod
     async def _finish(task: asyncio.Task[None], *, timeout: float) -> None:
@@ -258,6 +275,32 @@ class DiscordAdapter:
                 task.get_name(),
                 exc_info=task.exception(),
             )
+
+    def on_slash_command(
+        self, interaction: discord.Interaction[discord.Client], name: CommandName
+    ) -> None:
+        self._spawn_command(
+            self._answer_slash(interaction, name), name=f"discord-slash-{interaction.id}"
+        )
+
+    async def _answer_slash(
+        self, interaction: discord.Interaction[discord.Client], name: CommandName
+    ) -> None:
+        try:
+            await acknowledge(interaction)
+        except _CALL_FAILED as exc:
+            # Too late (Discord has shown the person "The application did not respond") or
+            # unreachable: carrying out a /reset nobody will hear of would be worse.
+            log.warning("could not acknowledge /%s, so it was not run: %s", name.value, exc)
+            return
+        text = await self.core.command(command_from_interaction(interaction, name))
+        if self._client.is_closed():
+            log.warning("could not answer /%s: the Discord client is closed", name.value)
+            return
+        try:
+            await answer_deferred(interaction, text)
+        except _CALL_FAILED as exc:
+            log.warning("could not answer /%s: %s", name.value, exc)
 
     async def _answer_typed(self, event: TextCommand) -> None:
         text = await self.core.command(event.request)

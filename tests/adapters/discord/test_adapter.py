@@ -267,23 +267,24 @@ async def test_stop_with_a_command_in_flight_loses_no_message_and_leaves_no_task
     await adapter.start()
     try:
         await fake.push_message(dm, fake.bob, "/status", guild=False)
-        await fake.wait_for(lambda: len(core.commands) == 1)
+        await fake.push_slash("status", fake.general_id, fake.alice)
+        await fake.wait_for(lambda: len(core.commands) == 2)
         await fake.push_message(dm, fake.bob, "are you there?", guild=False)
         await fake.push_message(fake.general_id, fake.alice, "hello", mentions_bot=True)
         # The gateway delivers in order and discord.py hands events on in that order, so
         # once a slash command pushed after the two messages reaches the core, the adapter
         # has received both of them.
         await fake.push_slash("help", fake.random_id, fake.alice)
-        await fake.wait_for(lambda: len(core.commands) == 2)
+        await fake.wait_for(lambda: len(core.commands) == 3)
     finally:
         await adapter.stop()
     assert [m.text for m in core.submitted] == ["are you there?", "hello"]
-    assert core.cancelled == [CommandName.STATUS]
-    assert "1 Discord command still running at shutdown was cancelled" in caplog.text
+    assert core.cancelled == [CommandName.STATUS, CommandName.STATUS]  # typed and slash
+    assert "2 Discord commands still running at shutdown were cancelled" in caplog.text
     assert [t for t in asyncio.all_tasks() - before if not t.done()] == []
 
 
-async def test_slash_commands_are_synced_and_answered_ephemerally(
+async def test_slash_commands_are_synced_deferred_and_answered_ephemerally(
     fake_discord: FakeDiscord, running_adapter: AdapterFactory
 ) -> None:
     fake = fake_discord
@@ -297,19 +298,50 @@ async def test_slash_commands_are_synced_and_answered_ephemerally(
         }
         await fake.push_slash("cancel", fake.thread_id, fake.bob)
         await fake.push_slash("status", fake.dm_channel(fake.alice), fake.alice)
-        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 2)
+        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 4)
     # Each interaction is handled in its own task, so the two may finish in either order.
     assert {(c.name, c.conversation, c.is_private) for c in core.commands} == {
         (CommandName.CANCEL, ConversationKey("discord", fake.general_id, fake.thread_id), False),
         (CommandName.STATUS, ConversationKey("discord", fake.dm_channel(fake.alice)), True),
     }
-    assert {c["data"]["content"] for c in fake.interaction_callbacks} == {
-        "cancel answered",
-        "status answered",
-    }
-    for callback in fake.interaction_callbacks:
-        assert callback["type"] == 4
-        assert callback["data"]["flags"] & EPHEMERAL
+    deferred = [c for c in fake.interaction_callbacks if not c.get("followup")]
+    answers = [c for c in fake.interaction_callbacks if c.get("followup")]
+    assert [(c["type"], c["data"]["flags"] & EPHEMERAL) for c in deferred] == [(5, EPHEMERAL)] * 2
+    assert {c["content"] for c in answers} == {"cancel answered", "status answered"}
+    assert all(c["flags"] & EPHEMERAL for c in answers)
+
+
+async def test_a_slash_command_is_deferred_before_a_slow_answer(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    core = HeldCommandsCore()
+    async with running_adapter(core=core):
+        await fake.push_slash("status", fake.general_id, fake.alice)
+        # Acknowledged while the core has not answered: Discord drops an interaction
+        # left unacknowledged for 3 s.
+        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 1)
+        await fake.wait_for(lambda: len(core.commands) == 1)
+        core.release.set()
+        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 2)
+    deferred, answer = fake.interaction_callbacks
+    assert (deferred["type"], deferred["data"]["flags"]) == (5, EPHEMERAL)
+    assert (answer.get("followup"), answer["content"]) == (True, "status answered")
+    assert answer["flags"] & EPHEMERAL
+
+
+async def test_a_slash_command_that_cannot_be_acknowledged_is_not_run(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (_, core):
+        # As if the interaction had reached the bot too late: the person was already told
+        # it failed, so /reset must not go ahead unseen.
+        fake.interaction_ack_seconds = 0.0
+        await fake.push_slash("reset", fake.general_id, fake.alice)
+        await fake.wait_for(lambda: "could not acknowledge /reset" in caplog.text)
+    assert core.commands == []
+    assert fake.interaction_callbacks == []
 
 
 # --- what gets posted ---------------------------------------------------------------------
