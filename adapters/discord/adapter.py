@@ -5,22 +5,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
+import aiohttp
 import discord
 
-from adapters.discord.commands import build_command_tree
-from adapters.discord.convert import TextCommand, is_from_person, to_event
+from adapters.discord.commands import acknowledge, answer_deferred, build_command_tree
+from adapters.discord.convert import (
+    TextCommand,
+    command_from_interaction,
+    is_from_person,
+    to_event,
+)
 from adapters.discord.routing import point_discord_at
 from adapters.discord.sender import DiscordSender, channel_id_of
 from adapters.discord.startup import DiscordStartError, explain_start_failure
 from bot.core_api import ChatCore
-from bot.events import ConversationKey, DeliveryError, InboundMessage, OutgoingMessage
+from bot.events import (
+    CommandName,
+    ConversationKey,
+    DeliveryError,
+    InboundMessage,
+    OutgoingMessage,
+)
 from bot.settings import GroupMode, Settings
 
 log = logging.getLogger(__name__)
 
 # message_content is privileged: without it Discord sends servers' messages with empty text.
 INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True, message_content=True)
+# What a call to Discord raises when it does not go through.
+_CALL_FAILED = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
 
 
 class _Client(discord.Client):
@@ -38,7 +54,7 @@ class _Client(discord.Client):
             allowed_mentions=discord.AllowedMentions.none(),
         )
         self._adapter = adapter
-        self.tree = build_command_tree(self, adapter.core)
+        self.tree = build_command_tree(self, adapter.on_slash_command)
 
     async def setup_hook(self) -> None:
         try:
@@ -74,13 +90,17 @@ class DiscordAdapter:
         *,
         guild_ready_timeout: float = 2.0,
         start_timeout: float = 60.0,
+        command_grace: float = 5.0,
     ) -> None:
+        """`command_grace`: how long stop() lets commands still being answered finish
+        before it cancels them."""
         if settings.discord_bot_token is None:
             raise DiscordStartError("DISCORD_BOT_TOKEN is not set")
         self.core = core
         self._settings = settings
         self._token = settings.discord_bot_token.get_secret_value()
         self._start_timeout = start_timeout
+        self._command_grace = command_grace
         self._client = _Client(self, guild_ready_timeout=guild_ready_timeout)
         self._sender = DiscordSender(self._client)
         self._ready = asyncio.Event()
@@ -89,6 +109,11 @@ class DiscordAdapter:
         self._inbox: asyncio.Queue[InboundMessage | TextCommand] = asyncio.Queue()
         self._client_task: asyncio.Task[None] | None = None
         self._inbox_task: asyncio.Task[None] | None = None
+        # Commands being answered, each in its own task: an answer can take long (a /cancel
+        # waits for its session, discord.py waits out a 429 however long it is), and in the
+        # inbox it would hold up every later message of every server. Kept here so stop()
+        # can end them and so their failures are logged.
+        self._commands: set[asyncio.Task[None]] = set()
 
     # --- ReplySink --------------------------------------------------------------------
 
@@ -168,6 +193,28 @@ class DiscordAdapter:
         if self._inbox_task is not None:
             self._inbox_task.cancel()
             await self._finish(self._inbox_task, timeout=5.0)
+        await self._end_commands()
+
+    async def _end_commands(self) -> None:
+        # The client is closed, so no answer can be posted any more; the grace lets a
+        # /cancel or /reset the core is carrying out finish rather than stop half-way.
+        # A loop, because a slash command discord.py received just before the close may
+        # still be handed over while this waits.
+        deadline = asyncio.get_running_loop().time() + self._command_grace
+        while running := {task for task in self._commands if not task.done()}:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, running = await asyncio.wait(running, timeout=timeout)
+            if not running:
+                continue
+            log.warning(
+                "%d Discord command%s still running at shutdown %s cancelled",
+                len(running),
+                "" if len(running) == 1 else "s",
+                "was" if len(running) == 1 else "were",
+            )
+            for task in running:
+                task.cancel()
+            await asyncio.wait(running)
 
     @staticmethod
     async def _finish(task: asyncio.Task[None], *, timeout: float) -> None:
@@ -213,6 +260,49 @@ class DiscordAdapter:
             outcome = await self.core.submit(event)
             log.debug("Discord message %s: %s", event.message_id, outcome)
             return
+        self._spawn_command(self._answer_typed(event), name=f"discord-command-{event.message_id}")
+
+    def _spawn_command(self, answer: Coroutine[Any, Any, None], *, name: str) -> None:
+        task = asyncio.create_task(answer, name=name)
+        self._commands.add(task)
+        task.add_done_callback(self._command_done)
+
+    def _command_done(self, task: asyncio.Task[None]) -> None:
+        self._commands.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "could not answer a Discord command (%s)",
+                task.get_name(),
+                exc_info=task.exception(),
+            )
+
+    def on_slash_command(
+        self, interaction: discord.Interaction[discord.Client], name: CommandName
+    ) -> None:
+        self._spawn_command(
+            self._answer_slash(interaction, name), name=f"discord-slash-{interaction.id}"
+        )
+
+    async def _answer_slash(
+        self, interaction: discord.Interaction[discord.Client], name: CommandName
+    ) -> None:
+        try:
+            await acknowledge(interaction)
+        except _CALL_FAILED as exc:
+            # Too late (Discord has shown the person "The application did not respond") or
+            # unreachable: carrying out a /reset nobody will hear of would be worse.
+            log.warning("could not acknowledge /%s, so it was not run: %s", name.value, exc)
+            return
+        text = await self.core.command(command_from_interaction(interaction, name))
+        if self._client.is_closed():
+            log.warning("could not answer /%s: the Discord client is closed", name.value)
+            return
+        try:
+            await answer_deferred(interaction, text)
+        except _CALL_FAILED as exc:
+            log.warning("could not answer /%s: %s", name.value, exc)
+
+    async def _answer_typed(self, event: TextCommand) -> None:
         text = await self.core.command(event.request)
         try:
             # The nonce makes a replayed command message (gateway resume) post one answer.

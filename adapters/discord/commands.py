@@ -8,9 +8,7 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from adapters.discord.convert import command_from_interaction
 from adapters.discord.sender import MESSAGE_LIMIT
-from bot.core_api import ChatCore
 from bot.events import CommandName
 from bot.textsplit import split_text
 
@@ -23,28 +21,41 @@ SLASH_COMMANDS: dict[CommandName, str] = {
 }
 
 Callback = Callable[[discord.Interaction[discord.Client]], Coroutine[Any, Any, None]]
+# Takes a slash command over from discord.py; returns at once (the adapter answers it in a
+# task of its own, which discord.py's per-interaction task would leave unowned at stop).
+SlashHandler = Callable[[discord.Interaction[discord.Client], CommandName], None]
 
 
-def _answering(core: ChatCore, name: CommandName) -> Callback:
-    async def answer(interaction: discord.Interaction[discord.Client]) -> None:
-        text = await core.command(command_from_interaction(interaction, name))
-        parts = [part for part in split_text(text, MESSAGE_LIMIT) if part.strip()] or ["…"]
-        # Ephemeral: a command's answer is for whoever ran it, not the whole channel.
-        await interaction.response.send_message(parts[0], ephemeral=True)
-        for part in parts[1:]:
-            await interaction.followup.send(part, ephemeral=True)
+async def acknowledge(interaction: discord.Interaction[discord.Client]) -> None:
+    """Defers the answer: Discord drops an interaction not acknowledged within 3 s, and the
+    core may take longer (a /cancel waits for its session). Ephemeral is decided here, and
+    the followup that ends the "thinking…" state keeps it: the answer is for whoever ran
+    the command, not the whole channel."""
+    await interaction.response.defer(ephemeral=True, thinking=True)
 
-    return answer
+
+async def answer_deferred(interaction: discord.Interaction[discord.Client], text: str) -> None:
+    """Sends the answer of an acknowledged interaction as followups of at most 2000 characters."""
+    parts = [part for part in split_text(text, MESSAGE_LIMIT) if part.strip()] or ["…"]
+    for part in parts:
+        await interaction.followup.send(part, ephemeral=True)
+
+
+def _handing_over(handler: SlashHandler, name: CommandName) -> Callback:
+    async def hand_over(interaction: discord.Interaction[discord.Client]) -> None:
+        handler(interaction, name)
+
+    return hand_over
 
 
 def build_command_tree(
-    client: discord.Client, core: ChatCore
+    client: discord.Client, handler: SlashHandler
 ) -> app_commands.CommandTree[discord.Client]:
     tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
     for name, description in SLASH_COMMANDS.items():
         tree.add_command(
             app_commands.Command(
-                name=name.value, description=description, callback=_answering(core, name)
+                name=name.value, description=description, callback=_handing_over(handler, name)
             )
         )
     return tree

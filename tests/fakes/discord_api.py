@@ -4,9 +4,9 @@ One aiohttp server on 127.0.0.1 (random port) serves both the REST API (under /a
 a real websocket gateway. It keeps just enough state to behave like Discord where the
 adapter depends on it: snowflake ids, one guild with channels, a thread and members, DM
 channels, the bot's own posts echoed back as MESSAGE_CREATE, enforce_nonce dedupe, resumable
-sessions that replay missed events, close codes 4004/4014, and 429s shaped like the real
-ones. Anything it does not know answers 404 so a test fails loudly instead of passing by
-accident.
+sessions that replay missed events, close codes 4004/4014, 429s shaped like the real
+ones, and interactions that must be acknowledged once, within 3 s, before any followup.
+Anything it does not know answers 404 so a test fails loudly instead of passing by accident.
 """
 
 from __future__ import annotations
@@ -80,6 +80,13 @@ class _Connection:
 
 
 @dataclass
+class _Interaction:
+    token: str
+    created: float  # time.monotonic() when it was dispatched
+    acknowledged: bool = False
+
+
+@dataclass
 class _Session:
     session_id: str
     seq: int = 0
@@ -120,12 +127,15 @@ class FakeDiscord:
         token: str = DEFAULT_TOKEN,
         message_content_enabled: bool = True,
         heartbeat_interval_ms: int = 1000,
+        interaction_ack_seconds: float = 3.0,
     ) -> None:
         self.token = token
         self.message_content_enabled = message_content_enabled
         # The token the gateway accepts, when a test wants it to differ from REST's.
         self.gateway_token = token
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        # Discord forgets an interaction not acknowledged within 3 s ("Unknown interaction").
+        self.interaction_ack_seconds = interaction_ack_seconds
         self._ids = itertools.count(1)
         self.bot = FakeUser(self.snowflake(), "stillhere", bot=True)
         self.application_id = self.bot.id
@@ -148,7 +158,10 @@ class FakeDiscord:
         self.identify_payloads: list[Json] = []
         self.resume_payloads: list[Json] = []
         self.connection_paths: list[str] = []
+        # Accepted interaction callbacks ({"interaction_id", "type", "data"}) and followups
+        # ({"followup": True, "content", "flags", ...}), in the order they arrived.
         self.interaction_callbacks: list[Json] = []
+        self._interactions: dict[str, _Interaction] = {}
         self.synced_commands: dict[str, list[Json]] = {}
         self._nonces: dict[tuple[str, str], str] = {}
         self._failures: dict[str, list[_Failure]] = {}
@@ -451,6 +464,13 @@ class FakeDiscord:
 
     async def push_slash(self, name: str, channel_id: str, user: FakeUser) -> Json:
         """A person runs one of the bot's synced slash commands."""
+        interaction = self.new_interaction(name, channel_id, user)
+        await self.dispatch("INTERACTION_CREATE", interaction)
+        return interaction
+
+    def new_interaction(self, name: str, channel_id: str, user: FakeUser) -> Json:
+        """The INTERACTION_CREATE payload of `user` running /`name`, from now on awaiting its
+        acknowledgement; push_slash sends it."""
         command = self._synced_command(name)
         guild_id = self._channel_guild(channel_id)
         interaction: Json = {
@@ -485,7 +505,7 @@ class FakeDiscord:
             interaction["context"] = 1
             interaction["channel"] = {"id": channel_id, "type": 1, "recipients": [user.to_json()]}
             interaction["user"] = user.to_json()
-        await self.dispatch("INTERACTION_CREATE", interaction)
+        self._interactions[interaction["id"]] = _Interaction(interaction["token"], time.monotonic())
         return interaction
 
     def _synced_command(self, name: str) -> Json:
@@ -839,6 +859,16 @@ class FakeDiscord:
         return _json_response(commands)
 
     async def _interaction_callback(self, request: web.Request) -> web.Response:
+        interaction = self._interactions.get(request.match_info["interaction_id"])
+        if (
+            interaction is None
+            or interaction.token != request.match_info["token"]
+            or time.monotonic() - interaction.created > self.interaction_ack_seconds
+        ):
+            return _error(404, "Unknown interaction", 10062)
+        if interaction.acknowledged:
+            return _error(400, "Interaction has already been acknowledged.", 40060)
+        interaction.acknowledged = True
         body = await request.json()
         self.interaction_callbacks.append(
             {"interaction_id": request.match_info["interaction_id"], **body}
@@ -857,6 +887,12 @@ class FakeDiscord:
         )
 
     async def _followup(self, request: web.Request) -> web.Response:
+        # An interaction's webhook exists only once the interaction has been acknowledged.
+        token = request.match_info["token"]
+        if request.match_info["app_id"] != self.application_id or not any(
+            i.token == token and i.acknowledged for i in self._interactions.values()
+        ):
+            return _error(404, "Unknown Webhook", 10015)
         body = await request.json()
         self.interaction_callbacks.append({"followup": True, **body})
         message: Json = {

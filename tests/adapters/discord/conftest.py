@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ import pytest
 
 from adapters.discord import DiscordAdapter
 from bot.core_api import SubmitOutcome
-from bot.events import CommandRequest, InboundMessage, ReplySink
+from bot.events import CommandName, CommandRequest, InboundMessage, ReplySink
 from bot.settings import Settings
 from tests.fakes.discord_api import FakeDiscord
 
@@ -34,6 +35,26 @@ class RecordingCore:
     async def command(self, request: CommandRequest) -> str:
         self.commands.append(request)
         return f"{request.name} answered"
+
+
+@dataclass
+class HeldCommandsCore(RecordingCore):
+    """A RecordingCore whose `held` commands answer only once `release` is set, as a /cancel
+    waiting for its session's actor (or an answer waiting out a 429) does."""
+
+    held: frozenset[CommandName] = frozenset({CommandName.STATUS})
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: list[CommandName] = field(default_factory=list)
+
+    async def command(self, request: CommandRequest) -> str:
+        answer = await super().command(request)
+        if request.name in self.held:
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(request.name)
+                raise
+        return answer
 
 
 def discord_settings(fake: FakeDiscord, **overrides: Any) -> Settings:
@@ -59,11 +80,13 @@ AdapterFactory = Callable[..., AbstractAsyncContextManager[tuple[DiscordAdapter,
 @pytest.fixture
 def running_adapter(fake_discord: FakeDiscord) -> AdapterFactory:
     """`async with running_adapter(**setting_overrides) as (adapter, core):` a connected
-    adapter on the recording core."""
+    adapter on the recording core (or on `core=` when given)."""
 
     @asynccontextmanager
-    async def factory(**overrides: Any) -> AsyncIterator[tuple[DiscordAdapter, RecordingCore]]:
-        core = RecordingCore()
+    async def factory(
+        *, core: RecordingCore | None = None, **overrides: Any
+    ) -> AsyncIterator[tuple[DiscordAdapter, RecordingCore]]:
+        core = RecordingCore() if core is None else core
         adapter = DiscordAdapter(
             discord_settings(fake_discord, **overrides), core, guild_ready_timeout=0.05
         )

@@ -11,8 +11,20 @@ import discord.backoff
 import pytest
 
 from adapters.discord import DiscordAdapter, DiscordStartError
-from bot.events import CommandName, ConversationKey, DeliveryError, OutgoingMessage, ReplyKind
-from tests.adapters.discord.conftest import AdapterFactory, RecordingCore, discord_settings
+from bot.events import (
+    CommandName,
+    CommandRequest,
+    ConversationKey,
+    DeliveryError,
+    OutgoingMessage,
+    ReplyKind,
+)
+from tests.adapters.discord.conftest import (
+    AdapterFactory,
+    HeldCommandsCore,
+    RecordingCore,
+    discord_settings,
+)
 from tests.fakes.discord_api import EPHEMERAL, RESUME_GATEWAY_PATH, FakeDiscord
 
 POST = "POST /channels/{channel_id}/messages"
@@ -202,7 +214,81 @@ async def test_typed_commands_go_to_the_core_and_are_answered_in_reply(
     assert fake.posted_messages(dm)[0]["message_reference"]["message_id"] == in_dm["id"]
 
 
-async def test_slash_commands_are_synced_and_answered_ephemerally(
+async def test_a_command_slow_to_answer_holds_up_no_other_message(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    core = HeldCommandsCore()
+    dm = fake.dm_channel(fake.bob)
+    async with running_adapter(core=core):
+        asked = await fake.push_message(dm, fake.bob, "/status", guild=False)
+        await fake.wait_for(lambda: len(core.commands) == 1)
+        await fake.push_message(fake.general_id, fake.alice, "anyone there?", mentions_bot=True)
+        await submitted(fake, core, 1)
+        # Submitted while the command still waits for its answer.
+        assert fake.posted_messages(dm) == []
+        core.release.set()
+        await fake.wait_for(lambda: len(fake.posted_messages(dm)) == 1)
+    assert [m.text for m in core.submitted] == ["anyone there?"]
+    [answer] = fake.posted_messages(dm)
+    assert answer["content"] == "status answered"
+    assert answer["message_reference"]["message_id"] == asked["id"]
+
+
+class FailingCommandsCore(RecordingCore):
+    async def command(self, request: CommandRequest) -> str:
+        await super().command(request)
+        raise RuntimeError("the core broke")
+
+
+async def test_a_command_that_fails_is_logged_and_the_rest_goes_on(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = fake_discord
+    dm = fake.dm_channel(fake.bob)
+    async with running_adapter(core=FailingCommandsCore()) as (_, core):
+        await fake.push_message(dm, fake.bob, "/status", guild=False)
+        await fake.push_message(dm, fake.bob, "hola", guild=False)
+        await submitted(fake, core, 1)
+        await fake.wait_for(lambda: "could not answer a Discord command" in caplog.text)
+    [failure] = [r for r in caplog.records if "could not answer" in r.getMessage()]
+    assert failure.levelno == logging.ERROR
+    assert failure.exc_info is not None and "the core broke" in str(failure.exc_info[1])
+    assert [m.text for m in core.submitted] == ["hola"]
+    assert fake.posted_messages(dm) == []
+
+
+async def test_stop_with_a_command_in_flight_loses_no_message_and_leaves_no_task(
+    fake_discord: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = fake_discord
+    core = HeldCommandsCore()
+    dm = fake.dm_channel(fake.bob)
+    before = asyncio.all_tasks()
+    adapter = DiscordAdapter(
+        discord_settings(fake), core, guild_ready_timeout=0.05, command_grace=0.1
+    )
+    await adapter.start()
+    try:
+        await fake.push_message(dm, fake.bob, "/status", guild=False)
+        await fake.push_slash("status", fake.general_id, fake.alice)
+        await fake.wait_for(lambda: len(core.commands) == 2)
+        await fake.push_message(dm, fake.bob, "are you there?", guild=False)
+        await fake.push_message(fake.general_id, fake.alice, "hello", mentions_bot=True)
+        # The gateway delivers in order and discord.py hands events on in that order, so
+        # once a slash command pushed after the two messages reaches the core, the adapter
+        # has received both of them.
+        await fake.push_slash("help", fake.random_id, fake.alice)
+        await fake.wait_for(lambda: len(core.commands) == 3)
+    finally:
+        await adapter.stop()
+    assert [m.text for m in core.submitted] == ["are you there?", "hello"]
+    assert core.cancelled == [CommandName.STATUS, CommandName.STATUS]  # typed and slash
+    assert "2 Discord commands still running at shutdown were cancelled" in caplog.text
+    assert [t for t in asyncio.all_tasks() - before if not t.done()] == []
+
+
+async def test_slash_commands_are_synced_deferred_and_answered_ephemerally(
     fake_discord: FakeDiscord, running_adapter: AdapterFactory
 ) -> None:
     fake = fake_discord
@@ -216,7 +302,7 @@ async def test_slash_commands_are_synced_and_answered_ephemerally(
         }
         await fake.push_slash("cancel", fake.thread_id, fake.bob)
         await fake.push_slash("status", fake.dm_channel(fake.alice), fake.alice)
-        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 2)
+        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 4)
     # Each interaction is handled in its own task, so the two may finish in either order.
     assert {(c.name, c.conversation, c.is_private) for c in core.commands} == {
         (CommandName.CANCEL, ConversationKey("discord", fake.general_id, fake.thread_id), False),
@@ -226,13 +312,44 @@ async def test_slash_commands_are_synced_and_answered_ephemerally(
         (CommandName.CANCEL, fake.guild_id),
         (CommandName.STATUS, None),
     }
-    assert {c["data"]["content"] for c in fake.interaction_callbacks} == {
-        "cancel answered",
-        "status answered",
-    }
-    for callback in fake.interaction_callbacks:
-        assert callback["type"] == 4
-        assert callback["data"]["flags"] & EPHEMERAL
+    deferred = [c for c in fake.interaction_callbacks if not c.get("followup")]
+    answers = [c for c in fake.interaction_callbacks if c.get("followup")]
+    assert [(c["type"], c["data"]["flags"] & EPHEMERAL) for c in deferred] == [(5, EPHEMERAL)] * 2
+    assert {c["content"] for c in answers} == {"cancel answered", "status answered"}
+    assert all(c["flags"] & EPHEMERAL for c in answers)
+
+
+async def test_a_slash_command_is_deferred_before_a_slow_answer(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    core = HeldCommandsCore()
+    async with running_adapter(core=core):
+        await fake.push_slash("status", fake.general_id, fake.alice)
+        # Acknowledged while the core has not answered: Discord drops an interaction
+        # left unacknowledged for 3 s.
+        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 1)
+        await fake.wait_for(lambda: len(core.commands) == 1)
+        core.release.set()
+        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 2)
+    deferred, answer = fake.interaction_callbacks
+    assert (deferred["type"], deferred["data"]["flags"]) == (5, EPHEMERAL)
+    assert (answer.get("followup"), answer["content"]) == (True, "status answered")
+    assert answer["flags"] & EPHEMERAL
+
+
+async def test_a_slash_command_that_cannot_be_acknowledged_is_not_run(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (_, core):
+        # As if the interaction had reached the bot too late: the person was already told
+        # it failed, so /reset must not go ahead unseen.
+        fake.interaction_ack_seconds = 0.0
+        await fake.push_slash("reset", fake.general_id, fake.alice)
+        await fake.wait_for(lambda: "could not acknowledge /reset" in caplog.text)
+    assert core.commands == []
+    assert fake.interaction_callbacks == []
 
 
 # --- what gets posted ---------------------------------------------------------------------

@@ -238,13 +238,16 @@ async def test_status_and_cancel_as_slash_commands_during_a_tool(
         )
         await fake.wait_for(lambda: bool(fake.posted_messages(fake.general_id)), timeout=10)
         await fake.push_slash("status", fake.general_id, fake.alice)
-        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 1, timeout=10)
-        await fake.push_slash("cancel", fake.general_id, fake.alice)
         await fake.wait_for(lambda: len(fake.interaction_callbacks) == 2, timeout=10)
+        await fake.push_slash("cancel", fake.general_id, fake.alice)
+        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 4, timeout=10)
         await runtime.engine.wait_idle(timeout=10)
-    status, cancel = fake.interaction_callbacks
-    assert all(c["type"] == 4 and c["data"]["flags"] & EPHEMERAL for c in (status, cancel))
-    assert "consultar la hora" in status["data"]["content"]
+    # Each is deferred (ephemeral) first, then answered in a followup.
+    deferred = fake.interaction_callbacks[0::2]
+    status, cancel = fake.interaction_callbacks[1::2]
+    assert all(c["type"] == 5 and c["data"]["flags"] & EPHEMERAL for c in deferred)
+    assert all(c.get("followup") and c["flags"] & EPHEMERAL for c in (status, cancel))
+    assert "consultar la hora" in status["content"]
     assert "cancel" in fake.posted_messages(fake.general_id)[-1]["content"].lower()
     # Commands answer the one who ran them; the model never sees them.
     assert all("/status" not in request_text(r) for r in chat_requests(fake_openai))

@@ -90,3 +90,53 @@ async def test_a_429_carries_via_and_retry_after(
         assert (await r.json())["retry_after"] == 0.25
     status, _, _ = await post_message(http, fake_discord.general_id, {"content": "a"})
     assert status == 200
+
+
+async def interaction_call(
+    http: aiohttp.ClientSession, path: str, body: dict[str, Any]
+) -> tuple[int, Any]:
+    async with http.post(path, json=body) as response:
+        return response.status, await response.json()
+
+
+async def test_an_interaction_is_acknowledged_once_before_any_followup(
+    fake_discord: FakeDiscord, http: aiohttp.ClientSession
+) -> None:
+    fake = fake_discord
+    async with http.put(
+        f"applications/{fake.application_id}/commands", json=[{"name": "status"}]
+    ) as synced:
+        assert synced.status == 200
+    interaction = fake.new_interaction("status", fake.general_id, fake.alice)
+    callback = f"interactions/{interaction['id']}/{interaction['token']}/callback"
+    followup = f"webhooks/{fake.application_id}/{interaction['token']}?wait=true"
+    deferred = {"type": 5, "data": {"flags": 64}}
+
+    status, body = await interaction_call(http, followup, {"content": "too early"})
+    assert (status, body["code"]) == (404, 10015)
+    status, _ = await interaction_call(http, callback, deferred)
+    assert status == 200
+    status, body = await interaction_call(http, callback, deferred)
+    assert (status, body["code"]) == (400, 40060)
+    status, body = await interaction_call(http, followup, {"content": "the answer", "flags": 64})
+    assert (status, body["content"]) == (200, "the answer")
+    assert [c.get("type", "followup") for c in fake.interaction_callbacks] == [5, "followup"]
+
+
+async def test_an_interaction_not_acknowledged_in_time_is_unknown(
+    fake_discord: FakeDiscord, http: aiohttp.ClientSession
+) -> None:
+    fake = fake_discord
+    async with http.put(
+        f"applications/{fake.application_id}/commands", json=[{"name": "status"}]
+    ) as synced:
+        assert synced.status == 200
+    fake.interaction_ack_seconds = 0.0  # already past, without the test waiting 3 s
+    interaction = fake.new_interaction("status", fake.general_id, fake.alice)
+    status, body = await interaction_call(
+        http,
+        f"interactions/{interaction['id']}/{interaction['token']}/callback",
+        {"type": 4, "data": {"content": "late"}},
+    )
+    assert (status, body["code"], body["message"]) == (404, 10062, "Unknown interaction")
+    assert fake.interaction_callbacks == []
