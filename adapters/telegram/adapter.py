@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from telegram import BotCommand, BotCommandScopeAllGroupChats, Update
 from telegram.constants import ChatAction
-from telegram.error import TelegramError
+from telegram.error import InvalidToken, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.telegram.convert import (
@@ -24,7 +24,7 @@ from adapters.telegram.processor import PerChatUpdateProcessor
 from adapters.telegram.transport import ChatActionExemptRateLimiter, UpdateGuardRequest
 from bot.core_api import ChatCore
 from bot.events import ConversationKey, DeliveryError, OutgoingMessage
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +135,25 @@ class TelegramAdapter:
             self._running = True
             await self._start_updates()
             await self._app.start()
+        except InvalidToken as error:
+            await self.stop()
+            # python-telegram-bot's message quotes the token: say why without it, and
+            # `from None` keeps the chained original out of the printed traceback.
+            raise SettingsError(self._rejected(error)) from None
         except BaseException:
             await self.stop()
             raise
         log.info("Telegram adapter running as @%s", self._identity.username)
+
+    def _rejected(self, error: InvalidToken) -> str:
+        cause = error.__cause__ if isinstance(error.__cause__, TelegramError) else error
+        token = self._settings.telegram_bot_token
+        reason = cause.message.replace(token.get_secret_value(), "***") if token else cause.message
+        return (
+            f"setting TELEGRAM_BOT_TOKEN: the Bot API at {self._settings.telegram_base_url} "
+            f"rejected it ({reason}); copy the token from @BotFather again, and check "
+            "TELEGRAM_BASE_URL if you changed it"
+        )
 
     async def _start_updates(self) -> None:
         updater = self._app.updater

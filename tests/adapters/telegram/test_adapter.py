@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from telegram.error import InvalidToken
 
 from adapters.telegram import TelegramAdapter
 from bot.core_api import SubmitOutcome
@@ -22,7 +22,7 @@ from bot.events import (
     ReplyKind,
     ReplySink,
 )
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from tests.fakes.telegram_api import FakeTelegram, TgUser
 
 ANA = TgUser(1001, "Ana", "Pérez", username="ana")
@@ -368,18 +368,33 @@ async def test_webhook_mode_sets_the_webhook_and_receives_updates(
 # --- failures around the process -----------------------------------------------------------
 
 
-async def test_wrong_token_fails_start_and_leaves_nothing_running(
-    tg: FakeTelegram, core: RecordingCore
+WRONG_TOKEN = "42:WrongTokenWrongTokenWrongToken"
+
+
+@pytest.mark.parametrize(
+    ("token", "path"),
+    [(WRONG_TOKEN, "/bot"), (None, "/wrong-path/bot")],
+    ids=["401-wrong-token", "404-wrong-base-url"],
+)
+async def test_rejected_token_fails_start_in_one_line_without_the_token(
+    tg: FakeTelegram, core: RecordingCore, token: str | None, path: str
 ) -> None:
+    token = token or tg.token
     settings = Settings(
         _env_file=None,
-        telegram_bot_token="42:WrongTokenWrongTokenWrongToken",
-        telegram_base_url=tg.base_url,
+        telegram_bot_token=token,
+        telegram_base_url=f"http://127.0.0.1:{tg.port}{path}",
     )
     adapter = TelegramAdapter(settings, core)
-    with pytest.raises(InvalidToken):
+    with pytest.raises(SettingsError) as caught:
         await adapter.start()
     await adapter.stop()  # harmless a second time, as bot.app does after a failed start
+    message = str(caught.value)
+    assert message.startswith("setting TELEGRAM_BOT_TOKEN:")
+    assert "TELEGRAM_BASE_URL" in message and "\n" not in message
+    # The whole traceback as Python prints it, chained exceptions included.
+    printed = "".join(traceback.format_exception(caught.value))
+    assert token not in printed
     assert tg.calls_to("getUpdates") == []
 
 
