@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 
 # Telegram drops "typing..." after about 5 seconds.
 TYPING_INTERVAL = 4.5
-# 429s are waited out and retried this many times before the core hears about them.
-RATE_LIMIT_RETRIES = 3
 _ALLOWED_UPDATES = (Update.MESSAGE, Update.EDITED_MESSAGE)
 _COMMANDS = (
     BotCommand("start", "Start talking with me"),
@@ -73,7 +71,7 @@ class TelegramAdapter:
             .token(settings.telegram_bot_token.get_secret_value())
             .base_url(settings.telegram_base_url)
             .base_file_url(file_url_for(settings.telegram_base_url))
-            .rate_limiter(ChatActionExemptRateLimiter(max_retries=RATE_LIMIT_RETRIES))
+            .rate_limiter(ChatActionExemptRateLimiter())
             .concurrent_updates(PerChatUpdateProcessor())
             .get_updates_request(UpdateGuardRequest(connection_pool_size=1))
             .job_queue(None)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from adapters.telegram import TelegramAdapter
+from adapters.telegram import TelegramAdapter, delivery
 from bot.core_api import SubmitOutcome
 from bot.events import (
     CommandRequest,
@@ -259,6 +259,18 @@ async def test_429_is_waited_out_and_delivered_once(
     await adapter.send(reply(ANA.id, "hello"))
     assert [c.status for c in tg.calls_to("sendMessage")] == [429, 200]
     assert [m.plain_text for m in tg.sent_messages(ANA.id)] == ["hello"]
+
+
+async def test_429s_beyond_the_retries_are_left_to_the_core_with_the_wait(
+    tg: FakeTelegram, adapter: TelegramAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "RATE_LIMIT_RETRIES", 1)
+    tg.push_text(ANA.id, ANA, "hi")
+    tg.fail_next("sendMessage", 429, "Too Many Requests: retry after 1", retry_after=1, count=2)
+    with pytest.raises(DeliveryError) as caught:
+        await adapter.send(reply(ANA.id, "hello"))
+    assert (caught.value.permanent, caught.value.retry_after) == (False, 1.0)
+    assert [c.status for c in tg.calls_to("sendMessage")] == [429, 429]
 
 
 async def test_server_errors_are_retried(tg: FakeTelegram, adapter: TelegramAdapter) -> None:
