@@ -24,7 +24,7 @@ from adapters.telegram.processor import PerChatUpdateProcessor
 from adapters.telegram.transport import ChatActionExemptRateLimiter, UpdateGuardRequest
 from bot.core_api import ChatCore
 from bot.events import ConversationKey, DeliveryError, OutgoingMessage
-from bot.settings import Settings, SettingsError
+from bot.settings import Settings, SettingsError, check_telegram_webhook
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class TelegramAdapter:
     ) -> None:
         if settings.telegram_bot_token is None:
             raise ValueError("TELEGRAM_BOT_TOKEN is required for the Telegram adapter")
+        # Again here, for an adapter built without `stillhere run`'s start-up checks.
+        check_telegram_webhook(settings)
         self._settings = settings
         self._core = core
         self._poll_timeout = poll_timeout
@@ -159,12 +161,13 @@ class TelegramAdapter:
         webhook_url = self._settings.telegram_webhook_url
         if webhook_url:
             secret = self._settings.telegram_webhook_secret
+            assert secret is not None  # check_telegram_webhook refuses to go on without
             await updater.start_webhook(
                 listen=self._settings.telegram_webhook_listen,
                 port=self._settings.telegram_webhook_port,
                 url_path=urlsplit(webhook_url).path.lstrip("/"),
                 webhook_url=webhook_url,
-                secret_token=secret.get_secret_value() if secret else None,
+                secret_token=secret.get_secret_value(),
                 allowed_updates=_ALLOWED_UPDATES,
             )
         else:

@@ -9,6 +9,7 @@ import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from adapters.telegram import TelegramAdapter, delivery
@@ -373,8 +374,32 @@ async def test_webhook_mode_sets_the_webhook_and_receives_updates(
         await tg.wait_for(lambda: core.texts() == ["via webhook"])
         assert tg.calls_to("getUpdates") == []
         assert [status for _, status in tg.webhook_deliveries] == [200]
+        forged = {
+            "update_id": 999,
+            "message": {
+                "message_id": 99,
+                "date": 0,
+                "chat": {"id": ANA.id, "type": "private", "first_name": ANA.first_name},
+                "from": ANA.to_dict(),
+                "text": "forged",
+            },
+        }
+        async with aiohttp.ClientSession() as http:
+            for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "guessed"}):
+                url = f"http://127.0.0.1:{port}/tg-hook"
+                async with http.post(url, json=forged, headers=headers) as response:
+                    assert response.status == 403
+        assert core.texts() == ["via webhook"]
     finally:
         await adapter.stop()
+
+
+async def test_webhook_mode_without_a_secret_is_refused(
+    tg: FakeTelegram, core: RecordingCore
+) -> None:
+    settings = settings_for(tg, telegram_webhook_url="https://bot.example.org/hook")
+    with pytest.raises(SettingsError, match=r"^setting TELEGRAM_WEBHOOK_SECRET:"):
+        TelegramAdapter(settings, core)
 
 
 # --- failures around the process -----------------------------------------------------------
