@@ -31,12 +31,10 @@ def check(names: Iterable[str]) -> frozenset[str]:
     return chosen
 
 
-def _unlimited(max_retries: int) -> Any:
+def _unlimited() -> Any:
     from adapters.telegram.transport import ChatActionExemptRateLimiter
 
-    return ChatActionExemptRateLimiter(
-        overall_max_rate=0, group_max_rate=0, max_retries=max_retries
-    )
+    return ChatActionExemptRateLimiter(overall_max_rate=0, group_max_rate=0)
 
 
 def _no_typing(self: object, session_id: int, key: object, sink: object) -> None:

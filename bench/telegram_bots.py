@@ -37,7 +37,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from telegram import Update
 from telegram.ext import Application, ApplicationBuilder, MessageHandler, filters
 
-import adapters.telegram.adapter as telegram_adapter
 from adapters.telegram import TelegramAdapter
 from adapters.telegram.transport import ChatActionExemptRateLimiter
 from bench import experiments
@@ -50,8 +49,6 @@ from storage.transaction import run_transaction
 
 VARIANTS = ("stillhere", "stillhere-nolimit", "echo", "echo-limited", "echo-stored")
 OURS = ("stillhere", "stillhere-nolimit")
-# The same as TelegramAdapter's, so echo-limited waits exactly as stillhere does.
-RATE_LIMIT_RETRIES = telegram_adapter.RATE_LIMIT_RETRIES
 POLL_TIMEOUT = 10
 
 
@@ -159,7 +156,8 @@ async def echo(
     # is the library at its fastest, not one reply at a time.
     builder = builder.concurrent_updates(256)
     if limited:
-        builder = builder.rate_limiter(ChatActionExemptRateLimiter(max_retries=RATE_LIMIT_RETRIES))
+        # As TelegramAdapter builds it, so echo-limited is throttled exactly as stillhere is.
+        builder = builder.rate_limiter(ChatActionExemptRateLimiter())
     app: Application[Any, Any, Any, Any, Any, Any] = builder.build()
     engine = None
     handler: Any = _echo

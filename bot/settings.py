@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     )
     telegram_webhook_port: int = Field(8443, description="Port the webhook server listens on")
     telegram_webhook_secret: SecretStr | None = Field(
-        None, description="Secret Telegram sends with each webhook call"
+        None, description="Secret Telegram sends with each webhook call; webhook mode needs one"
     )
     telegram_group_mode: GroupMode = Field(
         GroupMode.MENTION,
@@ -323,5 +323,17 @@ def check_startup(settings: Settings) -> None:
         )
     if "telegram" in platforms and settings.telegram_bot_token is None:
         raise SettingsError("setting TELEGRAM_BOT_TOKEN: required when PLATFORMS has telegram")
+    if "telegram" in platforms:
+        check_telegram_webhook(settings)
     if "discord" in platforms and settings.discord_bot_token is None:
         raise SettingsError("setting DISCORD_BOT_TOKEN: required when PLATFORMS has discord")
+
+
+def check_telegram_webhook(settings: Settings) -> None:
+    """Webhook mode needs a secret: the webhook is a public URL, and the secret is all that
+    tells Telegram's calls from anyone else's."""
+    if settings.telegram_webhook_url and settings.telegram_webhook_secret is None:
+        raise SettingsError(
+            "setting TELEGRAM_WEBHOOK_SECRET: required when TELEGRAM_WEBHOOK_URL is set "
+            "(without it anyone who finds the URL can send the bot forged messages)"
+        )

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from telegram import BotCommand, BotCommandScopeAllGroupChats, Update
 from telegram.constants import ChatAction
-from telegram.error import TelegramError
+from telegram.error import InvalidToken, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.telegram.convert import (
@@ -24,14 +24,12 @@ from adapters.telegram.processor import PerChatUpdateProcessor
 from adapters.telegram.transport import ChatActionExemptRateLimiter, UpdateGuardRequest
 from bot.core_api import ChatCore
 from bot.events import ConversationKey, DeliveryError, OutgoingMessage
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError, check_telegram_webhook
 
 log = logging.getLogger(__name__)
 
 # Telegram drops "typing..." after about 5 seconds.
 TYPING_INTERVAL = 4.5
-# 429s are waited out and retried this many times before the core hears about them.
-RATE_LIMIT_RETRIES = 3
 _ALLOWED_UPDATES = (Update.MESSAGE, Update.EDITED_MESSAGE)
 _COMMANDS = (
     BotCommand("start", "Start talking with me"),
@@ -65,6 +63,8 @@ class TelegramAdapter:
     ) -> None:
         if settings.telegram_bot_token is None:
             raise ValueError("TELEGRAM_BOT_TOKEN is required for the Telegram adapter")
+        # Again here, for an adapter built without `stillhere run`'s start-up checks.
+        check_telegram_webhook(settings)
         self._settings = settings
         self._core = core
         self._poll_timeout = poll_timeout
@@ -73,7 +73,7 @@ class TelegramAdapter:
             .token(settings.telegram_bot_token.get_secret_value())
             .base_url(settings.telegram_base_url)
             .base_file_url(file_url_for(settings.telegram_base_url))
-            .rate_limiter(ChatActionExemptRateLimiter(max_retries=RATE_LIMIT_RETRIES))
+            .rate_limiter(ChatActionExemptRateLimiter())
             .concurrent_updates(PerChatUpdateProcessor())
             .get_updates_request(UpdateGuardRequest(connection_pool_size=1))
             .job_queue(None)
@@ -135,10 +135,25 @@ class TelegramAdapter:
             self._running = True
             await self._start_updates()
             await self._app.start()
+        except InvalidToken as error:
+            await self.stop()
+            # python-telegram-bot's message quotes the token: say why without it, and
+            # `from None` keeps the chained original out of the printed traceback.
+            raise SettingsError(self._rejected(error)) from None
         except BaseException:
             await self.stop()
             raise
         log.info("Telegram adapter running as @%s", self._identity.username)
+
+    def _rejected(self, error: InvalidToken) -> str:
+        cause = error.__cause__ if isinstance(error.__cause__, TelegramError) else error
+        token = self._settings.telegram_bot_token
+        reason = cause.message.replace(token.get_secret_value(), "***") if token else cause.message
+        return (
+            f"setting TELEGRAM_BOT_TOKEN: the Bot API at {self._settings.telegram_base_url} "
+            f"rejected it ({reason}); copy the token from @BotFather again, and check "
+            "TELEGRAM_BASE_URL if you changed it"
+        )
 
     async def _start_updates(self) -> None:
         updater = self._app.updater
@@ -146,12 +161,13 @@ class TelegramAdapter:
         webhook_url = self._settings.telegram_webhook_url
         if webhook_url:
             secret = self._settings.telegram_webhook_secret
+            assert secret is not None  # check_telegram_webhook refuses to go on without
             await updater.start_webhook(
                 listen=self._settings.telegram_webhook_listen,
                 port=self._settings.telegram_webhook_port,
                 url_path=urlsplit(webhook_url).path.lstrip("/"),
                 webhook_url=webhook_url,
-                secret_token=secret.get_secret_value() if secret else None,
+                secret_token=secret.get_secret_value(),
                 allowed_updates=_ALLOWED_UPDATES,
             )
         else:

@@ -32,6 +32,8 @@ T = TypeVar("T")
 
 TEXT_LIMIT: int = MessageLimit.MAX_TEXT_LENGTH
 DEFAULT_RETRY_DELAYS = (0.5, 1.0, 2.0)
+# 429s are waited out and retried this many times before the core hears about them.
+RATE_LIMIT_RETRIES = 3
 # split_text refuses smaller limits (no room for code fences); below it we cut by length.
 _MIN_SPLIT = 100
 # Outbox ids whose first parts went out before a later part failed; bounded because the
@@ -172,6 +174,7 @@ class Delivery:
     async def call(self, action: Callable[[int], Awaitable[T]], chat_id: int, *, what: str) -> T:
         """Runs action(chat_id) with retries on network errors; failures as DeliveryError."""
         attempt = 0
+        waits = 0
         while True:
             try:
                 return await action(chat_id)
@@ -182,9 +185,13 @@ class Delivery:
             except (Forbidden, BadRequest, InvalidToken) as error:
                 raise DeliveryError(f"{what}: {error.message}", permanent=True) from error
             except RetryAfter as error:
-                # The rate limiter already waited and retried: let the core reschedule.
+                # Only this task waits, so the other chats' replies keep going out.
                 seconds = _retry_after_seconds(error)
-                raise DeliveryError(f"{what}: {error.message}", retry_after=seconds) from error
+                if waits >= RATE_LIMIT_RETRIES:
+                    raise DeliveryError(f"{what}: {error.message}", retry_after=seconds) from error
+                waits += 1
+                log.warning("%s: %s; retry in %.0fs", what, error.message, seconds)
+                await asyncio.sleep(seconds)
             except TelegramError as error:
                 if attempt >= len(self._retry_delays):
                     raise DeliveryError(f"{what}: {error.message}") from error

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ class PerChatUpdateProcessor(BaseUpdateProcessor):
 
     Updates arrive here in update_id order and asyncio.Lock wakes waiters first in, first
     out, so taking the chat's lock before anything else that could yield keeps the order.
+    The lock comes before a concurrency slot too: a chat's queued updates wait holding no
+    slot, so a slow chat takes one slot at most, however many of its updates wait.
     Slots are dropped once no update of the chat is in flight, so idle chats cost nothing.
     """
 
@@ -43,26 +46,36 @@ class PerChatUpdateProcessor(BaseUpdateProcessor):
         super().__init__(max_concurrent_updates)
         self._slots: dict[ChatKey, _Slot] = {}
 
-    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+    # BaseUpdateProcessor marks process_update final, but its version takes a slot before
+    # do_process_update can take the chat's lock, so queued updates of one chat would hold
+    # every slot and starve the others.
+    async def process_update(  # type: ignore[misc]
+        self, update: object, coroutine: Awaitable[Any]
+    ) -> None:
         key = chat_key(update)
-        if key is None:
-            await coroutine
-            return
-        slot = self._slots.setdefault(key, _Slot())
-        slot.users += 1
-        started = False
         try:
-            async with slot.lock:
-                started = True
-                await coroutine
+            if key is None:
+                await super().process_update(update, coroutine)
+                return
+            slot = self._slots.setdefault(key, _Slot())
+            slot.users += 1
+            try:
+                async with slot.lock:
+                    await super().process_update(update, coroutine)
+            finally:
+                slot.users -= 1
+                if slot.users == 0:
+                    del self._slots[key]
         finally:
-            slot.users -= 1
-            if slot.users == 0:
-                del self._slots[key]
-            if not started and isinstance(coroutine, Coroutine):
-                # Cancelled while queued behind the chat's lock: close it so it is not
-                # reported as "never awaited".
+            if inspect.iscoroutine(coroutine) and (
+                inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED
+            ):
+                # Cancelled while it waited for the chat's lock or a slot: close it so it
+                # is not reported as "never awaited".
                 coroutine.close()
+
+    async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        await coroutine
 
     @property
     def active_chats(self) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from telegram import Update
+from telegram.error import RetryAfter
 from telegram.ext import AIORateLimiter
 from telegram.request import HTTPXRequest
 
@@ -50,8 +51,20 @@ class UpdateGuardRequest(HTTPXRequest):
         return sanitize_updates(HTTPXRequest.parse_json_payload(payload))
 
 
+class _PassedOn(Exception):
+    """Carries a RetryAfter past AIORateLimiter's own handling of it."""
+
+    def __init__(self, error: RetryAfter) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class ChatActionExemptRateLimiter(AIORateLimiter):
-    """AIORateLimiter that lets typing indicators through untouched.
+    """AIORateLimiter's throttling, without its 429 handling, and none for typing indicators.
+
+    On a RetryAfter AIORateLimiter holds back every request, to every chat, for the wait
+    Telegram asked of one chat (and logs an error when it gives up). Here the RetryAfter goes
+    straight back to the caller instead: Delivery waits it out in that chat's task alone.
 
     Telegram's 20-per-minute group limit counts messages; typing every few seconds would
     otherwise use up that budget and delay the replies themselves.
@@ -68,6 +81,16 @@ class ChatActionExemptRateLimiter(AIORateLimiter):
     ) -> ApiResult:
         if endpoint == "sendChatAction":
             return await callback(*args, **kwargs)
-        return await super().process_request(
-            callback, args, kwargs, endpoint, data, rate_limit_args
-        )
+
+        async def passing_429s_on(*call_args: Any, **call_kwargs: Any) -> ApiResult:
+            try:
+                return await callback(*call_args, **call_kwargs)
+            except RetryAfter as error:
+                raise _PassedOn(error) from None
+
+        try:
+            return await super().process_request(
+                passing_429s_on, args, kwargs, endpoint, data, rate_limit_args
+            )
+        except _PassedOn as passed:
+            raise passed.error from None

@@ -1,7 +1,8 @@
-"""The `stillhere` entry point: the standalone offline model and `db` commands."""
+"""The `stillhere` entry point: the standalone offline model, `db` commands, start-up errors."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import openai
 
+from tests.fakes.telegram_api import FakeTelegram
 from tests.support.process import ROOT, bot_environment, read_until
 
 
@@ -75,3 +77,33 @@ def test_db_upgrade_then_current(tmp_path: Path) -> None:
     after = stillhere("db", "current")
     assert after.returncode == 0 and "(head: " in after.stdout
     assert stillhere("nonsense").returncode == 2
+
+
+async def test_a_rejected_telegram_token_is_one_line_without_the_token(tmp_path: Path) -> None:
+    token = "42:WrongTokenWrongTokenWrongToken"
+    async with FakeTelegram() as tg:
+        env = bot_environment(
+            f"sqlite+aiosqlite:///{tmp_path}/bot.db",
+            TELEGRAM_BOT_TOKEN=token,
+            TELEGRAM_BASE_URL=tg.base_url,
+            OFFLINE_MODEL="true",
+        )
+        # The fake answers in this event loop, so the child runs without blocking it.
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot.cli",
+            "run",
+            cwd=tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(child.communicate(), 60)
+    stdout, stderr = out.decode(), err.decode()
+    assert child.returncode == 2, stderr
+    assert token not in stdout + stderr
+    assert "Traceback" not in stderr
+    [line] = [line for line in stderr.splitlines() if line.startswith("stillhere: ")]
+    assert line.startswith("stillhere: setting TELEGRAM_BOT_TOKEN:")

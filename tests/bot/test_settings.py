@@ -92,6 +92,18 @@ def test_platform_token_without_api_key_names_the_missing_setting(
     check_startup(load_settings())  # chosen explicitly: allowed
 
 
+def test_webhook_mode_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
+    monkeypatch.setenv("OFFLINE_MODEL", "true")
+    monkeypatch.setenv("TELEGRAM_WEBHOOK_URL", "https://bot.example.org/hook")
+    monkeypatch.setenv("TELEGRAM_WEBHOOK_SECRET", "")
+    with pytest.raises(SettingsError) as caught:
+        check_startup(load_settings())
+    assert str(caught.value).startswith("setting TELEGRAM_WEBHOOK_SECRET:")
+    monkeypatch.setenv("TELEGRAM_WEBHOOK_SECRET", "s3cret-Token")
+    check_startup(load_settings())
+
+
 def test_platforms_follow_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().enabled_platforms() == ["console"]
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)

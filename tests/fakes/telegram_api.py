@@ -210,6 +210,8 @@ class ApiCall:
     params: dict[str, Any]
     # The HTTP status answered: 0 while the request is open, -1 if the connection dropped.
     status: int = 0
+    # When the request arrived (time.monotonic()), for tests about what waited on what.
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +232,7 @@ class _Failure:
     retry_after: int | None
     count: int
     after: int
+    chat_id: int | None
 
 
 class ApiError(Exception):
@@ -337,10 +340,11 @@ class FakeTelegram:
         count: int = 1,
         *,
         after: int = 0,
+        chat_id: int | None = None,
     ) -> None:
         """The next `count` calls of `method` (once `after` calls went through) answer this
-        error instead of working."""
-        failure = _Failure(error_code, description, retry_after, count, after)
+        error instead of working; with `chat_id`, only calls for that chat count."""
+        failure = _Failure(error_code, description, retry_after, count, after, chat_id)
         self._failures[method].append(failure)
 
     def hang_next(self, method: str) -> None:
@@ -651,7 +655,7 @@ class FakeTelegram:
                     transport.abort()
                     call.status = -1
                     return web.Response(status=502)
-            self._inject_failure(method)
+            self._inject_failure(method, call.params)
             result = await handler(call.params)
         except ApiError as error:
             call.status = error.code
@@ -668,17 +672,19 @@ class FakeTelegram:
         self._notify()
         return web.json_response({"ok": True, "result": result})
 
-    def _inject_failure(self, method: str) -> None:
+    def _inject_failure(self, method: str, params: dict[str, Any]) -> None:
         queue = self._failures[method]
-        if not queue:
+        failure = next(
+            (f for f in queue if f.chat_id is None or f.chat_id == params.get("chat_id")), None
+        )
+        if failure is None:
             return
-        failure = queue[0]
         if failure.after > 0:
             failure.after -= 1
             return
         failure.count -= 1
         if failure.count <= 0:
-            queue.popleft()
+            queue.remove(failure)
         raise ApiError(failure.error_code, failure.description, failure.retry_after)
 
     def _known_chat(self, params: dict[str, Any]) -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
-from telegram.error import InvalidToken
 
-from adapters.telegram import TelegramAdapter
+from adapters.telegram import TelegramAdapter, delivery
 from bot.core_api import SubmitOutcome
 from bot.events import (
     CommandRequest,
@@ -22,7 +23,7 @@ from bot.events import (
     ReplyKind,
     ReplySink,
 )
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from tests.fakes.telegram_api import FakeTelegram, TgUser
 
 ANA = TgUser(1001, "Ana", "Pérez", username="ana")
@@ -261,6 +262,18 @@ async def test_429_is_waited_out_and_delivered_once(
     assert [m.plain_text for m in tg.sent_messages(ANA.id)] == ["hello"]
 
 
+async def test_429s_beyond_the_retries_are_left_to_the_core_with_the_wait(
+    tg: FakeTelegram, adapter: TelegramAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "RATE_LIMIT_RETRIES", 1)
+    tg.push_text(ANA.id, ANA, "hi")
+    tg.fail_next("sendMessage", 429, "Too Many Requests: retry after 1", retry_after=1, count=2)
+    with pytest.raises(DeliveryError) as caught:
+        await adapter.send(reply(ANA.id, "hello"))
+    assert (caught.value.permanent, caught.value.retry_after) == (False, 1.0)
+    assert [c.status for c in tg.calls_to("sendMessage")] == [429, 429]
+
+
 async def test_server_errors_are_retried(tg: FakeTelegram, adapter: TelegramAdapter) -> None:
     tg.push_text(ANA.id, ANA, "hi")
     tg.fail_next("sendMessage", 502, "Bad Gateway", count=2)
@@ -361,25 +374,64 @@ async def test_webhook_mode_sets_the_webhook_and_receives_updates(
         await tg.wait_for(lambda: core.texts() == ["via webhook"])
         assert tg.calls_to("getUpdates") == []
         assert [status for _, status in tg.webhook_deliveries] == [200]
+        forged = {
+            "update_id": 999,
+            "message": {
+                "message_id": 99,
+                "date": 0,
+                "chat": {"id": ANA.id, "type": "private", "first_name": ANA.first_name},
+                "from": ANA.to_dict(),
+                "text": "forged",
+            },
+        }
+        async with aiohttp.ClientSession() as http:
+            for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "guessed"}):
+                url = f"http://127.0.0.1:{port}/tg-hook"
+                async with http.post(url, json=forged, headers=headers) as response:
+                    assert response.status == 403
+        assert core.texts() == ["via webhook"]
     finally:
         await adapter.stop()
+
+
+async def test_webhook_mode_without_a_secret_is_refused(
+    tg: FakeTelegram, core: RecordingCore
+) -> None:
+    settings = settings_for(tg, telegram_webhook_url="https://bot.example.org/hook")
+    with pytest.raises(SettingsError, match=r"^setting TELEGRAM_WEBHOOK_SECRET:"):
+        TelegramAdapter(settings, core)
 
 
 # --- failures around the process -----------------------------------------------------------
 
 
-async def test_wrong_token_fails_start_and_leaves_nothing_running(
-    tg: FakeTelegram, core: RecordingCore
+WRONG_TOKEN = "42:WrongTokenWrongTokenWrongToken"
+
+
+@pytest.mark.parametrize(
+    ("token", "path"),
+    [(WRONG_TOKEN, "/bot"), (None, "/wrong-path/bot")],
+    ids=["401-wrong-token", "404-wrong-base-url"],
+)
+async def test_rejected_token_fails_start_in_one_line_without_the_token(
+    tg: FakeTelegram, core: RecordingCore, token: str | None, path: str
 ) -> None:
+    token = token or tg.token
     settings = Settings(
         _env_file=None,
-        telegram_bot_token="42:WrongTokenWrongTokenWrongToken",
-        telegram_base_url=tg.base_url,
+        telegram_bot_token=token,
+        telegram_base_url=f"http://127.0.0.1:{tg.port}{path}",
     )
     adapter = TelegramAdapter(settings, core)
-    with pytest.raises(InvalidToken):
+    with pytest.raises(SettingsError) as caught:
         await adapter.start()
     await adapter.stop()  # harmless a second time, as bot.app does after a failed start
+    message = str(caught.value)
+    assert message.startswith("setting TELEGRAM_BOT_TOKEN:")
+    assert "TELEGRAM_BASE_URL" in message and "\n" not in message
+    # The whole traceback as Python prints it, chained exceptions included.
+    printed = "".join(traceback.format_exception(caught.value))
+    assert token not in printed
     assert tg.calls_to("getUpdates") == []
 
 

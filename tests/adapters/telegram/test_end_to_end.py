@@ -256,6 +256,30 @@ async def test_429_on_send_is_honoured_and_the_reply_delivered_once(
     assert [c.status for c in tg.calls_to("sendMessage")] == [429, 200]
 
 
+async def test_429_in_one_chat_does_not_hold_up_another_chat(
+    tmp_path: Path, fake_openai: FakeOpenAI, tg: FakeTelegram
+) -> None:
+    tg.fail_next(
+        "sendMessage", 429, "Too Many Requests: retry after 2", retry_after=2, chat_id=ANA.id
+    )
+    async with running_bot(tmp_path, fake_openai, tg) as runtime:
+        tg.push_text(ANA.id, ANA, "Hola")
+        await tg.wait_for(lambda: [c.status for c in tg.calls_to("sendMessage")] == [429])
+        tg.push_text(BEN.id, BEN, "Hello")
+        await sent_count(tg, BEN.id, 1)
+        await sent_count(tg, ANA.id, 1)
+        await runtime.engine.wait_idle(timeout=10)
+    calls = tg.calls_to("sendMessage")
+    ana = [c for c in calls if c.params["chat_id"] == ANA.id]
+    [ben] = [c for c in calls if c.params["chat_id"] == BEN.id]
+    assert [c.status for c in ana] == [429, 200]
+    assert len(tg.sent_messages(ANA.id)) == 1
+    # Ana's retry waits out her 2 s; Ben's reply goes out meanwhile, not after it.
+    assert ben.status == 200
+    assert ben.at < ana[1].at - 0.5
+    assert ana[1].at - ana[0].at >= 1.9
+
+
 # --- non-text, malformed and edited messages -----------------------------------------------
 
 

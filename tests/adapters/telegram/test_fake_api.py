@@ -109,6 +109,25 @@ async def test_injected_429_carries_retry_after_then_works(
     assert len(tg.sent_messages(ANA.id)) == 1
 
 
+async def test_a_failure_for_one_chat_leaves_other_chats_alone(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    ben = TgUser(1002, "Ben")
+    tg.push_text(ANA.id, ANA, "hi")
+    tg.push_text(ben.id, ben, "hi")
+    tg.fail_next("sendMessage", 429, "Too Many Requests: retry after 2", 2, chat_id=ANA.id)
+    assert (await call(http, tg, "sendMessage", chat_id=ben.id, text="b"))[0] == 200
+    assert (await call(http, tg, "sendMessage", chat_id=ANA.id, text="a"))[0] == 429
+    assert (await call(http, tg, "sendMessage", chat_id=ANA.id, text="a"))[0] == 200
+    calls = tg.calls_to("sendMessage")
+    assert [(c.params["chat_id"], c.status) for c in calls] == [
+        (ben.id, 200),
+        (ANA.id, 429),
+        (ANA.id, 200),
+    ]
+    assert calls[0].at <= calls[1].at <= calls[2].at
+
+
 async def test_commands_are_kept_per_scope(tg: FakeTelegram, http: aiohttp.ClientSession) -> None:
     commands = '[{"command": "status", "description": "What I am doing"}]'
     group = '{"type": "all_group_chats"}'

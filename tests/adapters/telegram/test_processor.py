@@ -41,6 +41,34 @@ async def test_one_slow_chat_does_not_block_another() -> None:
     assert processor.active_chats == 0
 
 
+async def test_a_blocked_chat_takes_one_slot_however_many_of_its_updates_wait() -> None:
+    tg = FakeTelegram()
+    for text in ("one", "two", "three", "four"):
+        tg.push_text(ANA.id, ANA, text)
+    tg.push_text(BEN.id, BEN, "hi")
+    *ana_updates, ben_update = updates(tg)
+    release = asyncio.Event()
+    ben_done = asyncio.Event()
+
+    async def blocked() -> None:
+        await release.wait()
+
+    async def ben() -> None:
+        ben_done.set()
+
+    processor = PerChatUpdateProcessor(max_concurrent_updates=2)
+    # In arrival order, as the application hands them over.
+    tasks = [asyncio.create_task(processor.process_update(u, blocked())) for u in ana_updates]
+    tasks.append(asyncio.create_task(processor.process_update(ben_update, ben())))
+    try:
+        await asyncio.wait_for(ben_done.wait(), 2)
+        assert not any(task.done() for task in tasks[:-1])
+    finally:
+        release.set()
+        await asyncio.gather(*tasks)
+    assert processor.active_chats == 0
+
+
 async def test_one_chat_is_processed_in_arrival_order() -> None:
     tg = FakeTelegram()
     for text in ("one", "two", "three"):
