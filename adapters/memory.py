@@ -48,6 +48,9 @@ class MemoryAdapter:
     async def start(self) -> None:
         self.core.attach(self)
 
+    async def stop_intake(self) -> None:
+        return None
+
     async def stop(self) -> None:
         return None
 

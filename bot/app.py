@@ -8,6 +8,7 @@ import importlib
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from bot.core_api import ChatCore
@@ -36,7 +37,14 @@ CONSOLE_BANNER = "stillhere — console chat. Commands: /status /cancel /reset /
 class PlatformAdapter(ReplySink, Protocol):
     async def start(self) -> None: ...
 
-    async def stop(self) -> None: ...
+    async def stop_intake(self) -> None:
+        """Stops taking messages in: once it returns, none reaches the core any more."""
+        ...
+
+    async def stop(self) -> None:
+        """Stops intake if it still runs and releases the connections: no reply goes out
+        any more."""
+        ...
 
 
 def build_adapter(name: str, settings: Settings, core: ChatCore) -> PlatformAdapter:
@@ -84,12 +92,22 @@ async def run(settings: Settings) -> None:
             else:
                 await stop.wait()
         finally:
+            # Intake first, then the engine (a reply in flight finishes and is recorded as
+            # delivered, or a restart would post it again), then the connections.
             for adapter in reversed(adapters):
-                try:
-                    await adapter.stop()
-                except Exception:
-                    log.exception("stopping the %s adapter failed", adapter.platform)
+                await _stopping(adapter.platform, adapter.stop_intake())
+            await engine.stop()
+            for adapter in reversed(adapters):
+                await _stopping(adapter.platform, adapter.stop())
     log.info("stopped")
+
+
+async def _stopping(platform: str, step: Coroutine[Any, Any, None]) -> None:
+    """Runs one step of stopping an adapter; a failure is logged and the rest go on."""
+    try:
+        await step
+    except Exception:
+        log.exception("stopping the %s adapter failed", platform)
 
 
 async def _drain(wait_idle: Any, stop: asyncio.Event) -> None:

@@ -84,8 +84,12 @@ class ConsoleAdapter:
             readline = await _stdin_lines()
         self._tasks.spawn(self._read(readline), "stdin")
 
-    async def stop(self) -> None:
+    async def stop_intake(self) -> None:
         await self._tasks.cancel_all()
+
+    async def stop(self) -> None:
+        # Printing needs nothing released: stopping intake is all there is.
+        await self.stop_intake()
 
     async def _read(self, readline: ReadLine) -> None:
         # A message id that survives restarts: time-ordered, unique per line read.

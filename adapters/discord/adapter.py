@@ -182,6 +182,12 @@ class DiscordAdapter:
                 exc_info=task.exception(),
             )
 
+    async def stop_intake(self) -> None:
+        # discord.py closes its gateway and its HTTP session together, so intake stops with
+        # everything: a reply cut by it is posted again after a restart, and Discord drops
+        # that repeat by its nonce (see the README's delivery notes).
+        await self.stop()
+
     async def stop(self) -> None:
         """Disconnects, submits what had already arrived, and ends every task it started."""
         if self._client_task is None:

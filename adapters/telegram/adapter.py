@@ -184,14 +184,19 @@ class TelegramAdapter:
             # The menu is a convenience: typed commands work without it.
             log.warning("could not register the command menu: %s", error)
 
-    async def stop(self) -> None:
-        """Stops fetching, lets in-flight updates finish, closes the HTTP clients."""
-        self._running = False
+    async def stop_intake(self) -> None:
+        """Stops fetching and lets in-flight updates finish; replies still go out until
+        `stop`."""
         updater = self._app.updater
         if updater is not None and updater.running:
             await updater.stop()
         if self._app.running:
             await self._app.stop()
+
+    async def stop(self) -> None:
+        """Stops taking messages in (if it still does), then closes the HTTP clients."""
+        await self.stop_intake()
+        self._running = False
         await self._app.shutdown()
         # After a failed start (bad token) the application never counted as initialized and
         # leaves the bot's HTTP clients open; closing them again is a no-op otherwise.

@@ -1,9 +1,11 @@
-"""`stillhere run` in process: the order it starts things in."""
+"""`stillhere run` in process: the order it starts and stops things in."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -15,8 +17,9 @@ from bot.core_api import ChatCore
 from bot.offline import FakeOpenAI
 from bot.settings import Settings
 from storage.database import create_engine, sessionmaker
-from storage.models import ToolCallRow
+from storage.models import OutboxRow, ToolCallRow
 from tests.conftest import core_settings, started_core
+from tests.fakes.telegram_api import FakeTelegram, TgUser
 from tests.support import slow_tools
 
 
@@ -59,3 +62,33 @@ async def test_what_a_crash_left_is_repaired_before_any_adapter_takes_a_message(
     # Repaired already: a message taken now could start a call, and the repair would
     # take that live call for one the last process left.
     assert ProbeAdapter.seen == [("get_current_time", "interrupted")]
+
+
+async def test_a_reply_in_flight_when_run_stops_is_finished_and_recorded(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """Stopping takes messages in no more, then lets the engine finish its sends, and only
+    then closes the connections: a reply cut off would be posted again after a restart
+    (the Bot API has no idempotency key)."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/t.db"
+    ana = TgUser(1001, "Ana")
+    async with FakeTelegram() as tg:
+        settings = core_settings(
+            url, fake_openai, telegram_bot_token=tg.token, telegram_base_url=tg.base_url
+        )
+        tg.hang_next("sendMessage")
+        running = asyncio.create_task(app.run(settings))
+        tg.push_text(ana.id, ana, "hello")
+        await tg.wait_for(lambda: bool(tg.calls_to("sendMessage")), timeout=15)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.5)  # well into stopping, within the courier's grace
+        tg.release_hangs()
+        await asyncio.wait_for(running, timeout=30)
+        [sent] = tg.sent_messages(ana.id)
+    db = create_engine(url)
+    try:
+        async with sessionmaker(db)() as tx:
+            outbox = list(await tx.scalars(select(OutboxRow)))
+    finally:
+        await db.dispose()
+    assert [(row.text, row.delivered_at is not None) for row in outbox] == [(sent.text, True)]
