@@ -17,6 +17,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 KNOWN_PLATFORMS = ("telegram", "discord", "console")
 _TELEGRAM_TOKEN = re.compile(r"^\d+:[A-Za-z0-9_-]{20,}$")
 _DISCORD_TOKEN = re.compile(r"^[A-Za-z0-9_.-]{30,}$")
+# The databases stillhere runs on, each with the async driver it needs. A URL that names no
+# driver (what hosting providers hand out) means that one.
+ASYNC_DRIVERS = {"postgresql": "asyncpg", "postgres": "asyncpg", "sqlite": "aiosqlite"}
+_DATABASE_FORMS = "postgresql+asyncpg://... or sqlite+aiosqlite:///..."
 
 
 class GroupMode(StrEnum):
@@ -35,7 +39,12 @@ CsvList = Annotated[list[str], NoDecode]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        # A refused value may hold a secret (DATABASE_URL's password): errors never quote it.
+        hide_input_in_errors=True,
     )
 
     # --- LLM ---
@@ -229,6 +238,22 @@ class Settings(BaseSettings):
         if not re.match(r"^(https?|wss?)://[^\s/]+", value):
             raise ValueError(f"not a URL: {value!r}")
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_database_url(cls, value: str) -> str:
+        # Messages quote the scheme at most: the rest of the URL may hold a password.
+        scheme, separator, rest = value.partition("://")
+        if not separator or not re.fullmatch(r"[A-Za-z0-9_.]+(\+[A-Za-z0-9_.]+)?", scheme):
+            raise ValueError(f"not a database URL; use {_DATABASE_FORMS}")
+        backend, _, driver = scheme.lower().partition("+")
+        wanted = ASYNC_DRIVERS.get(backend)
+        if wanted is None:
+            raise ValueError(f"unsupported database {backend!r}; use {_DATABASE_FORMS}")
+        if driver not in ("", wanted):
+            raise ValueError(f"needs an async driver: {_DATABASE_FORMS}")
+        backend = "postgresql" if backend == "postgres" else backend
+        return f"{backend}+{wanted}://{rest}"
 
     @field_validator("telegram_bot_token")
     @classmethod

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import openai
 
-from tests.support.process import ROOT, bot_environment, read_until
+from tests.support.process import ROOT, bot_environment, read_until, run_bot
 
 
 def _free_port() -> int:
@@ -75,3 +75,21 @@ def test_db_upgrade_then_current(tmp_path: Path) -> None:
     after = stillhere("db", "current")
     assert after.returncode == 0 and "(head: " in after.stdout
     assert stillhere("nonsense").returncode == 2
+
+
+def test_run_with_a_database_url_of_a_sync_driver_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = bot_environment("postgresql+psycopg2://bot:hunter2@127.0.0.1:1/bot")
+    run = run_bot(tmp_path, env, stdin="hello\n")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "stillhere: setting DATABASE_URL: "
+        "needs an async driver: postgresql+asyncpg://... or sqlite+aiosqlite:///..."
+    ]
+    assert "hunter2" not in run.stdout + run.stderr
+
+
+def test_a_database_url_without_a_driver_runs_on_the_async_one(tmp_path: Path) -> None:
+    env = bot_environment(f"sqlite:///{tmp_path}/bot.db")
+    run = run_bot(tmp_path, env, stdin="hello\n")
+    assert run.returncode == 0, run.stderr
+    assert "hello" in run.stdout  # the offline model echoes what it was told

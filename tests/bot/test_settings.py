@@ -81,6 +81,53 @@ def test_wrong_setting_is_one_line_naming_it(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://bot:hunter2@db.example/bot",  # a driver that is not async
+        "sqlite+pysqlite:///./data/bot.db",
+        "mysql+aiomysql://bot:hunter2@db.example/bot",  # a database stillhere does not run on
+        "bot:hunter2@db.example/bot",  # not a URL at all
+        "",
+    ],
+)
+def test_database_url_without_an_async_driver_is_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("setting DATABASE_URL:")
+    assert "\n" not in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "meant"),
+    [
+        # What hosting providers hand out: the async driver is what the URL means here.
+        (
+            "postgresql://bot:p%40ss@db.example:5433/bot",
+            "postgresql+asyncpg://bot:p%40ss@db.example:5433/bot",
+        ),
+        ("postgres://bot:pw@db.example/bot", "postgresql+asyncpg://bot:pw@db.example/bot"),
+        ("sqlite:///./data/bot.db", "sqlite+aiosqlite:///./data/bot.db"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+        (
+            "postgresql+asyncpg://bot:pw@db.example/bot",
+            "postgresql+asyncpg://bot:pw@db.example/bot",
+        ),
+        ("sqlite+aiosqlite:///./data/bot.db", "sqlite+aiosqlite:///./data/bot.db"),
+    ],
+)
+def test_database_url_without_a_driver_gets_the_async_one(
+    monkeypatch: pytest.MonkeyPatch, url: str, meant: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert load_settings().database_url == meant
+
+
 def test_platform_token_without_api_key_names_the_missing_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
