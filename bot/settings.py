@@ -50,7 +50,9 @@ class Settings(BaseSettings):
     # --- LLM ---
     openai_api_key: SecretStr | None = Field(
         None,
-        description="API key for the OpenAI-compatible server; empty = built-in offline demo model",
+        description=(
+            "API key for the OpenAI-compatible server; empty, with no base URL = offline demo model"
+        ),
     )
     openai_base_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible server (Ollama, vLLM, OpenRouter...)"
@@ -309,7 +311,12 @@ class Settings(BaseSettings):
         return chosen or ["console"]
 
     def uses_offline_model(self) -> bool:
-        return self.openai_api_key is None
+        """The built-in model answers when no server is named: no key and no base URL. A
+        base URL alone names a server (a local Ollama or `stillhere fake-openai` needs no
+        key), unless OFFLINE_MODEL=true asks for the built-in model."""
+        if self.openai_api_key is not None:
+            return False
+        return self.openai_base_url is None or self.offline_model
 
     def secrets(self) -> list[str]:
         """Every secret value set, so logging can mask them wherever they appear."""
@@ -341,10 +348,18 @@ def check_startup(settings: Settings) -> None:
     """Rules that span several settings; each failure names the missing setting."""
     platforms = settings.enabled_platforms()
     on_chat_platform = [p for p in platforms if p != "console"]
-    if on_chat_platform and settings.uses_offline_model() and not settings.offline_model:
+    # Keyed on the key, not on the model used: a base URL without a key does not let a bot
+    # start on a platform, where a forgotten key of a hosted server would answer every
+    # message with an apology. A server that takes no key gets any value, on purpose.
+    if on_chat_platform and settings.openai_api_key is None and not settings.offline_model:
+        keyless = (
+            "; a server that needs none (Ollama) takes any value"
+            if settings.openai_base_url is not None
+            else ""
+        )
         raise SettingsError(
-            f"setting OPENAI_API_KEY: required to answer on {', '.join(on_chat_platform)} "
-            "(set OFFLINE_MODEL=true to use the offline demo model there on purpose)"
+            f"setting OPENAI_API_KEY: required to answer on {', '.join(on_chat_platform)}"
+            f"{keyless} (set OFFLINE_MODEL=true to use the offline demo model there on purpose)"
         )
     if "telegram" in platforms and settings.telegram_bot_token is None:
         raise SettingsError("setting TELEGRAM_BOT_TOKEN: required when PLATFORMS has telegram")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import openai
 
+from bot.offline import FakeOpenAI
 from tests.support.process import ROOT, bot_environment, read_until, run_bot
 
 
@@ -93,3 +95,27 @@ def test_a_database_url_without_a_driver_runs_on_the_async_one(tmp_path: Path) -
     run = run_bot(tmp_path, env, stdin="hello\n")
     assert run.returncode == 0, run.stderr
     assert "hello" in run.stdout  # the offline model echoes what it was told
+
+
+async def test_run_with_a_base_url_and_no_key_talks_to_that_server(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """The README's `stillhere fake-openai` + OPENAI_BASE_URL recipe, with no key set."""
+    env = bot_environment(
+        f"sqlite+aiosqlite:///{tmp_path}/bot.db", OPENAI_BASE_URL=fake_openai.base_url
+    )
+    bot = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(bot.communicate(b"hello there\n"), timeout=60)
+    assert bot.returncode == 0, err.decode()
+    assert len(fake_openai.requests) == 1
+    assert "hello there" in out.decode()

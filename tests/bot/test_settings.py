@@ -139,6 +139,38 @@ def test_platform_token_without_api_key_names_the_missing_setting(
     check_startup(load_settings())  # chosen explicitly: allowed
 
 
+def test_a_base_url_without_a_key_means_that_server_on_the_console(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")
+    settings = load_settings()
+    assert not settings.uses_offline_model()
+    check_startup(settings)
+
+
+def test_a_base_url_without_a_key_does_not_answer_on_a_platform(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A platform still needs OPENAI_API_KEY: a forgotten key of a hosted server would
+    otherwise start a bot that answers every message with an apology."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
+    with pytest.raises(SettingsError) as caught:
+        check_startup(load_settings())
+    assert str(caught.value).startswith("setting OPENAI_API_KEY:")
+    assert "any value" in str(caught.value)  # how a keyless server (Ollama) is used there
+    monkeypatch.setenv("OPENAI_API_KEY", "ollama")
+    check_startup(load_settings())
+
+
+def test_offline_model_asked_for_wins_over_a_base_url_without_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("OFFLINE_MODEL", "true")
+    assert load_settings().uses_offline_model()
+
+
 def test_platforms_follow_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().enabled_platforms() == ["console"]
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
