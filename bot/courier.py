@@ -2,8 +2,9 @@
 
 A row is marked delivered the moment the platform accepts it, before the next row is sent,
 so a restart re-sends only what never got through (Discord also dedupes on the row id as
-nonce). Failures are retried with backoff; permanent ones (chat gone, bot blocked) are
-recorded and left for the operator.
+nonce); a delivery the database would not record is recorded at the next look at the
+session, not sent again. Failures are retried with backoff; permanent ones (chat gone,
+bot blocked) are recorded and left for the operator.
 """
 
 from __future__ import annotations
@@ -41,10 +42,17 @@ class Courier:
         self._running: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
         self._looking_again: set[int] = set()
-        # Per session, the last reply this process sent and when, oldest first. A writer
-        # claims its reply for this worker and then hands it over; a drain of the session
-        # that ran in between takes this worker's claims too, and may have sent it already.
-        self._sent: OrderedDict[int, tuple[int, float]] = OrderedDict()
+        # Replies this process sent (outbox id -> when), oldest first. A writer claims its
+        # reply for this worker and then hands it over; a drain of the session that ran in
+        # between takes this worker's claims too, and may have sent it already. Kept by id,
+        # not as a session's highest id: an older row can still be due (an operator's
+        # repair resets a reply that failed after a later one went out).
+        self._sent: OrderedDict[int, float] = OrderedDict()
+        # Sent, but the delivery could not be recorded (outbox id -> the platform's id):
+        # the row stays undelivered and claimed by this worker, so every later look at the
+        # session meets it and must record it, never send it again. Not aged out with
+        # `_sent`: forgetting one means a duplicate post.
+        self._unrecorded: dict[int, str | None] = {}
         self._closing = asyncio.Event()
 
     def attach(self, sink: ReplySink) -> None:
@@ -77,6 +85,10 @@ class Courier:
                     self._again.discard(session_id)
                     items = await self._claim(session_id)
                 for item in items:
+                    if item.id in self._unrecorded:
+                        if not await self._record(item, self._unrecorded[item.id]):
+                            return
+                        continue
                     if self._sent_before(item):
                         continue
                     if self._closing.is_set() or not await self._deliver(item):
@@ -87,21 +99,42 @@ class Courier:
             self._running.pop(session_id, None)
 
     def _sent_before(self, item: OutboxItem) -> bool:
-        # A session's replies go out in id order, so its last sent id covers all before.
-        sent = self._sent.get(item.session_id)
-        return sent is not None and item.id <= sent[0]
+        return item.id in self._sent
 
     def _note_sent(self, item: OutboxItem) -> None:
         clock = time.monotonic()
-        self._sent[item.session_id] = (item.id, clock)
-        self._sent.move_to_end(item.session_id)
+        self._sent[item.id] = clock
+        self._sent.move_to_end(item.id)
         # A hand-over comes milliseconds after its write; a claim older than its lease
         # is anyone's anyway. Older notes go, so this stays small.
         while self._sent:
-            _, noted = next(iter(self._sent.values()))
+            noted = next(iter(self._sent.values()))
             if noted >= clock - CLAIM_LEASE_SECONDS:
                 break
             self._sent.popitem(last=False)
+
+    async def _record(self, item: OutboxItem, platform_id: str | None) -> bool:
+        """Records a sent row's delivery; False (the session's later rows wait) when the
+        database refuses, the row then being recorded at the next look at the session."""
+        try:
+            await self.store.mark_delivered(item.id, platform_id)
+        except Exception as exc:
+            self._unrecorded[item.id] = platform_id
+            log.warning(
+                "reply %d was sent but its delivery could not be recorded (%s: %s); "
+                "recording it at the next look at the session",
+                item.id,
+                type(exc).__name__,
+                exc,
+                extra={"session": item.session_id},
+            )
+            return False
+        self._unrecorded.pop(item.id, None)
+        log.info(
+            "reply delivered",
+            extra={"session": item.session_id, "outbox": item.id, "kind": item.kind},
+        )
+        return True
 
     async def _claim(self, session_id: int) -> list[OutboxItem]:
         claim = await self.store.claim_undelivered(session_id, self.worker, CLAIM_LEASE_SECONDS)
@@ -153,12 +186,7 @@ class Courier:
                 error, permanent, retry_after = f"{type(exc).__name__}: {exc}", False, None
             else:
                 self._note_sent(item)
-                await self.store.mark_delivered(item.id, platform_id)
-                log.info(
-                    "reply delivered",
-                    extra={"session": item.session_id, "outbox": item.id, "kind": item.kind},
-                )
-                return True
+                return await self._record(item, platform_id)
             attempts += 1
             claimed = False  # a failed send releases the claim
             give_up = permanent or attempts >= MAX_ATTEMPTS
@@ -190,3 +218,21 @@ class Courier:
             await asyncio.wait(running, timeout=STOP_GRACE_SECONDS)
         await self._tasks.cancel_all()
         self._running.clear()
+        await self._record_unrecorded()
+
+    async def _record_unrecorded(self) -> None:
+        # The last chance: after a restart the notes are gone and these would be posted
+        # again. Nothing else runs now, so the items need only their ids.
+        for outbox_id, platform_id in list(self._unrecorded.items()):
+            try:
+                await self.store.mark_delivered(outbox_id, platform_id)
+            except Exception as exc:
+                log.warning(
+                    "reply %d: delivery still not recorded at shutdown (%s: %s); "
+                    "the next start posts it again",
+                    outbox_id,
+                    type(exc).__name__,
+                    exc,
+                )
+            else:
+                del self._unrecorded[outbox_id]

@@ -25,15 +25,22 @@ from storage.repository import SqlStore
 log = logging.getLogger(__name__)
 
 
+# Sent to a server named by OPENAI_BASE_URL alone: the SDK refuses to go without a key, and
+# local servers (Ollama, llama.cpp, `stillhere fake-openai`) ignore it.
+KEYLESS_API_KEY = "no-key"
+
+
 def build_llm(settings: Settings) -> LLMClient:
     """The model client the settings ask for: OpenAI (or a compatible server), or with no
-    API key the built-in offline model, answering in process through the same SDK."""
+    API key and no base URL the built-in offline model, answering in process through the
+    same SDK."""
     base_url: str | None
     if settings.uses_offline_model():
         api_key, base_url = "offline", OFFLINE_BASE_URL
         transport: OfflineTransport | None = OfflineTransport()
     else:
-        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+        key = settings.openai_api_key
+        api_key = key.get_secret_value() if key is not None else KEYLESS_API_KEY
         base_url, transport = settings.openai_base_url, None
     return LLMClient(
         api_key=api_key,
@@ -70,6 +77,10 @@ class Runtime:
         self.llm = build_llm(settings)
         if self.offline:
             log.info("using the built-in offline model, in process")
+            if settings.openai_base_url is not None:
+                log.warning("OFFLINE_MODEL=true: OPENAI_BASE_URL is not used")
+        elif settings.openai_api_key is None:
+            log.info("no OPENAI_API_KEY: the server at OPENAI_BASE_URL gets none")
         registry = default_registry(settings.tool_modules)
         access = AccessGate.from_settings(settings)
         self._engine = Engine(

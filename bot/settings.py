@@ -17,6 +17,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 KNOWN_PLATFORMS = ("telegram", "discord", "console")
 _TELEGRAM_TOKEN = re.compile(r"^\d+:[A-Za-z0-9_-]{20,}$")
 _DISCORD_TOKEN = re.compile(r"^[A-Za-z0-9_.-]{30,}$")
+# The databases stillhere runs on, each with the async driver it needs. A URL that names no
+# driver (what hosting providers hand out) means that one.
+ASYNC_DRIVERS = {"postgresql": "asyncpg", "postgres": "asyncpg", "sqlite": "aiosqlite"}
+_DATABASE_FORMS = "postgresql+asyncpg://... or sqlite+aiosqlite:///..."
 
 
 class GroupMode(StrEnum):
@@ -35,13 +39,20 @@ CsvList = Annotated[list[str], NoDecode]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        # A refused value may hold a secret (DATABASE_URL's password): errors never quote it.
+        hide_input_in_errors=True,
     )
 
     # --- LLM ---
     openai_api_key: SecretStr | None = Field(
         None,
-        description="API key for the OpenAI-compatible server; empty = built-in offline demo model",
+        description=(
+            "API key for the OpenAI-compatible server; empty, with no base URL = offline demo model"
+        ),
     )
     openai_base_url: str | None = Field(
         None, description="Base URL of an OpenAI-compatible server (Ollama, vLLM, OpenRouter...)"
@@ -230,6 +241,22 @@ class Settings(BaseSettings):
             raise ValueError(f"not a URL: {value!r}")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _async_database_url(cls, value: str) -> str:
+        # Messages quote the scheme at most: the rest of the URL may hold a password.
+        scheme, separator, rest = value.partition("://")
+        if not separator or not re.fullmatch(r"[A-Za-z0-9_.]+(\+[A-Za-z0-9_.]+)?", scheme):
+            raise ValueError(f"not a database URL; use {_DATABASE_FORMS}")
+        backend, _, driver = scheme.lower().partition("+")
+        wanted = ASYNC_DRIVERS.get(backend)
+        if wanted is None:
+            raise ValueError(f"unsupported database {backend!r}; use {_DATABASE_FORMS}")
+        if driver not in ("", wanted):
+            raise ValueError(f"needs an async driver: {_DATABASE_FORMS}")
+        backend = "postgresql" if backend == "postgres" else backend
+        return f"{backend}+{wanted}://{rest}"
+
     @field_validator("telegram_bot_token")
     @classmethod
     def _telegram_token(cls, value: SecretStr | None) -> SecretStr | None:
@@ -284,7 +311,12 @@ class Settings(BaseSettings):
         return chosen or ["console"]
 
     def uses_offline_model(self) -> bool:
-        return self.openai_api_key is None
+        """The built-in model answers when no server is named: no key and no base URL. A
+        base URL alone names a server (a local Ollama or `stillhere fake-openai` needs no
+        key), unless OFFLINE_MODEL=true asks for the built-in model."""
+        if self.openai_api_key is not None:
+            return False
+        return self.openai_base_url is None or self.offline_model
 
     def secrets(self) -> list[str]:
         """Every secret value set, so logging can mask them wherever they appear."""
@@ -316,10 +348,18 @@ def check_startup(settings: Settings) -> None:
     """Rules that span several settings; each failure names the missing setting."""
     platforms = settings.enabled_platforms()
     on_chat_platform = [p for p in platforms if p != "console"]
-    if on_chat_platform and settings.uses_offline_model() and not settings.offline_model:
+    # Keyed on the key, not on the model used: a base URL without a key does not let a bot
+    # start on a platform, where a forgotten key of a hosted server would answer every
+    # message with an apology. A server that takes no key gets any value, on purpose.
+    if on_chat_platform and settings.openai_api_key is None and not settings.offline_model:
+        keyless = (
+            "; a server that needs none (Ollama) takes any value"
+            if settings.openai_base_url is not None
+            else ""
+        )
         raise SettingsError(
-            f"setting OPENAI_API_KEY: required to answer on {', '.join(on_chat_platform)} "
-            "(set OFFLINE_MODEL=true to use the offline demo model there on purpose)"
+            f"setting OPENAI_API_KEY: required to answer on {', '.join(on_chat_platform)}"
+            f"{keyless} (set OFFLINE_MODEL=true to use the offline demo model there on purpose)"
         )
     if "telegram" in platforms and settings.telegram_bot_token is None:
         raise SettingsError("setting TELEGRAM_BOT_TOKEN: required when PLATFORMS has telegram")

@@ -524,8 +524,10 @@ class AdminStore:
             )
         unanswered = _unanswered(facts.items) + len(facts.queued) + facts.deferred
         failed = row.last_error is not None or facts.last_llm_ok is False
+        # Idle only: last_error stays until a call succeeds, so a session whose retry call
+        # runs (llm) still carries it, and that session is working, not stuck.
         error_state = failed and unanswered > 0 and row.state == SessionState.IDLE
-        if failed and unanswered:
+        if error_state:
             cause = f" ({row.last_error})" if row.last_error else ""
             reasons.append(
                 StuckReason(

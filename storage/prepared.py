@@ -188,6 +188,27 @@ class Prepared:
         return _Plan(str(compiled), tuple(binds), results)
 
 
+BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
+
+
+def begin_immediate(conn: Connection) -> None:
+    """On SQLite, before a writing transaction's first statement: takes the write lock now.
+    sqlite3 sends BEGIN only before the first write, so the reads before it would run
+    outside the transaction, and another process (the admin CLI) could change what they
+    read before this transaction writes from it. Run on sqlite3 directly where a
+    `Prepared` statement would be, with the same exceptions."""
+    driver = _direct_driver(conn)
+    if driver is None:
+        conn.exec_driver_sql(BEGIN_IMMEDIATE)
+        return
+    try:
+        driver.execute(BEGIN_IMMEDIATE).close()
+    except sqlite3.Error as error:
+        raise DBAPIError.instance(
+            BEGIN_IMMEDIATE, (), error, sqlite3.Error, dialect=conn.dialect
+        ) from error
+
+
 def _returned_columns(statement: Statement) -> list[Any]:
     if isinstance(statement, Select):
         return list(statement.selected_columns)

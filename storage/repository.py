@@ -172,6 +172,10 @@ class SqlStore:
     async def _run(self, work: Work[T]) -> T:
         return await run_transaction(self.engine, work)
 
+    async def _read(self, work: Work[T]) -> T:
+        """A transaction that only reads: on SQLite it takes no write lock."""
+        return await run_transaction(self.engine, work, writes=False)
+
     def _session(self, conn: Connection, session_id: int, lock: bool = False) -> Row[Any]:
         query = select(SESSIONS).where(SESSIONS.c.id == session_id)
         row = conn.execute(query.with_for_update() if lock else query).first()
@@ -348,7 +352,7 @@ class SqlStore:
         return await self._take_in_and(message, None, notice)
 
     async def get_session(self, session_id: int) -> SessionInfo:
-        return await self._run(lambda conn: _session_info(self._session(conn, session_id)))
+        return await self._read(lambda conn: _session_info(self._session(conn, session_id)))
 
     async def active_session_id(self, key: ConversationKey) -> int | None:
         def find(conn: Connection) -> int | None:
@@ -357,15 +361,16 @@ class SqlStore:
             )
             return found
 
-        return await self._run(find)
+        return await self._read(find)
 
     # --- turns ---------------------------------------------------------------------------
 
     async def take_queued(self, session_id: int, plan: InterimPlanner) -> Intake:
         def take(conn: Connection) -> Intake:
-            # Locked (PostgreSQL; SQLite has one writer anyway): a worker closing the tool
-            # round meanwhile would otherwise miss a message deferred against the state
-            # read here, and leave it out of the history.
+            # Locked (on PostgreSQL FOR UPDATE, on SQLite the write lock this transaction
+            # takes at its start): a worker closing the tool round meanwhile would otherwise
+            # miss a message deferred against the state read here, and leave it out of the
+            # history.
             return self._intake(conn, self._session(conn, session_id, lock=True), plan)
 
         return await self._run(take)
@@ -435,7 +440,7 @@ class SqlStore:
         return Intake(started, turn=self._model_turn(conn, started))
 
     async def history(self, session_id: int) -> list[HistoryEntry]:
-        return await self._run(lambda conn: self._history(conn, session_id))
+        return await self._read(lambda conn: self._history(conn, session_id))
 
     def _history(self, conn: Connection, session_id: int) -> list[HistoryEntry]:
         rows = sql.HISTORY.run(conn, {"session_id": session_id})
@@ -470,7 +475,7 @@ class SqlStore:
         def read(conn: Connection) -> ModelTurn:
             return self._model_turn(conn, _session_info(self._session(conn, session_id)))
 
-        return await self._run(read)
+        return await self._read(read)
 
     def _model_turn(self, conn: Connection, info: SessionInfo) -> ModelTurn:
         interims: list[str] = []
@@ -748,7 +753,7 @@ class SqlStore:
         return [_tool_info(row) for row in rows if row.message_id == rows[0].message_id]
 
     async def open_tool_calls(self, session_id: int) -> list[ToolCallInfo]:
-        return await self._run(lambda conn: self._round_calls(conn, session_id))
+        return await self._read(lambda conn: self._round_calls(conn, session_id))
 
     async def mark_tool_running(self, tool_call_id: int) -> None:
         def mark(conn: Connection) -> None:
@@ -1077,7 +1082,7 @@ class SqlStore:
             )
             .order_by(SessionRow.id)
         )
-        return await self._run(lambda conn: list(conn.scalars(query)))
+        return await self._read(lambda conn: list(conn.scalars(query)))
 
     async def sessions_with_undelivered(self) -> list[int]:
         query = (
@@ -1085,7 +1090,7 @@ class SqlStore:
             .where(OutboxRow.delivered_at.is_(None), OutboxRow.failed.is_(False))
             .distinct()
         )
-        return await self._run(lambda conn: list(conn.scalars(query)))
+        return await self._read(lambda conn: list(conn.scalars(query)))
 
     async def pending_controls(self) -> list[Control]:
         query = (
@@ -1093,7 +1098,7 @@ class SqlStore:
             .where(ControlRow.done_at.is_(None))
             .order_by(ControlRow.id)
         )
-        return await self._run(lambda conn: [Control(*row) for row in conn.execute(query)])
+        return await self._read(lambda conn: [Control(*row) for row in conn.execute(query)])
 
     async def add_control(self, session_id: int, action: str) -> int:
         added = (
@@ -1132,5 +1137,5 @@ class SqlStore:
             total(by_chat, in_month),
             total(in_day),
         )
-        row = await self._run(lambda conn: conn.execute(query).one())
+        row = await self._read(lambda conn: conn.execute(query).one())
         return TokenTotals(*(int(v) for v in row))

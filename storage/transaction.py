@@ -8,6 +8,10 @@ cost (an instant reply: ten of them). `work` runs in that thread instead
 event loop blocks on nothing. On PostgreSQL it runs through SQLAlchemy's `run_sync`, each
 statement awaited on the loop as before. Same code, either database.
 
+On SQLite a transaction that writes takes the write lock at its start (BEGIN IMMEDIATE),
+so what it reads before its first write is read inside it; one that only reads says so
+(`writes=False`) and takes none, leaving the admin CLI and other readers alone.
+
 `work` must not touch the event loop (it may run in another thread) and may run twice
 (storage.group_commit retries a failed group's units alone): database work only, plus
 pure computation.
@@ -29,6 +33,7 @@ from typing import TypeVar
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from storage.prepared import begin_immediate
 from storage.sqlite_driver import OneTripConnection
 
 log = logging.getLogger(__name__)
@@ -49,12 +54,13 @@ class Cancellations:
         self.noted = True
 
 
-async def run_transaction(engine: AsyncEngine, work: Work[T]) -> T:
+async def run_transaction(engine: AsyncEngine, work: Work[T], *, writes: bool = True) -> T:
     """`work(connection)` done in a transaction and committed (rolled back if it raises);
-    its result. Runs in a copy of the caller's context, as `asyncio.to_thread` does."""
+    its result. Runs in a copy of the caller's context, as `asyncio.to_thread` does.
+    `writes=False`: `work` only reads (see the module's docstring)."""
     cancellations = Cancellations()
     try:
-        result = await transaction(engine, work, cancellations)
+        result = await transaction(engine, work, cancellations, writes=writes)
     except Exception:
         if cancellations.noted:
             log.warning("a storage call failed after its caller was cancelled", exc_info=True)
@@ -65,7 +71,9 @@ async def run_transaction(engine: AsyncEngine, work: Work[T]) -> T:
     return result
 
 
-async def transaction(engine: AsyncEngine, work: Work[T], cancellations: Cancellations) -> T:
+async def transaction(
+    engine: AsyncEngine, work: Work[T], cancellations: Cancellations, *, writes: bool = True
+) -> T:
     """`run_transaction` for a caller that raises the cancellation itself: one that
     comes meanwhile is noted in `cancellations`, and the transaction goes on to its end.
 
@@ -77,6 +85,10 @@ async def transaction(engine: AsyncEngine, work: Work[T], cancellations: Cancell
 
     def in_transaction(connection: Connection) -> T:
         with connection.begin():
+            # PostgreSQL needs nothing: its transaction begins with the first statement,
+            # and the rows a writer must hold still are read FOR UPDATE.
+            if writes and connection.dialect.name == "sqlite":
+                begin_immediate(connection)
             return context.run(work, connection)
 
     conn = await _connected(engine, cancellations)

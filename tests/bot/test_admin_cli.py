@@ -122,6 +122,30 @@ async def test_missing_database_file_is_reported_and_not_created(
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql+psycopg2://bot:hunter2@127.0.0.1:1/bot", "mysql://bot:hunter2@127.0.0.1:1/bot"],
+)
+async def test_database_url_without_an_async_driver_is_one_line_and_exit_2(
+    url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    code, out, err = await admin(capsys, "sessions")
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("stillhere: setting DATABASE_URL: ")
+    assert "hunter2" not in err
+
+
+async def test_database_url_without_a_driver_is_served_by_the_async_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await upgrade(f"sqlite+aiosqlite:///{tmp_path}/bot.db")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/bot.db")
+    code, _, err = await admin(capsys, "sessions")
+    assert (code, err) == (0, "")
+
+
 async def test_schema_behind_head_is_refused_without_migrating(
     admin_env: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

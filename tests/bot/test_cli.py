@@ -10,8 +10,9 @@ from pathlib import Path
 
 import openai
 
+from bot.offline import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
-from tests.support.process import ROOT, bot_environment, read_until
+from tests.support.process import ROOT, bot_environment, read_until, run_bot
 
 
 def _free_port() -> int:
@@ -107,3 +108,45 @@ async def test_a_rejected_telegram_token_is_one_line_without_the_token(tmp_path:
     assert "Traceback" not in stderr
     [line] = [line for line in stderr.splitlines() if line.startswith("stillhere: ")]
     assert line.startswith("stillhere: setting TELEGRAM_BOT_TOKEN:")
+
+
+def test_run_with_a_database_url_of_a_sync_driver_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = bot_environment("postgresql+psycopg2://bot:hunter2@127.0.0.1:1/bot")
+    run = run_bot(tmp_path, env, stdin="hello\n")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "stillhere: setting DATABASE_URL: "
+        "needs an async driver: postgresql+asyncpg://... or sqlite+aiosqlite:///..."
+    ]
+    assert "hunter2" not in run.stdout + run.stderr
+
+
+def test_a_database_url_without_a_driver_runs_on_the_async_one(tmp_path: Path) -> None:
+    env = bot_environment(f"sqlite:///{tmp_path}/bot.db")
+    run = run_bot(tmp_path, env, stdin="hello\n")
+    assert run.returncode == 0, run.stderr
+    assert "hello" in run.stdout  # the offline model echoes what it was told
+
+
+async def test_run_with_a_base_url_and_no_key_talks_to_that_server(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """The README's `stillhere fake-openai` + OPENAI_BASE_URL recipe, with no key set."""
+    env = bot_environment(
+        f"sqlite+aiosqlite:///{tmp_path}/bot.db", OPENAI_BASE_URL=fake_openai.base_url
+    )
+    bot = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli",
+        "run",
+        cwd=tmp_path,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(bot.communicate(b"hello there\n"), timeout=60)
+    assert bot.returncode == 0, err.decode()
+    assert len(fake_openai.requests) == 1
+    assert "hello there" in out.decode()

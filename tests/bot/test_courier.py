@@ -14,8 +14,10 @@ from adapters.memory import MemoryAdapter
 from bot import courier as courier_module
 from bot.core_api import ChatCore
 from bot.courier import Courier
-from bot.events import ConversationKey, InboundMessage, ReplyKind
+from bot.events import ConversationKey, DeliveryError, InboundMessage, ReplyKind
+from bot.settings import Settings
 from bot.store import OutboxItem, Store
+from storage.admin import AdminStore, StuckRules
 from storage.database import create_engine
 from storage.migrate import upgrade
 from storage.models import OutboxRow
@@ -35,6 +37,31 @@ async def worker_one(database_url: str) -> AsyncIterator[tuple[SqlStore, Courier
     finally:
         await courier.stop()
         await engine.dispose()
+
+
+class MarkFailsOnce(SqlStore):
+    """A store whose first `mark_delivered` fails, like a database busy for a moment."""
+
+    failed = False
+
+    async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None:
+        if not self.failed:
+            self.failed = True
+            raise OSError("database is locked")
+        await super().mark_delivered(outbox_id, platform_message_id)
+
+
+async def delivered(store: SqlStore) -> list[tuple[str, bool]]:
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(
+            select(OutboxRow.text, OutboxRow.delivered_at).order_by(OutboxRow.id)
+        )
+        return [(text, sent_at is not None) for text, sent_at in rows]
+
+
+async def drained(courier: Courier) -> None:
+    while courier.busy:
+        await asyncio.sleep(0.01)
 
 
 def message(number: int) -> InboundMessage:
@@ -99,6 +126,73 @@ async def test_a_reply_written_before_the_drain_of_a_hand_over_starts_goes_out(
         assert [s.message.text for s in sink.sent] == ["handed over", "written meanwhile"]
 
 
+async def test_a_reply_whose_delivery_could_not_be_recorded_is_recorded_not_sent_again(
+    database_url: str,
+) -> None:
+    async with worker_one(database_url) as (store, _, sink):
+        flaky = MarkFailsOnce(store.engine)
+        courier = Courier(flaky, "one")
+        courier.attach(sink)
+        try:
+            session_id = await store.record_notice(message(1), "the reply")
+            assert session_id is not None
+            courier.kick(session_id)
+            await sink.wait_for(1)
+            await drained(courier)
+            assert flaky.failed
+            assert await delivered(store) == [("the reply", False)]
+            # The next sweep finds the row still undelivered and claimed by this worker.
+            courier.kick(session_id)
+            await drained(courier)
+            assert await delivered(store) == [("the reply", True)]
+            courier.kick(session_id)
+            await drained(courier)
+            assert [s.message.text for s in sink.sent] == ["the reply"]
+        finally:
+            await courier.stop()
+
+
+async def test_a_reply_sent_but_not_recorded_is_recorded_when_the_courier_stops(
+    database_url: str,
+) -> None:
+    """A restart would post it again: stopping is the last chance to record it."""
+    async with worker_one(database_url) as (store, _, sink):
+        flaky = MarkFailsOnce(store.engine)
+        courier = Courier(flaky, "one")
+        courier.attach(sink)
+        session_id = await store.record_notice(message(1), "the reply")
+        assert session_id is not None
+        courier.kick(session_id)
+        await sink.wait_for(1)
+        await drained(courier)
+        await courier.stop()
+        assert await delivered(store) == [("the reply", True)]
+
+
+async def test_a_failed_reply_reset_by_repair_goes_out_after_a_later_one_was_sent(
+    database_url: str,
+) -> None:
+    async with worker_one(database_url) as (store, courier, sink):
+        sink.fail_next = [DeliveryError("chat not found", permanent=True)]
+        session_id = await store.record_notice(message(1), "first")
+        await store.record_notice(message(2), "second")
+        assert session_id is not None
+        courier.kick(session_id)
+        await sink.wait_for(1)
+        await drained(courier)
+        assert [s.message.text for s in sink.sent] == ["second"]
+        prompt = Settings(_env_file=None).system_prompt  # type: ignore[call-arg]
+        steps = await AdminStore(store.engine, prompt).repair(
+            session_id, StuckRules(), dry_run=False
+        )
+        assert "reset_outbox" in [step.code for step in steps]
+        courier.kick(session_id)  # what the bot does with the repair's "recover" control
+        await sink.wait_for(2, timeout=5)
+        await drained(courier)
+        assert [s.message.text for s in sink.sent] == ["second", "first"]
+        assert await delivered(store) == [("first", True), ("second", True)]
+
+
 def test_the_courier_forgets_replies_it_sent_more_than_a_lease_ago(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -110,11 +204,13 @@ def test_the_courier_forgets_replies_it_sent_more_than_a_lease_ago(
     def item(outbox_id: int, session_id: int) -> OutboxItem:
         return OutboxItem(outbox_id, session_id, key, None, None, ReplyKind.ANSWER, "hi", 0)
 
-    courier._note_sent(item(1, session_id=1))
-    assert courier._sent_before(item(1, session_id=1))
-    assert not courier._sent_before(item(2, session_id=1))
+    courier._note_sent(item(2, session_id=1))
+    assert courier._sent_before(item(2, session_id=1))
+    # Kept by id: an older row of the session (one an operator reset) is not covered.
+    assert not courier._sent_before(item(1, session_id=1))
+    assert not courier._sent_before(item(3, session_id=1))
     clock[0] += courier_module.CLAIM_LEASE_SECONDS + 1
     courier._note_sent(item(5, session_id=2))
-    # Session 1's note is older than a lease: dropped, so the map holds only session 2.
-    assert list(courier._sent) == [2]
-    assert not courier._sent_before(item(1, session_id=1))
+    # Reply 2's note is older than a lease: dropped, so the map holds only reply 5.
+    assert list(courier._sent) == [5]
+    assert not courier._sent_before(item(2, session_id=1))

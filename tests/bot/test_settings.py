@@ -81,6 +81,53 @@ def test_wrong_setting_is_one_line_naming_it(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg2://bot:hunter2@db.example/bot",  # a driver that is not async
+        "sqlite+pysqlite:///./data/bot.db",
+        "mysql+aiomysql://bot:hunter2@db.example/bot",  # a database stillhere does not run on
+        "bot:hunter2@db.example/bot",  # not a URL at all
+        "",
+    ],
+)
+def test_database_url_without_an_async_driver_is_one_line_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("setting DATABASE_URL:")
+    assert "\n" not in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "meant"),
+    [
+        # What hosting providers hand out: the async driver is what the URL means here.
+        (
+            "postgresql://bot:p%40ss@db.example:5433/bot",
+            "postgresql+asyncpg://bot:p%40ss@db.example:5433/bot",
+        ),
+        ("postgres://bot:pw@db.example/bot", "postgresql+asyncpg://bot:pw@db.example/bot"),
+        ("sqlite:///./data/bot.db", "sqlite+aiosqlite:///./data/bot.db"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+        (
+            "postgresql+asyncpg://bot:pw@db.example/bot",
+            "postgresql+asyncpg://bot:pw@db.example/bot",
+        ),
+        ("sqlite+aiosqlite:///./data/bot.db", "sqlite+aiosqlite:///./data/bot.db"),
+    ],
+)
+def test_database_url_without_a_driver_gets_the_async_one(
+    monkeypatch: pytest.MonkeyPatch, url: str, meant: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert load_settings().database_url == meant
+
+
 def test_platform_token_without_api_key_names_the_missing_setting(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -102,6 +149,38 @@ def test_webhook_mode_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatc
     assert str(caught.value).startswith("setting TELEGRAM_WEBHOOK_SECRET:")
     monkeypatch.setenv("TELEGRAM_WEBHOOK_SECRET", "s3cret-Token")
     check_startup(load_settings())
+
+
+def test_a_base_url_without_a_key_means_that_server_on_the_console(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")
+    settings = load_settings()
+    assert not settings.uses_offline_model()
+    check_startup(settings)
+
+
+def test_a_base_url_without_a_key_does_not_answer_on_a_platform(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A platform still needs OPENAI_API_KEY: a forgotten key of a hosted server would
+    otherwise start a bot that answers every message with an apology."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
+    with pytest.raises(SettingsError) as caught:
+        check_startup(load_settings())
+    assert str(caught.value).startswith("setting OPENAI_API_KEY:")
+    assert "any value" in str(caught.value)  # how a keyless server (Ollama) is used there
+    monkeypatch.setenv("OPENAI_API_KEY", "ollama")
+    check_startup(load_settings())
+
+
+def test_offline_model_asked_for_wins_over_a_base_url_without_a_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:11434/v1")
+    monkeypatch.setenv("OFFLINE_MODEL", "true")
+    assert load_settings().uses_offline_model()
 
 
 def test_platforms_follow_tokens(monkeypatch: pytest.MonkeyPatch) -> None:

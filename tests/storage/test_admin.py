@@ -244,6 +244,24 @@ async def test_failed_llm_call_with_waiting_user_is_error(
     assert "upstream exploded" in (summary.last_error or "")
 
 
+async def test_a_retry_call_in_flight_after_a_failed_one_is_not_stuck(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
+) -> None:
+    """The session's last_error stays until the retry ends: while its call runs, the
+    session is working, not failed."""
+    fake_openai.script_error(500, "upstream exploded")
+    fake_openai.script_delay(60)  # the retry: still running while the admin looks
+    async with make_core() as (runtime, chat):
+        await chat.say("first question")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+        await chat.say("are you there?")
+        await wait_rows(database_url, SessionRow, SessionRow.state == "llm")
+        assert await listed(admin, rules=StuckRules(), stuck_only=True) == []
+        (summary,) = await listed(admin, rules=StuckRules())
+        assert (summary.state, summary.reasons) == ("llm", ())
+
+
 async def test_undeliverable_reply_is_stuck(
     make_core: CoreFactory, admin: AdminStore, database_url: str
 ) -> None:

@@ -4,8 +4,10 @@ taken in while another worker closes the round."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,8 @@ async def test_repair_closes_every_interrupted_round_in_a_few_statements_for_all
     statements: list[str] = []
 
     def count(*args: Any) -> None:
-        statements.append(args[2])
+        if args[2] != "BEGIN IMMEDIATE":  # SQLite's start of each writing transaction
+            statements.append(args[2])
 
     event.listen(engine.sync_engine, "before_cursor_execute", count)
     store = SqlStore(engine)
@@ -212,6 +215,81 @@ async def test_an_answer_recorded_while_a_message_is_taken_in_sees_it_queued(
         end = await answer_task
     assert intake is not None and intake.turn is None and not intake.planned
     assert end.queued
+
+
+async def test_on_sqlite_taking_queued_messages_reads_them_under_the_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (`admin repair`) must not change the session between the state
+    read here and the turn started from it."""
+    path = tmp_path / "bot.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await upgrade(url)
+    engine = create_engine(url)
+    try:
+        store = SqlStore(engine, worker="one")
+        started = await store.record_inbound(said("what time is it", "m1"), "en", reply_to_each)
+        assert started is not None and started.turn is not None
+        await store.record_inbound(said("and tomorrow?", "m2"), "en", reply_to_each)
+        assert (await store.record_answer(started.info.id, "noon", Usage())).queued
+        interleaved: list[bool] = []
+        real_intake = store._intake
+
+        def intake(conn: Any, session: Any, *args: Any) -> Intake:
+            # The session row is read: could another process write before the turn starts?
+            other = sqlite3.connect(path, timeout=0)
+            try:
+                other.execute("UPDATE sessions SET updated_at = updated_at")
+                other.commit()
+                interleaved.append(True)
+            except sqlite3.OperationalError:
+                interleaved.append(False)
+            finally:
+                other.close()
+            return real_intake(conn, session, *args)
+
+        monkeypatch.setattr(store, "_intake", intake)
+        taken = await store.take_queued(started.info.id, reply_to_each)
+    finally:
+        await engine.dispose()
+    assert taken.turn is not None
+    assert interleaved == [False]
+
+
+async def test_on_sqlite_reads_go_on_while_another_process_writes(tmp_path: Path) -> None:
+    """What only reads takes no write lock: the admin CLI's repair does not stall them."""
+    path = tmp_path / "bot.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await upgrade(url)
+    engine = create_engine(url)
+    try:
+        store = SqlStore(engine, worker="one")
+        started = await store.record_inbound(said("what time is it", "m1"), "en", reply_to_each)
+        assert started is not None
+        session_id = started.info.id
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        other = sqlite3.connect(path, timeout=0)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            async with asyncio.timeout(2):  # far under the 5 s a locked write waits
+                reads = [
+                    await store.get_session(session_id),
+                    await store.active_session_id(CHAT),
+                    await store.history(session_id),
+                    await store.model_turn(session_id),
+                    await store.open_tool_calls(session_id),
+                    await store.sessions_needing_work(),
+                    await store.sessions_with_undelivered(),
+                    await store.pending_controls(),
+                    await store.token_totals("u1", "memory:chat-1", midnight, midnight),
+                ]
+        finally:
+            other.rollback()
+            other.close()
+    finally:
+        await engine.dispose()
+    assert reads[1] == session_id
+    assert reads[5] == [session_id]  # its turn waits for the model
 
 
 async def test_a_long_chat_reads_only_the_history_its_request_can_use(

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import storage.database
 from storage.transaction import run_transaction
 from tests.support.held import Hold
 from tests.support.tables import engine_with
@@ -24,6 +27,7 @@ ITEMS = Table(
     Column("id", Integer, primary_key=True),
     Column("name", String(50), unique=True, nullable=False),
 )
+NAMED = {"name": "named"}
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="nobody")
 
 
@@ -146,3 +150,78 @@ async def test_a_transaction_that_fails_after_its_caller_was_cancelled_is_logged
     assert "a storage call failed after its caller was cancelled" in caplog.text
     assert "broken after the caller left" in caplog.text
     assert await stored(engine) == []
+
+
+# --- SQLite: when the write lock is taken ------------------------------------------------
+
+
+def another_process_writes(path: Path) -> bool:
+    """Whether another connection (the admin CLI, say) can commit a write right now; it
+    does not wait for the lock."""
+    other = sqlite3.connect(path, timeout=0)
+    try:
+        other.execute("INSERT INTO transaction_items (name) VALUES ('from elsewhere')")
+        other.commit()
+        return True
+    except sqlite3.OperationalError as error:
+        assert "locked" in str(error)
+        return False
+    finally:
+        other.close()
+
+
+@pytest.fixture
+async def sqlite_file(tmp_path: Path) -> AsyncIterator[tuple[AsyncEngine, Path]]:
+    path = tmp_path / "locks.db"
+    async with engine_with(f"sqlite+aiosqlite:///{path}", ITEMS.metadata) as engine:
+        yield engine, path
+
+
+async def test_on_sqlite_a_writing_transaction_reads_under_its_write_lock(
+    sqlite_file: tuple[AsyncEngine, Path],
+) -> None:
+    """sqlite3 sends BEGIN only before the first write: the reads before it would see a
+    state that another process may change before this transaction writes from it."""
+    engine, path = sqlite_file
+
+    def read_then_write(conn: Connection) -> bool:
+        count = conn.scalar(select(func.count()).select_from(ITEMS))
+        interleaved = another_process_writes(path)
+        conn.execute(insert(ITEMS).values(name=f"after {count}"))
+        return interleaved
+
+    assert not await run_transaction(engine, read_then_write)
+    assert await stored(engine) == ["after 0"]
+
+
+async def test_on_sqlite_a_reading_transaction_takes_no_write_lock(
+    sqlite_file: tuple[AsyncEngine, Path],
+) -> None:
+    engine, path = sqlite_file
+
+    def read(conn: Connection) -> bool:
+        conn.scalar(select(func.count()).select_from(ITEMS))
+        return another_process_writes(path)
+
+    assert await run_transaction(engine, read, writes=False)
+    assert await stored(engine) == ["from elsewhere"]
+
+
+async def test_on_sqlite_a_write_lock_not_had_in_time_is_sqlalchemys_error_and_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holding the write lock past the busy timeout fails the transaction
+    as a statement would fail it, and leaves the connection fit for the next one."""
+    monkeypatch.setattr(storage.database, "SQLITE_BUSY_TIMEOUT_MS", 50)
+    path = tmp_path / "locks.db"
+    async with engine_with(f"sqlite+aiosqlite:///{path}", ITEMS.metadata) as engine:
+        other = sqlite3.connect(path, timeout=0)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(OperationalError, match="locked"):
+                await run_transaction(engine, lambda conn: conn.execute(insert(ITEMS), NAMED))
+        finally:
+            other.rollback()
+            other.close()
+        await run_transaction(engine, lambda conn: conn.execute(insert(ITEMS), NAMED))
+        assert await stored(engine) == ["named"]
