@@ -127,7 +127,7 @@ class Engine:
         self._to_recover: list[int] | None = None
         self.recovery_slots = asyncio.Semaphore(RECOVERY_CONCURRENCY)
         self._to_hand_back: asyncio.Queue[int] = asyncio.Queue()
-        self._handing_back = 0  # queued by `recover`, Recover not yet posted
+        self._awaiting_slot: set[int] = set()  # queued by `recover`, Recover not yet posted
         self._hand_back_task: asyncio.Task[None] | None = None
 
     # --- adapters' side (bot.core_api.ChatCore) ---------------------------------------------
@@ -182,6 +182,7 @@ class Engine:
             log.info("duplicate message %s ignored", message.message_id, extra=extra)
             return SubmitOutcome.DUPLICATE
         log.info("message stored", extra={**extra, "session": f"session-{intake.info.id}"})
+        self.carry_on_now(intake.info.id)
         if intake.turn is not None or intake.planned:
             self._actor(intake.info.id).post(Taken(intake))
         # Otherwise it waits, queued, for the model call in flight: its end takes it.
@@ -214,7 +215,9 @@ class Engine:
                 # on from what is stored, as after a restart.
                 session_id = await self.store.active_session_id(message.conversation)
                 if session_id is not None:
-                    self.recover(session_id)
+                    # Its instant reply, if it got one, is stored and claimed: send it.
+                    self.courier.kick(session_id)
+                    self.carry_on_now(session_id, queued_only=False)
             return intake
 
     async def _notice(self, message: InboundMessage, text: str) -> SubmitOutcome:
@@ -319,6 +322,7 @@ class Engine:
     async def cancel_tools(self, session_id: int, outcome: ToolOutcome) -> int:
         """Cancels the session's running tools; returns how many were running."""
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.carry_on_now(session_id)  # a tool waiting to run again is a tool to cancel
         self._actor(session_id).post(Cancel(outcome, done))
         return await done
 
@@ -352,19 +356,36 @@ class Engine:
 
     def recover(self, session_id: int) -> None:
         """Hands the session back its stored state to carry on from, once a recovery slot
-        is free (see RECOVERY_CONCURRENCY). Its actor waits for none: meanwhile it takes
-        new messages, and one written while its tools wait gets its instant reply."""
-        self._handing_back += 1
-        self._to_hand_back.put_nowait(session_id)
+        is free (see RECOVERY_CONCURRENCY); at once if a living user reaches it first
+        (`carry_on_now`)."""
+        if session_id not in self._awaiting_slot:
+            self._awaiting_slot.add(session_id)
+            self._to_hand_back.put_nowait(session_id)
 
     async def _hand_back(self) -> None:
         """Takes a slot for each session `recover` queued, in order, and posts its Recover;
         the actor gives the slot back (or its follow-up call keeps it: SessionActor)."""
         while True:
             session_id = await self._to_hand_back.get()
+            if session_id not in self._awaiting_slot:
+                continue  # it carried on already
             await self.recovery_slots.acquire()
-            self._actor(session_id).post(Recover())
-            self._handing_back -= 1
+            if session_id not in self._awaiting_slot:
+                self.recovery_slots.release()
+                continue
+            self._awaiting_slot.discard(session_id)
+            self._actor(session_id).post(Recover(self.recovery_slots))
+
+    def carry_on_now(self, session_id: int, *, queued_only: bool = True) -> None:
+        """A message or a cancel came for a session (queued to recover, or any with
+        `queued_only` off): it carries on from its stored state before handling it,
+        without waiting for a slot. The slots keep thousands of recovering sessions from
+        crowding out the living, and this one is living: its tools must run (or be
+        cancelled) as the message expects, not after the sessions queued before it."""
+        if queued_only and session_id not in self._awaiting_slot:
+            return
+        self._awaiting_slot.discard(session_id)
+        self._actor(session_id).post(Recover())
 
     def retire(self, actor: SessionActor) -> None:
         if self._actors.get(actor.session_id) is actor:
@@ -442,7 +463,7 @@ class Engine:
         """Until every session is idle and every reply delivered (tests, console EOF)."""
         # Idleness spans actors and deliveries; a 10 ms poll is fine for its callers.
         async with asyncio.timeout(timeout):
-            while self._actors or self.courier.busy or self._handing_back:  # noqa: ASYNC110
+            while self._actors or self.courier.busy or self._awaiting_slot:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
 
     async def stop(self) -> None:

@@ -63,7 +63,10 @@ class Taken:
 @dataclass(frozen=True)
 class Recover:
     """Look at the stored state and carry on from it (start-up, operator repair). Posted
-    by `Engine.recover` only, holding a recovery slot for it."""
+    by the engine (see `Engine.recover`), with the recovery slot it took for it, or none
+    for a session that a living user's message made carry on at once."""
+
+    slot: asyncio.Semaphore | None = None
 
 
 @dataclass(frozen=True)
@@ -198,8 +201,8 @@ class SessionActor:
         match event:
             case Taken(intake):
                 self._after_intake(intake)
-            case Recover():
-                await self._on_recover()
+            case Recover(slot):
+                await self._on_recover(slot)
             case LLMDone():
                 await self._on_llm_done(event)
             case ToolDone(tool_call_id, outcome):
@@ -425,17 +428,15 @@ class SessionActor:
 
     # --- recovery and operators ------------------------------------------------------------
 
-    async def _on_recover(self) -> None:
-        # The engine took a recovery slot for this Recover before posting it.
-        slots = self.engine.recovery_slots
+    async def _on_recover(self, slot: asyncio.Semaphore | None) -> None:
         kept = False
         try:
-            kept = await self._recover(slots)
+            kept = await self._recover(slot)
         finally:
-            if not kept:
-                slots.release()
+            if slot is not None and not kept:
+                slot.release()
 
-    async def _recover(self, slot: asyncio.Semaphore) -> bool:
+    async def _recover(self, slot: asyncio.Semaphore | None) -> bool:
         """Carries on from the stored state; True when a follow-up model call took `slot`
         (taken) with it."""
         engine, store = self.engine, self.engine.store

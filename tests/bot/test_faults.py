@@ -20,6 +20,7 @@ from storage.admin import AdminStore
 from storage.database import sessionmaker
 from storage.models import ToolCallRow
 from tests.conftest import CoreFactory
+from tests.support import slow_tools
 
 
 def chat_requests(fake: FakeOpenAI) -> list[dict[str, object]]:
@@ -182,6 +183,35 @@ async def test_a_message_stored_by_a_try_that_then_failed_is_still_answered(
     assert outcome is SubmitOutcome.DUPLICATE  # the retry found it stored
     assert [s.message.kind for s in sent] == [ReplyKind.ANSWER]
     assert "did you get this?" in sent[0].message.text
+
+
+async def test_an_instant_reply_stored_by_a_try_that_then_failed_goes_out_at_once(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot import engine
+
+    monkeypatch.setattr(engine, "INTAKE_RETRY_SECONDS", (0.01,))
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    fake_openai.script_tool_calls([("get_current_time", {})])
+    async with make_core() as (runtime, chat):
+        await chat.say("what time is it")
+        await chat.wait_for(1)  # the tool runs
+        store = runtime.engine.store
+        real_record_inbound = store.record_inbound
+        tries = 0
+
+        async def commits_then_fails(*args: Any) -> object:
+            nonlocal tries
+            tries += 1
+            intake = await real_record_inbound(*args)
+            if tries == 1:
+                raise ConnectionError("the connection dropped after the commit")
+            return intake
+
+        monkeypatch.setattr(store, "record_inbound", commits_then_fails)
+        await chat.say("are you still there?")
+        sent = await chat.wait_for(2, timeout=5)  # not once the tool's 30 s are over
+    assert [s.message.kind for s in sent] == [ReplyKind.WORKING, ReplyKind.INTERIM]
 
 
 async def test_a_message_that_cannot_be_stored_at_all_fails_its_submit(

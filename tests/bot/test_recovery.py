@@ -244,3 +244,31 @@ async def test_a_session_waiting_to_recover_still_answers_at_once(
         [reply] = await chat2.wait_for(1)
     assert reply.message.conversation.chat_id == "b"
     assert reply.message.kind is ReplyKind.INTERIM
+
+
+async def test_a_stop_for_a_session_waiting_to_recover_cancels_its_tool(
+    database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tool a restart left to run again is the user's tool: "stop" written while the
+    session waits for a recovery slot cancels it, rather than it running later."""
+    monkeypatch.setattr(slow_tools, "DELAY", 30)
+    monkeypatch.setattr(slow_tools, "_slow_once_calls", 0)
+    settings = core_settings(database_url, fake_openai)
+    async with started_core(settings) as (_first, chat):
+        fake_openai.script_tool_calls([("get_current_time", {})])
+        await chat.say("Dame la hora", chat="a")
+        await chat.wait_for(1)
+        fake_openai.script_tool_calls([("slow_once", {})])
+        await chat.say("do the slow thing", chat="b")
+        await chat.wait_for(2)
+    monkeypatch.setattr(engine_module, "RECOVERY_CONCURRENCY", 1)
+    fake_openai.script_delay(1)  # "a" holds the only slot a while
+    async with started_core(settings) as (second, chat2):
+        await chat2.say("stop", chat="b")
+        await second.engine.wait_idle(timeout=20)
+        calls = await _tool_calls(second)
+    assert [(c.name, c.status) for c in calls] == [
+        ("get_current_time", "interrupted"),
+        ("slow_once", "cancelled"),
+    ]
+    assert calls[1].attempts == 2  # the run the restart cut, then the one cancelled
