@@ -236,8 +236,11 @@ class Engine:
         if session_id is not None:
             language = (await self.store.get_session(session_id)).language
         if self.access is not None:
-            # The platform's own admins (request.is_admin) pass only as message authors do.
-            reason = self.access.refusal(replace(request, is_admin=False))
+            # In a group the platform's own admin flag is a server manager's (Discord), who
+            # passes the lists only as a message author does: by ADMIN_USERS. In private
+            # only the console's operator carries it, whose messages pass too.
+            asking = request if request.is_private else replace(request, is_admin=False)
+            reason = self.access.refusal(asking)
             if reason is not None:
                 log.info(
                     "command refused: %s", reason, extra={"session": str(request.conversation)}

@@ -511,7 +511,8 @@ class OfflineTransport(httpx2.AsyncBaseTransport):
         if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
             body = _invalid(f"Invalid URL ({request.method} {request.url.path})")
             return httpx2.Response(404, json=body)
-        raw = await request.aread()
+        # Characters, not bytes: usage prices text at about four characters a token.
+        raw = (await request.aread()).decode("utf-8", errors="replace")
         body = _json_body(raw)
         refused = refusal(body, request.headers.get("Authorization"))
         if refused is not None:

@@ -169,6 +169,15 @@ async def test_commands_pass_the_same_access_lists_as_messages(
         assert await runtime.engine.store.open_tool_calls(1)  # nothing was cancelled
         assert await command(CommandName.STATUS, "boss", "g-other") not in denied
         assert await command(CommandName.CANCEL, "u2", "g-ok") not in denied
+        # A server manager is no ADMIN_USERS; the console's operator, in private, is.
+        manager = CommandRequest(
+            chat.key("g"), CommandName.STATUS, "u9", "u9", False, is_admin=True, guild_id="g-ok"
+        )
+        assert await runtime.engine.command(manager) in denied
+        operator = CommandRequest(
+            chat.key("console"), CommandName.STATUS, "u9", "u9", True, is_admin=True
+        )
+        assert await runtime.engine.command(operator) not in denied
 
 
 async def test_long_message_is_cut_with_a_note(
