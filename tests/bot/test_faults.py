@@ -157,6 +157,23 @@ async def test_a_message_whose_storing_fails_is_stored_again_before_submit_retur
     assert "hello through a hiccup" in sent[0].message.text
 
 
+def _commit_then_fail_once(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next message is stored, and then its storing reports a failure (a connection
+    that dropped after the commit); storing works from then on."""
+    real_record_inbound = store.record_inbound
+    tries = 0
+
+    async def commits_then_fails(*args: Any) -> object:
+        nonlocal tries
+        tries += 1
+        intake = await real_record_inbound(*args)
+        if tries == 1:
+            raise ConnectionError("the connection dropped after the commit")
+        return intake
+
+    monkeypatch.setattr(store, "record_inbound", commits_then_fails)
+
+
 async def test_a_message_stored_by_a_try_that_then_failed_is_still_answered(
     make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,19 +181,7 @@ async def test_a_message_stored_by_a_try_that_then_failed_is_still_answered(
 
     monkeypatch.setattr(engine, "INTAKE_RETRY_SECONDS", (0.01,))
     async with make_core() as (runtime, chat):
-        store = runtime.engine.store
-        real_record_inbound = store.record_inbound
-        tries = 0
-
-        async def commits_then_fails(*args: Any) -> object:
-            nonlocal tries
-            tries += 1
-            intake = await real_record_inbound(*args)
-            if tries == 1:
-                raise ConnectionError("the connection dropped after the commit")
-            return intake
-
-        monkeypatch.setattr(store, "record_inbound", commits_then_fails)
+        _commit_then_fail_once(runtime.engine.store, monkeypatch)
         _, outcome = await chat.say("did you get this?")
         sent = await chat.wait_for(1)
         await runtime.engine.wait_idle()
@@ -196,19 +201,7 @@ async def test_an_instant_reply_stored_by_a_try_that_then_failed_goes_out_at_onc
     async with make_core() as (runtime, chat):
         await chat.say("what time is it")
         await chat.wait_for(1)  # the tool runs
-        store = runtime.engine.store
-        real_record_inbound = store.record_inbound
-        tries = 0
-
-        async def commits_then_fails(*args: Any) -> object:
-            nonlocal tries
-            tries += 1
-            intake = await real_record_inbound(*args)
-            if tries == 1:
-                raise ConnectionError("the connection dropped after the commit")
-            return intake
-
-        monkeypatch.setattr(store, "record_inbound", commits_then_fails)
+        _commit_then_fail_once(runtime.engine.store, monkeypatch)
         await chat.say("are you still there?")
         sent = await chat.wait_for(2, timeout=5)  # not once the tool's 30 s are over
     assert [s.message.kind for s in sent] == [ReplyKind.WORKING, ReplyKind.INTERIM]

@@ -219,12 +219,12 @@ async def test_recovery_bounds_follow_up_calls_until_their_answers_are_recorded(
     assert most == 2
 
 
-async def test_a_session_waiting_to_recover_still_answers_at_once(
+async def _stopped_with_a_tool_to_run_again(
     database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A session whose turn waits for a recovery slot still takes new messages: one
-    written while its tool round waits gets its instant reply then, not once the
-    sessions recovering before it are done."""
+) -> Settings:
+    """Two chats stopped mid-tool, recovery one at a time: after the restart "a" (its
+    call interrupted) takes the only slot for its follow-up call, and "b" (a tool to run
+    again) waits for it."""
     monkeypatch.setattr(slow_tools, "DELAY", 30)
     monkeypatch.setattr(slow_tools, "_slow_once_calls", 0)
     settings = core_settings(database_url, fake_openai)
@@ -235,9 +235,17 @@ async def test_a_session_waiting_to_recover_still_answers_at_once(
         fake_openai.script_tool_calls([("slow_once", {})])
         await chat.say("do the slow thing", chat="b")
         await chat.wait_for(2)
-    # After the restart "a" takes the only slot for its follow-up call, which hangs; "b"
-    # (a tool to run again) waits for the slot.
     monkeypatch.setattr(engine_module, "RECOVERY_CONCURRENCY", 1)
+    return settings
+
+
+async def test_a_session_waiting_to_recover_still_answers_at_once(
+    database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session whose turn waits for a recovery slot still takes new messages: one
+    written while its tool round waits gets its instant reply then, not once the
+    sessions recovering before it are done."""
+    settings = await _stopped_with_a_tool_to_run_again(database_url, fake_openai, monkeypatch)
     fake_openai.script_delay(30)
     async with started_core(settings) as (_second, chat2):
         await chat2.say("¿Sigues ahí?", chat="b")
@@ -251,17 +259,7 @@ async def test_a_stop_for_a_session_waiting_to_recover_cancels_its_tool(
 ) -> None:
     """The tool a restart left to run again is the user's tool: "stop" written while the
     session waits for a recovery slot cancels it, rather than it running later."""
-    monkeypatch.setattr(slow_tools, "DELAY", 30)
-    monkeypatch.setattr(slow_tools, "_slow_once_calls", 0)
-    settings = core_settings(database_url, fake_openai)
-    async with started_core(settings) as (_first, chat):
-        fake_openai.script_tool_calls([("get_current_time", {})])
-        await chat.say("Dame la hora", chat="a")
-        await chat.wait_for(1)
-        fake_openai.script_tool_calls([("slow_once", {})])
-        await chat.say("do the slow thing", chat="b")
-        await chat.wait_for(2)
-    monkeypatch.setattr(engine_module, "RECOVERY_CONCURRENCY", 1)
+    settings = await _stopped_with_a_tool_to_run_again(database_url, fake_openai, monkeypatch)
     fake_openai.script_delay(1)  # "a" holds the only slot a while
     async with started_core(settings) as (second, chat2):
         await chat2.say("stop", chat="b")
