@@ -420,7 +420,9 @@ class SqlStore:
                 "new_turn": turn,
                 "reply_to": last["platform_message_id"],
                 "turn_user": last["author_id"],
-                "admin": last["kind"] == "admin",
+                # A turn is an admin's only if every message in it is.
+                "admin": all(q.kind == "admin" for q in queued)
+                and (arrived is None or arrived["kind"] == "admin"),
             },
         ).first()
         if claimed is None:  # another worker took the turn
@@ -839,12 +841,23 @@ class SqlStore:
             .order_by(MessageRow.session_id, MessageRow.id, ToolCallRow.seq)
         )
         deferred: dict[int, list[int]] = {}
-        for session_id, message_id in tx.execute(
-            select(MessageRow.session_id, MessageRow.id)
+        not_admins: set[int] = set()
+        for session_id, message_id, kind in tx.execute(
+            select(MessageRow.session_id, MessageRow.id, MessageRow.kind)
             .where(mine, MessageRow.status == "deferred")
             .order_by(MessageRow.id)
         ):
             deferred.setdefault(session_id, []).append(message_id)
+            if kind != "admin":
+                not_admins.add(session_id)
+        if not_admins:
+            # What someone else wrote while an admin's tools ran joins the admin's turn:
+            # from here on the turn may neither be offered nor run admin-only tools.
+            tx.execute(
+                update(SESSIONS)
+                .where(SESSIONS.c.id.in_(not_admins), SESSIONS.c.turn_is_admin)
+                .values(turn_is_admin=False)
+            )
         stamp = now()
         moved: list[dict[str, Any]] = []
         results: list[dict[str, Any]] = []

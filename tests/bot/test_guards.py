@@ -3,6 +3,7 @@ input limits, secrets. The adapters' own tests cover what each platform adds."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
@@ -132,6 +133,47 @@ async def test_an_admin_only_tool_called_in_someone_elses_turn_is_refused_not_ru
     told = chat_requests(fake_openai)[-1]["messages"][-2]  # type: ignore[index]
     assert told["role"] == "tool" and "admins only" in told["content"]
     assert fake_openai.rejected == []
+
+
+async def test_an_admins_turn_that_someone_else_joined_runs_no_admin_only_tool(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What someone writes while an admin's tools run joins the admin's turn: from then
+    on the model acts on their words too, so admin-only tools are neither offered nor
+    run for the rest of it."""
+    monkeypatch.setattr(slow_tools, "restarted", [])
+    monkeypatch.setattr(slow_tools, "DELAY", 1.0)
+    fake_openai.script_tool_calls([("get_current_time", {})])
+    fake_openai.script_tool_calls([("restart_service", {"name": "payments"})])
+    fake_openai.script_reply("done")
+    async with make_core(admin_users=["boss"]) as (runtime, chat):
+        await chat.say("what time is it?", user="boss", private=False, chat="g")
+        await chat.wait_for(1)  # the tool runs
+        await chat.say("also restart payments", user="someone", private=False, chat="g")
+        await chat.wait_for(3)
+        await runtime.engine.wait_idle()
+    first, follow_up, *_ = chat_requests(fake_openai)
+    offered = [{t["function"]["name"] for t in r["tools"]} for r in (first, follow_up)]  # type: ignore[attr-defined]
+    assert ["restart_service" in names for names in offered] == [True, False]
+    assert slow_tools.restarted == []
+    assert fake_openai.rejected == []
+
+
+async def test_a_turn_of_messages_queued_from_an_admin_and_someone_else_is_no_admins(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.script_delay(1.0)  # the first call runs while both write
+    async with make_core(admin_users=["boss"]) as (runtime, chat):
+        await chat.say("hello", user="boss", private=False, chat="g")
+        while not chat_requests(fake_openai):
+            await asyncio.sleep(0.01)
+        await chat.say("restart payments", user="someone", private=False, chat="g")
+        await chat.say("and tell me the time", user="boss", private=False, chat="g")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    offered = [{t["function"]["name"] for t in r["tools"]} for r in chat_requests(fake_openai)]  # type: ignore[attr-defined]
+    # The first turn, the boss's alone; then theirs together and its tool round.
+    assert ["restart_service" in names for names in offered] == [True, False, False]
 
 
 async def test_reset_in_a_group_is_for_admins_once_admins_are_set(
