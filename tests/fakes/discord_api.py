@@ -17,6 +17,7 @@ import itertools
 import json
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -169,6 +170,8 @@ class FakeDiscord:
         self._holds: dict[str, asyncio.Event] = {}
         # "METHOD path" of every call that had to wait for a hold, in the order they came.
         self.held_calls: list[str] = []
+        # The server's own tasks, which a call held at a test's end leaves running.
+        self._serving: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._session: _Session | None = None
         self._connection: _Connection | None = None
         self._connections: set[web.WebSocketResponse] = set()
@@ -557,6 +560,11 @@ class FakeDiscord:
         gate = self._holds[route] = asyncio.Event()
         return gate
 
+    def is_serving(self, task: asyncio.Task[Any]) -> bool:
+        """Whether `task` is the fake's own, answering a held call: a test counting what the
+        client left running leaves those out."""
+        return task in self._serving
+
     async def drop_connection(self, *, code: int = 4000, replay_overlap: int = 0) -> None:
         """Closes the gateway socket as a network hiccup would. With `replay_overlap`, the
         resume replays that many events the client had already seen (a real gateway may)."""
@@ -730,6 +738,9 @@ class FakeDiscord:
         for key in (route, f"{request.method} {path}"):
             gate = self._holds.get(key)
             if gate is not None and not gate.is_set():
+                self._serving.update(
+                    t for t in (request.task, asyncio.current_task()) if t is not None
+                )
                 self.held_calls.append(f"{request.method} {path}")
                 await gate.wait()
         response: web.StreamResponse
