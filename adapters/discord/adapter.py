@@ -11,7 +11,12 @@ from typing import Any
 import aiohttp
 import discord
 
-from adapters.discord.commands import acknowledge, answer_deferred, build_command_tree
+from adapters.discord.commands import (
+    COMMAND_FAILED,
+    acknowledge,
+    answer_deferred,
+    build_command_tree,
+)
 from adapters.discord.convert import (
     TextCommand,
     command_from_interaction,
@@ -313,7 +318,13 @@ class DiscordAdapter:
             # unreachable: carrying out a /reset nobody will hear of would be worse.
             log.warning("could not acknowledge /%s, so it was not run: %s", name.value, exc)
             return
-        text = await self.core.command(command_from_interaction(interaction, name))
+        try:
+            text = await self.core.command(command_from_interaction(interaction, name))
+        except Exception:
+            # Deferred, the interaction shows "thinking…" until a followup comes, for up
+            # to 15 minutes: the person had better hear that it failed.
+            log.exception("could not carry out /%s (slash command %s)", name.value, interaction.id)
+            text = COMMAND_FAILED
         if self._client.is_closed():
             log.warning("could not answer /%s: the Discord client is closed", name.value)
             return

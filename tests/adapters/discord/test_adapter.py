@@ -12,6 +12,7 @@ import discord.backoff
 import pytest
 
 from adapters.discord import DiscordAdapter, DiscordStartError
+from adapters.discord.commands import COMMAND_FAILED
 from bot.core_api import SubmitOutcome
 from bot.events import (
     CommandName,
@@ -390,6 +391,23 @@ async def test_a_slash_command_is_deferred_before_a_slow_answer(
     assert (deferred["type"], deferred["data"]["flags"]) == (5, EPHEMERAL)
     assert (answer.get("followup"), answer["content"]) == (True, "status answered")
     assert answer["flags"] & EPHEMERAL
+
+
+async def test_a_slash_command_the_core_fails_on_ends_in_an_apology_not_thinking(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = fake_discord
+    async with running_adapter(core=FailingCommandsCore()):
+        await fake.push_slash("status", fake.general_id, fake.alice)
+        # Without a followup, Discord would show "thinking…" for the interaction's 15 minutes.
+        await fake.wait_for(lambda: len(fake.interaction_callbacks) == 2)
+    deferred, apology = fake.interaction_callbacks
+    assert deferred["type"] == 5
+    assert apology.get("followup") and apology["content"] == COMMAND_FAILED
+    assert apology["flags"] & EPHEMERAL
+    [failure] = [r for r in caplog.records if "could not carry out /status" in r.getMessage()]
+    assert failure.levelno == logging.ERROR
+    assert failure.exc_info is not None and "the core broke" in str(failure.exc_info[1])
 
 
 async def test_a_slash_command_that_cannot_be_acknowledged_is_not_run(
