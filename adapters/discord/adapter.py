@@ -11,7 +11,12 @@ from typing import Any
 import aiohttp
 import discord
 
-from adapters.discord.commands import acknowledge, answer_deferred, build_command_tree
+from adapters.discord.commands import (
+    COMMAND_FAILED,
+    acknowledge,
+    answer_deferred,
+    build_command_tree,
+)
 from adapters.discord.convert import (
     TextCommand,
     command_from_interaction,
@@ -109,10 +114,10 @@ class DiscordAdapter:
         self._inbox: asyncio.Queue[InboundMessage | TextCommand] = asyncio.Queue()
         self._client_task: asyncio.Task[None] | None = None
         self._inbox_task: asyncio.Task[None] | None = None
-        # Commands being answered, each in its own task: an answer can take long (a /cancel
-        # waits for its session, discord.py waits out a 429 however long it is), and in the
-        # inbox it would hold up every later message of every server. Kept here so stop()
-        # can end them and so their failures are logged.
+        # Command answers being posted (and slash commands being carried out), each in its
+        # own task: discord.py waits out a 429 however long it is, and in the inbox that
+        # would hold up every later message of every server. Kept here so stop() can end
+        # them and so their failures are logged.
         self._commands: set[asyncio.Task[None]] = set()
 
     # --- ReplySink --------------------------------------------------------------------
@@ -203,7 +208,7 @@ class DiscordAdapter:
 
     async def _end_commands(self) -> None:
         # The client is closed, so no answer can be posted any more; the grace lets a
-        # /cancel or /reset the core is carrying out finish rather than stop half-way.
+        # slash /cancel or /reset the core is carrying out finish rather than stop half-way.
         # A loop, because a slash command discord.py received just before the close may
         # still be handed over while this waits.
         deadline = asyncio.get_running_loop().time() + self._command_grace
@@ -266,7 +271,21 @@ class DiscordAdapter:
             outcome = await self.core.submit(event)
             log.debug("Discord message %s: %s", event.message_id, outcome)
             return
-        self._spawn_command(self._answer_typed(event), name=f"discord-command-{event.message_id}")
+        # Carried out here, in order with the messages: a /reset left to run beside the
+        # inbox would archive the session that a "hello" written after it had just started
+        # a turn in. The core answers commands quickly; only the post can wait long.
+        try:
+            text = await self.core.command(event.request)
+        except Exception:
+            log.exception(
+                "could not carry out /%s (Discord message %s)",
+                event.request.name,
+                event.message_id,
+            )
+            return
+        self._spawn_command(
+            self._post_typed_answer(event, text), name=f"discord-command-{event.message_id}"
+        )
 
     def _spawn_command(self, answer: Coroutine[Any, Any, None], *, name: str) -> None:
         task = asyncio.create_task(answer, name=name)
@@ -299,7 +318,13 @@ class DiscordAdapter:
             # unreachable: carrying out a /reset nobody will hear of would be worse.
             log.warning("could not acknowledge /%s, so it was not run: %s", name.value, exc)
             return
-        text = await self.core.command(command_from_interaction(interaction, name))
+        try:
+            text = await self.core.command(command_from_interaction(interaction, name))
+        except Exception:
+            # Deferred, the interaction shows "thinking…" until a followup comes, for up
+            # to 15 minutes: the person had better hear that it failed.
+            log.exception("could not carry out /%s (slash command %s)", name.value, interaction.id)
+            text = COMMAND_FAILED
         if self._client.is_closed():
             log.warning("could not answer /%s: the Discord client is closed", name.value)
             return
@@ -308,8 +333,7 @@ class DiscordAdapter:
         except _CALL_FAILED as exc:
             log.warning("could not answer /%s: %s", name.value, exc)
 
-    async def _answer_typed(self, event: TextCommand) -> None:
-        text = await self.core.command(event.request)
+    async def _post_typed_answer(self, event: TextCommand, text: str) -> None:
         try:
             # The nonce makes a replayed command message (gateway resume) post one answer.
             await self._sender.post(

@@ -5,7 +5,8 @@ a real websocket gateway. It keeps just enough state to behave like Discord wher
 adapter depends on it: snowflake ids, one guild with channels, a thread and members, DM
 channels, the bot's own posts echoed back as MESSAGE_CREATE, enforce_nonce dedupe, resumable
 sessions that replay missed events, close codes 4004/4014, 429s shaped like the real
-ones, and interactions that must be acknowledged once, within 3 s, before any followup.
+ones, interactions that must be acknowledged once, within 3 s, before any followup, and
+calls held unanswered until a test lets them through.
 Anything it does not know answers 404 so a test fails loudly instead of passing by accident.
 """
 
@@ -16,6 +17,7 @@ import itertools
 import json
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -165,6 +167,11 @@ class FakeDiscord:
         self.synced_commands: dict[str, list[Json]] = {}
         self._nonces: dict[tuple[str, str], str] = {}
         self._failures: dict[str, list[_Failure]] = {}
+        self._holds: dict[str, asyncio.Event] = {}
+        # "METHOD path" of every call that had to wait for a hold, in the order they came.
+        self.held_calls: list[str] = []
+        # The server's own tasks, which a call held at a test's end leaves running.
+        self._serving: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._session: _Session | None = None
         self._connection: _Connection | None = None
         self._connections: set[web.WebSocketResponse] = set()
@@ -184,6 +191,9 @@ class FakeDiscord:
         self.port = self._runner.addresses[0][1]
 
     async def close(self) -> None:
+        # aiohttp waits for running handlers at cleanup, so nothing may stay held.
+        for gate in self._holds.values():
+            gate.set()
         for ws in list(self._connections):
             await ws.close(code=1001)
         if self._runner is not None:
@@ -543,6 +553,18 @@ class FakeDiscord:
             body = {"message": message or f"{status}: error", "code": code}
         self._failures.setdefault(route, []).append(_Failure(status, body, headers, times))
 
+    def hold(self, route: str) -> asyncio.Event:
+        """Calls of `route` (as for fail_next) wait, from now on, until the returned event is
+        set: a request Discord is slow to answer, as one a client sits out a 429 for.
+        held_calls says when one is waiting; close() releases them all."""
+        gate = self._holds[route] = asyncio.Event()
+        return gate
+
+    def is_serving(self, task: asyncio.Task[Any]) -> bool:
+        """Whether `task` is the fake's own, answering a held call: a test counting what the
+        client left running leaves those out."""
+        return task in self._serving
+
     async def drop_connection(self, *, code: int = 4000, replay_overlap: int = 0) -> None:
         """Closes the gateway socket as a network hiccup would. With `replay_overlap`, the
         resume replays that many events the client had already seen (a real gateway may)."""
@@ -713,6 +735,14 @@ class FakeDiscord:
         pattern = resource.canonical.removeprefix(API_PREFIX) if resource else path
         route = f"{request.method} {pattern}"
         body = await request.json() if request.can_read_body else None
+        for key in (route, f"{request.method} {path}"):
+            gate = self._holds.get(key)
+            if gate is not None and not gate.is_set():
+                self._serving.update(
+                    t for t in (request.task, asyncio.current_task()) if t is not None
+                )
+                self.held_calls.append(f"{request.method} {path}")
+                await gate.wait()
         response: web.StreamResponse
         failure = self._take_failure(route, f"{request.method} {path}")
         if failure is not None:

@@ -40,7 +40,7 @@ class RecordingCore:
 @dataclass
 class HeldCommandsCore(RecordingCore):
     """A RecordingCore whose `held` commands answer only once `release` is set, as a /cancel
-    waiting for its session's actor (or an answer waiting out a 429) does."""
+    waiting for its session's actor does."""
 
     held: frozenset[CommandName] = frozenset({CommandName.STATUS})
     release: asyncio.Event = field(default_factory=asyncio.Event)

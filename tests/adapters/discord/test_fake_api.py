@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -140,3 +141,18 @@ async def test_an_interaction_not_acknowledged_in_time_is_unknown(
     )
     assert (status, body["code"], body["message"]) == (404, 10062, "Unknown interaction")
     assert fake.interaction_callbacks == []
+
+
+async def test_a_held_route_answers_only_once_released(
+    fake_discord: FakeDiscord, http: aiohttp.ClientSession
+) -> None:
+    fake = fake_discord
+    release = fake.hold(f"POST /channels/{fake.general_id}/messages")
+    held = asyncio.create_task(post_message(http, fake.general_id, {"content": "held"}))
+    await fake.wait_for(lambda: fake.held_calls == [f"POST /channels/{fake.general_id}/messages"])
+    status, _, _ = await post_message(http, fake.random_id, {"content": "not held"})
+    assert status == 200
+    assert not held.done() and fake.posted_messages(fake.general_id) == []
+    release.set()
+    status, _, body = await held
+    assert (status, body["content"]) == (200, "held")
