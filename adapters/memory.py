@@ -97,7 +97,9 @@ class MemoryAdapter:
         )
         return message_id, outcome
 
-    async def command(self, name: CommandName, *, chat: str = "chat-1", user: str = "u1") -> str:
+    async def command(
+        self, name: CommandName, *, chat: str = "chat-1", user: str = "u1"
+    ) -> str | None:
         return await self.core.command(
             CommandRequest(self.key(chat), name, user_id=user, display_name=user, is_private=True)
         )

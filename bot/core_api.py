@@ -25,6 +25,7 @@ class ChatCore(Protocol):
         the answer (instant reply or LLM answer) reaches the adapter through `sink.send`."""
         ...
 
-    async def command(self, request: CommandRequest) -> str:
-        """Runs a bot command and returns the text to answer it with."""
+    async def command(self, request: CommandRequest) -> str | None:
+        """Runs a bot command and returns the text to answer it with; None when it gets no
+        answer (someone the access lists refuse, in a group)."""
         ...

@@ -230,7 +230,7 @@ class Engine:
     def _is_admin(self, platform: str, user_id: str, claimed: bool) -> bool:
         return claimed or (self.access is not None and self.access.is_admin(platform, user_id))
 
-    async def command(self, request: CommandRequest) -> str:
+    async def command(self, request: CommandRequest) -> str | None:
         session_id = await self.store.active_session_id(request.conversation)
         language = "en"
         if session_id is not None:
@@ -245,7 +245,10 @@ class Engine:
                 log.info(
                     "command refused: %s", reason, extra={"session": str(request.conversation)}
                 )
-                return self.book.phrase("denied", language)
+                # As for messages: one short line in private, silence in a group.
+                if request.is_private or request.answered_privately:
+                    return self.book.phrase("denied", language)
+                return None
         admin = self._is_admin(request.conversation.platform, request.user_id, request.is_admin)
         if (
             request.name in ADMIN_COMMANDS_IN_GROUPS

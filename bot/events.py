@@ -83,6 +83,8 @@ class CommandRequest:
     # As on InboundMessage: what access lists check on Discord; empty elsewhere.
     roles: tuple[str, ...] = ()
     guild_id: str | None = None
+    # Only the asker sees the answer, even in a group (a Discord slash command's).
+    answered_privately: bool = False
 
 
 class ReplyKind(StrEnum):

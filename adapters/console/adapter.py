@@ -119,7 +119,8 @@ class ConsoleAdapter:
                     self.key, command, self.user, self.user, is_private=True, is_admin=True
                 )
             )
-            self._print(f"bot> {answer}")
+            if answer is not None:
+                self._print(f"bot> {answer}")
             return
         await self.core.submit(
             InboundMessage(

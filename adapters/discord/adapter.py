@@ -283,6 +283,8 @@ class DiscordAdapter:
                 event.message_id,
             )
             return
+        if text is None:
+            return
         self._spawn_command(
             self._post_typed_answer(event, text), name=f"discord-command-{event.message_id}"
         )
@@ -324,6 +326,12 @@ class DiscordAdapter:
             # Deferred, the interaction shows "thinking…" until a followup comes, for up
             # to 15 minutes: the person had better hear that it failed.
             log.exception("could not carry out /%s (slash command %s)", name.value, interaction.id)
+            text = COMMAND_FAILED
+        if text is None:
+            # The core answers every command only its asker sees (answered_privately).
+            log.error(
+                "/%s got no answer from the core (slash command %s)", name.value, interaction.id
+            )
             text = COMMAND_FAILED
         if self._client.is_closed():
             log.warning("could not answer /%s: the Discord client is closed", name.value)

@@ -211,4 +211,5 @@ def command_from_interaction(
         is_admin=_is_admin(interaction.user),
         roles=_roles(interaction.user),
         guild_id=None if interaction.guild_id is None else str(interaction.guild_id),
+        answered_privately=True,  # ephemeral
     )

@@ -226,6 +226,8 @@ class TelegramAdapter:
     async def _answer_command(self, command: Command) -> None:
         request = command.request
         answer = await self._core.command(request)
+        if answer is None:
+            return
         try:
             await self._delivery.post(request.conversation, answer, str(command.message_id))
         except DeliveryError as error:

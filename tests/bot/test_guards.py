@@ -194,32 +194,40 @@ async def test_reset_in_a_group_is_for_admins_once_admins_are_set(
 async def test_commands_pass_the_same_access_lists_as_messages(
     make_core: CoreFactory, fake_openai: FakeOpenAI
 ) -> None:
+    """Refused as messages are: silence in a group, one short line where only the asker
+    sees it (a private chat, a Discord slash command's ephemeral answer)."""
     fake_openai.script_tool_calls([("get_current_time", {})])
     settings = {"blocked_users": ["u9"], "allowed_guilds": ["g-ok"], "admin_users": ["boss"]}
     async with make_core(**settings) as (runtime, chat):
         await chat.say("Dame la hora", chat="g", private=False, user="boss")  # a tool runs
         await chat.wait_for(1)
 
-        async def command(name: CommandName, user: str, guild: str | None) -> str:
-            request = CommandRequest(chat.key("g"), name, user, user, False, guild_id=guild)
+        async def command(
+            name: CommandName, user: str, guild: str | None, *, privately: bool = False
+        ) -> str | None:
+            request = CommandRequest(
+                chat.key("g"), name, user, user, False, guild_id=guild, answered_privately=privately
+            )
             return await runtime.engine.command(request)
 
         denied = {text for locale in load_locales().values() for text in locale.phrases["denied"]}
-        assert await command(CommandName.CANCEL, "u9", "g-ok") in denied  # blocked
-        assert await command(CommandName.RESET, "u2", "g-other") in denied  # server not allowed
-        assert await command(CommandName.CANCEL, "u2", "g-other") in denied
+        assert await command(CommandName.CANCEL, "u9", "g-ok") is None  # blocked
+        assert await command(CommandName.RESET, "u2", "g-other") is None  # server not allowed
+        assert await command(CommandName.CANCEL, "u2", "g-other", privately=True) in denied
         assert await runtime.engine.store.open_tool_calls(1)  # nothing was cancelled
-        assert await command(CommandName.STATUS, "boss", "g-other") not in denied
-        assert await command(CommandName.CANCEL, "u2", "g-ok") not in denied
+        assert await command(CommandName.STATUS, "boss", "g-other") not in (None, *denied)
+        assert await command(CommandName.CANCEL, "u2", "g-ok") not in (None, *denied)
+        in_private = CommandRequest(chat.key("u9"), CommandName.STATUS, "u9", "u9", True)
+        assert await runtime.engine.command(in_private) in denied
         # A server manager is no ADMIN_USERS; the console's operator, in private, is.
         manager = CommandRequest(
             chat.key("g"), CommandName.STATUS, "u9", "u9", False, is_admin=True, guild_id="g-ok"
         )
-        assert await runtime.engine.command(manager) in denied
+        assert await runtime.engine.command(manager) is None
         operator = CommandRequest(
             chat.key("console"), CommandName.STATUS, "u9", "u9", True, is_admin=True
         )
-        assert await runtime.engine.command(operator) not in denied
+        assert await runtime.engine.command(operator) not in (None, *denied)
 
 
 async def test_long_message_is_cut_with_a_note(

@@ -211,6 +211,7 @@ async def test_typed_commands_go_to_the_core_and_are_answered_in_reply(
     assert (core.commands[0].guild_id, core.commands[0].roles) == (None, ())
     assert core.commands[1].guild_id == fake.guild_id
     assert core.commands[1].roles == (fake.mod_role_id,)
+    assert not any(c.answered_privately for c in core.commands)  # posted in the chat
     assert [m.text for m in core.submitted] == ["/cancel"]
     [answer] = fake.posted_messages(fake.general_id)
     assert answer["content"] == "reset answered"
@@ -367,6 +368,7 @@ async def test_slash_commands_are_synced_deferred_and_answered_ephemerally(
         (CommandName.CANCEL, fake.guild_id),
         (CommandName.STATUS, None),
     }
+    assert all(c.answered_privately for c in core.commands)  # ephemeral answers
     deferred = [c for c in fake.interaction_callbacks if not c.get("followup")]
     answers = [c for c in fake.interaction_callbacks if c.get("followup")]
     assert [(c["type"], c["data"]["flags"] & EPHEMERAL) for c in deferred] == [(5, EPHEMERAL)] * 2
