@@ -83,6 +83,29 @@ def test_db_upgrade_then_current(tmp_path: Path) -> None:
     assert stillhere("nonsense").returncode == 2
 
 
+def test_alembic_narrates_nothing_and_each_migration_is_one_line(tmp_path: Path) -> None:
+    log_file = tmp_path / "bot.log"
+    env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db")  # LOG_LEVEL=INFO
+    run = run_bot(tmp_path, env | {"LOG_FILE": str(log_file)}, stdin="hello\n")
+    assert run.returncode == 0, run.stderr
+    logged = log_file.read_text(encoding="utf-8")
+    # Alembic imported after logging is set up used to add seven "setup plugin" lines and
+    # two about its SQLite dialect to every run, `db` and `admin` command.
+    assert "alembic" not in logged, logged
+    assert "database schema migrated: empty -> 0001" in logged, logged
+    for command in (["db", "upgrade"], ["admin", "sessions"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "bot.cli", *command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "alembic" not in done.stderr, (command, done.stderr)
+
+
 async def test_a_rejected_telegram_token_is_one_line_without_the_token(tmp_path: Path) -> None:
     token = "42:WrongTokenWrongTokenWrongToken"
     async with FakeTelegram() as tg:
