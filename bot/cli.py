@@ -78,10 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command == "run"
         and not settings.log_file
         and settings.enabled_platforms() == ["console"]
-        and sys.stdin.isatty()
         and logging.getLevelName(level) < logging.WARNING
     ):
-        # A person is chatting in this terminal: event lines would bury the conversation.
+        # The replies are on stdout, and stderr is nearly always the same terminal, whether
+        # a person types or a script is piped in: event lines would bury the conversation.
+        # LOG_FILE keeps them all.
         level = "WARNING"
     logs.configure(level, settings.secrets(), file=settings.log_file)
     try:
