@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import Any
 
+from alembic.runtime.migration import MigrationInfo
 from sqlalchemy.engine import Connection
 
 from alembic import context
@@ -12,6 +15,15 @@ from storage.models import Base
 
 config = context.config
 target_metadata = Base.metadata
+log = logging.getLogger("storage.migrate")
+
+
+def _applied(*, step: MigrationInfo, **_: Any) -> None:
+    """One line per migration applied: bot.logs silences alembic's own INFO lines, which
+    are mostly noise, and this is the one of them an operator wants after a deploy."""
+    before = ", ".join(step.source_revision_ids) or "empty"
+    after = ", ".join(step.destination_revision_ids) or "empty"
+    log.info("database schema migrated: %s -> %s", before, after)
 
 
 def _run(connection: Connection) -> None:
@@ -20,6 +32,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=True,
         compare_type=True,
+        on_version_apply=_applied,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,6 +1,7 @@
 """The `stillhere` command: run the bot, manage the database, run the offline model, admin.
 
-Exit codes: 0 ok, 1 problems found (admin), 2 usage or configuration error.
+Exit codes: 0 ok, 1 problems found (admin), 2 usage or configuration error, or a platform
+that cannot be reached or refuses the bot at start.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from bot import logs
-from bot.settings import Settings, SettingsError, check_startup, load_settings
+from bot.settings import Settings, StartupError, check_startup, load_settings
+
+# Not __name__: run as `python -m bot.cli` this module is __main__.
+log = logging.getLogger("bot.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         if args.command == "run":
             check_startup(settings)
-    except SettingsError as exc:
+    except StartupError as exc:
         print(f"stillhere: {exc}", file=sys.stderr)
         return 2
     level = settings.log_level
@@ -74,10 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command == "run"
         and not settings.log_file
         and settings.enabled_platforms() == ["console"]
-        and sys.stdin.isatty()
         and logging.getLevelName(level) < logging.WARNING
     ):
-        # A person is chatting in this terminal: event lines would bury the conversation.
+        # The replies are on stdout, and stderr is nearly always the same terminal, whether
+        # a person types or a script is piped in: event lines would bury the conversation.
+        # LOG_FILE keeps them all.
         level = "WARNING"
     logs.configure(level, settings.secrets(), file=settings.log_file)
     try:
@@ -95,9 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_admin(args, settings))
     except KeyboardInterrupt:
         return 0
-    except SettingsError as exc:
-        print(f"stillhere: {exc}", file=sys.stderr)
-        return 2
+    except StartupError as exc:
+        return _cannot_start(exc, settings)
+
+
+def _cannot_start(error: StartupError, settings: Settings) -> int:
+    """One line on stderr, what an operator acts on; the traceback only in LOG_FILE, since
+    on stderr it would bury that line (and the log masks the secrets it may quote)."""
+    line = logs.SecretMask(settings.secrets()).mask(str(error))
+    if settings.log_file:
+        log.error("cannot go on: %s", line, exc_info=error)
+    print(f"stillhere: {line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ NOISY_LOGGERS = (
     "aiosqlite",
     "openai",
     "aiohttp.access",
+    # Lines about its own plugins and dialect on every command; alembic/env.py logs the
+    # migrations it applies itself.
+    "alembic",
 )
 
 

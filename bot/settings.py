@@ -329,7 +329,13 @@ class Settings(BaseSettings):
         return [v.get_secret_value() for v in values if v is not None]
 
 
-class SettingsError(Exception):
+class StartupError(Exception):
+    """The bot cannot start (a wrong setting, a platform unreachable or refusing the bot),
+    worded as one line an operator can act on, without secrets: `stillhere` prints it
+    alone and exits 2."""
+
+
+class SettingsError(StartupError):
     """A wrong setting, worded as one line that names it."""
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import aiohttp
 import discord
 
+from bot.settings import StartupError
 
-class DiscordStartError(RuntimeError):
+
+class DiscordStartError(StartupError):
     """The bot could not log in to Discord or connect to its gateway."""
 
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from telegram import BotCommand, BotCommandScopeAllGroupChats, Update
 from telegram.constants import ChatAction
-from telegram.error import InvalidToken, TelegramError
+from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.telegram.convert import (
@@ -24,7 +24,7 @@ from adapters.telegram.processor import PerChatUpdateProcessor
 from adapters.telegram.transport import ChatActionExemptRateLimiter, UpdateGuardRequest
 from bot.core_api import ChatCore
 from bot.events import ConversationKey, DeliveryError, OutgoingMessage
-from bot.settings import Settings, SettingsError, check_telegram_webhook
+from bot.settings import Settings, SettingsError, StartupError, check_telegram_webhook
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,17 @@ class TelegramAdapter:
             # python-telegram-bot's message quotes the token: say why without it, and
             # `from None` keeps the chained original out of the printed traceback.
             raise SettingsError(self._rejected(error)) from None
+        except TelegramError as error:
+            await self.stop()
+            # Kept chained: the log file gets the whole story (the log masks the token).
+            raise StartupError(self._failed(error)) from error
+        except OSError as error:
+            await self.stop()
+            # The webhook server's port taken or its address not ours: the Bot API's own
+            # errors reach us as TelegramErrors, so a bare OSError is not about it.
+            if not self._settings.telegram_webhook_url:
+                raise
+            raise StartupError(self._unlistenable(error)) from error
         except BaseException:
             await self.stop()
             raise
@@ -147,12 +158,33 @@ class TelegramAdapter:
 
     def _rejected(self, error: InvalidToken) -> str:
         cause = error.__cause__ if isinstance(error.__cause__, TelegramError) else error
-        token = self._settings.telegram_bot_token
-        reason = cause.message.replace(token.get_secret_value(), "***") if token else cause.message
+        reason = self._masked(cause.message)
         return (
             f"setting TELEGRAM_BOT_TOKEN: the Bot API at {self._settings.telegram_base_url} "
             f"rejected it ({reason}); copy the token from @BotFather again, and check "
             "TELEGRAM_BASE_URL if you changed it"
+        )
+
+    def _masked(self, text: str) -> str:
+        token = self._settings.telegram_bot_token
+        return text.replace(token.get_secret_value(), "***") if token else text
+
+    def _failed(self, error: TelegramError) -> str:
+        url = self._settings.telegram_base_url
+        reason = self._masked(error.message)
+        # BadRequest is a NetworkError to python-telegram-bot, but the API did answer.
+        if isinstance(error, NetworkError) and not isinstance(error, BadRequest):
+            return (
+                f"could not reach the Telegram Bot API at {url} ({reason}); check the "
+                "network, and TELEGRAM_BASE_URL if you changed it"
+            )
+        return f"the Telegram Bot API at {url} refused to start the bot ({reason})"
+
+    def _unlistenable(self, error: OSError) -> str:
+        where = f"{self._settings.telegram_webhook_listen}:{self._settings.telegram_webhook_port}"
+        return (
+            f"could not listen for Telegram's webhook calls on {where} ({error}); check "
+            "TELEGRAM_WEBHOOK_LISTEN and TELEGRAM_WEBHOOK_PORT"
         )
 
     async def _start_updates(self) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
+import pytest
 
 from bot.offline import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
@@ -80,6 +83,29 @@ def test_db_upgrade_then_current(tmp_path: Path) -> None:
     assert stillhere("nonsense").returncode == 2
 
 
+def test_alembic_narrates_nothing_and_each_migration_is_one_line(tmp_path: Path) -> None:
+    log_file = tmp_path / "bot.log"
+    env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db")  # LOG_LEVEL=INFO
+    run = run_bot(tmp_path, env | {"LOG_FILE": str(log_file)}, stdin="hello\n")
+    assert run.returncode == 0, run.stderr
+    logged = log_file.read_text(encoding="utf-8")
+    # Alembic imported after logging is set up used to add seven "setup plugin" lines and
+    # two about its SQLite dialect to every run, `db` and `admin` command.
+    assert "alembic" not in logged, logged
+    assert "database schema migrated: empty -> 0001" in logged, logged
+    for command in (["db", "upgrade"], ["admin", "sessions"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "bot.cli", *command],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "alembic" not in done.stderr, (command, done.stderr)
+
+
 async def test_a_rejected_telegram_token_is_one_line_without_the_token(tmp_path: Path) -> None:
     token = "42:WrongTokenWrongTokenWrongToken"
     async with FakeTelegram() as tg:
@@ -108,6 +134,72 @@ async def test_a_rejected_telegram_token_is_one_line_without_the_token(tmp_path:
     assert "Traceback" not in stderr
     [line] = [line for line in stderr.splitlines() if line.startswith("stillhere: ")]
     assert line.startswith("stillhere: setting TELEGRAM_BOT_TOKEN:")
+
+
+@contextlib.contextmanager
+def _refusing_port() -> Iterator[int]:
+    """A local port held bound but not listening: every connection to it is refused."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+TELEGRAM_TOKEN = "42:" + "T" * 35
+DISCORD_TOKEN = "MTk4NjIy.fake." + "D" * 30
+
+
+def _platform_environment(platform: str, database_url: str, port: int) -> dict[str, str]:
+    closed = f"127.0.0.1:{port}"
+    if platform == "telegram":
+        extra = {"TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN, "TELEGRAM_BASE_URL": f"http://{closed}/bot"}
+    else:
+        extra = {
+            "DISCORD_BOT_TOKEN": DISCORD_TOKEN,
+            "DISCORD_API_BASE_URL": f"http://{closed}/api/v10",
+            "DISCORD_GATEWAY_URL": f"ws://{closed}/",
+        }
+    # The start's INFO lines, and discord.py's warnings that voice is not installed (on
+    # every start), are not what these tests are about; errors and tracebacks are.
+    return bot_environment(database_url, OFFLINE_MODEL="true", LOG_LEVEL="ERROR", **extra)
+
+
+@pytest.mark.parametrize(
+    ("platform", "reason"),
+    [
+        ("telegram", "could not reach the Telegram Bot API at http://127.0.0.1:{port}/bot"),
+        ("discord", "could not connect to Discord: "),
+    ],
+    ids=["telegram", "discord"],
+)
+def test_an_unreachable_platform_is_one_line_without_the_token_and_exit_2(
+    tmp_path: Path, platform: str, reason: str
+) -> None:
+    with _refusing_port() as port:
+        env = _platform_environment(platform, f"sqlite+aiosqlite:///{tmp_path}/bot.db", port)
+        run = run_bot(tmp_path, env)
+    assert run.returncode == 2, run.stderr
+    [line] = run.stderr.splitlines()
+    assert line.startswith(f"stillhere: {reason.format(port=port)}"), line
+    assert TELEGRAM_TOKEN not in run.stdout + run.stderr
+    assert DISCORD_TOKEN not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("platform", ["telegram", "discord"])
+def test_an_unreachable_platform_leaves_its_detail_in_the_log_file(
+    tmp_path: Path, platform: str
+) -> None:
+    log_file = tmp_path / "logs" / "bot.log"
+    with _refusing_port() as port:
+        env = _platform_environment(platform, f"sqlite+aiosqlite:///{tmp_path}/bot.db", port)
+        env["LOG_FILE"] = str(log_file)
+        run = run_bot(tmp_path, env)
+    assert run.returncode == 2, run.stderr
+    [line] = run.stderr.splitlines()
+    logged = log_file.read_text(encoding="utf-8")
+    # The line the operator saw, then the traceback down to the connection error itself.
+    assert line.removeprefix("stillhere: ") in logged
+    assert "Traceback" in logged and "Connect" in logged
+    assert TELEGRAM_TOKEN not in logged and DISCORD_TOKEN not in logged
 
 
 def test_run_with_a_database_url_of_a_sync_driver_is_one_line_and_exit_2(tmp_path: Path) -> None:

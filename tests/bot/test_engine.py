@@ -145,6 +145,29 @@ async def test_a_message_that_tells_no_language_keeps_the_conversations(
     assert (after_ok, after_english) == ("es", "en")
 
 
+async def test_an_english_request_after_a_spanish_greeting_turns_the_conversation_english(
+    make_core: CoreFactory,
+) -> None:
+    """The demo's own walk-through: "hola", then "wait 600 seconds". The request tells
+    English, so its "working on it" notice and the instant reply to an "Ok" that tells no
+    language are in English, not in the greeting's Spanish."""
+    async with make_core() as (runtime, chat):
+        await chat.say("hola")
+        await chat.wait_for(1)
+        await chat.say("wait 600 seconds")
+        await chat.wait_for(2)
+        await chat.say("Ok")
+        sent = await chat.wait_for(3)
+        language = (await runtime.engine.store.get_session(1)).language
+        await chat.command(CommandName.CANCEL)
+        await runtime.engine.wait_idle()
+    assert kinds(sent) == [ReplyKind.ANSWER, ReplyKind.WORKING, ReplyKind.INTERIM]
+    assert detect_language(sent[0].message.text, default="neither") == "es"
+    assert detect_language(sent[1].message.text, default="neither") == "en"
+    assert detect_language(sent[2].message.text, default="neither") == "en"
+    assert language == "en"
+
+
 async def test_messages_during_llm_call_become_one_follow_up_turn(
     make_core: CoreFactory, fake_openai: FakeOpenAI
 ) -> None:

@@ -52,6 +52,29 @@ def test_console_commands(tmp_path: Path) -> None:
     assert "hello" in replies[4]
 
 
+def test_a_piped_console_chat_logs_warnings_only_to_stderr(tmp_path: Path) -> None:
+    # The README: a console chat shows warnings only. A script piped in is still a console
+    # chat, its stderr usually the same terminal, so it gets the same quiet stderr.
+    env = bot_environment(
+        f"sqlite+aiosqlite:///{tmp_path}/bot.db",  # LOG_LEVEL=INFO
+        OFFLINE_MODEL="true",
+        OPENAI_BASE_URL="http://127.0.0.1:9/v1",  # unused, and a warning says so
+    )
+    result = run_bot(tmp_path, env, "hello\n")
+    assert result.returncode == 0, result.stderr
+    assert "hello" in _replies(result.stdout)[-1]
+    [warning] = result.stderr.splitlines()
+    assert " WARNING bot.runtime: OFFLINE_MODEL=true: OPENAI_BASE_URL is not used" in warning
+
+
+def test_a_console_chat_logging_to_dev_stderr_shows_every_line(tmp_path: Path) -> None:
+    # The README's way to watch a console chat's events in the terminal.
+    env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db", LOG_FILE="/dev/stderr")
+    result = run_bot(tmp_path, env, "hello\n")
+    assert result.returncode == 0, result.stderr
+    assert " INFO bot.session: turn answered session=session-1 turn=1" in result.stderr
+
+
 def test_platform_token_without_key_is_a_clear_start_error(tmp_path: Path) -> None:
     env = bot_environment(
         f"sqlite+aiosqlite:///{tmp_path}/bot.db", TELEGRAM_BOT_TOKEN="123456:" + "A" * 35

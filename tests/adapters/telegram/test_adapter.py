@@ -23,7 +23,7 @@ from bot.events import (
     ReplyKind,
     ReplySink,
 )
-from bot.settings import Settings, SettingsError
+from bot.settings import Settings, SettingsError, StartupError
 from tests.fakes.telegram_api import FakeTelegram, TgUser
 
 ANA = TgUser(1001, "Ana", "Pérez", username="ana")
@@ -433,6 +433,52 @@ async def test_rejected_token_fails_start_in_one_line_without_the_token(
     printed = "".join(traceback.format_exception(caught.value))
     assert token not in printed
     assert tg.calls_to("getUpdates") == []
+
+
+async def test_an_unreachable_bot_api_fails_start_in_one_line_without_the_token(
+    core: RecordingCore,
+) -> None:
+    with socket.socket() as refusing:  # bound, not listening: connections are refused
+        refusing.bind(("127.0.0.1", 0))
+        base_url = f"http://127.0.0.1:{refusing.getsockname()[1]}/bot"
+        settings = Settings(
+            _env_file=None, telegram_bot_token=WRONG_TOKEN, telegram_base_url=base_url
+        )
+        adapter = TelegramAdapter(settings, core)
+        with pytest.raises(StartupError) as caught:
+            await adapter.start()
+    await adapter.stop()
+    message = str(caught.value)
+    # Not a SettingsError: the token may be right, the network is what failed.
+    assert not isinstance(caught.value, SettingsError)
+    assert message.startswith(f"could not reach the Telegram Bot API at {base_url} (")
+    assert "TELEGRAM_BASE_URL" in message and "\n" not in message
+    assert WRONG_TOKEN not in message
+
+
+async def test_a_webhook_port_in_use_fails_start_in_one_line(
+    tg: FakeTelegram, core: RecordingCore
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = settings_for(
+            tg,
+            telegram_webhook_url=f"https://bot.example.org:{port}/tg-hook",
+            telegram_webhook_listen="127.0.0.1",
+            telegram_webhook_port=port,
+            telegram_webhook_secret="s3cret-Token",
+        )
+        adapter = TelegramAdapter(settings, core)
+        with pytest.raises(StartupError) as caught:
+            await adapter.start()
+    await adapter.stop()
+    message = str(caught.value)
+    assert message.startswith(
+        f"could not listen for Telegram's webhook calls on 127.0.0.1:{port} ("
+    )
+    assert "TELEGRAM_WEBHOOK_PORT" in message and "\n" not in message
 
 
 async def test_api_dying_mid_send_is_a_temporary_delivery_error(

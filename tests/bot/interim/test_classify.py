@@ -163,6 +163,11 @@ def test_huge_input_is_classified_from_its_start() -> None:
         ("What time is it?", "en"),
         ("thanks a lot", "en"),
         ("is it going to rain", "en"),
+        # The offline demo's own suggestions, which once told no language at all.
+        ("wait 600 seconds", "en"),
+        ("wait 10 seconds", "en"),
+        ("wait 5 minutes", "en"),
+        ("espera 10 segundos", "es"),
     ],
 )
 def test_detect_language(text: str, language: str) -> None:
