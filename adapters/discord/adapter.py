@@ -38,6 +38,11 @@ from bot.settings import GroupMode, Settings
 
 log = logging.getLogger(__name__)
 
+# The bot never joins voice: without this, every start warns twice that voice support
+# (PyNaCl, davey) is not installed.
+discord.VoiceClient.warn_nacl = False
+discord.VoiceClient.warn_dave = False
+
 # message_content is privileged: without it Discord sends servers' messages with empty text.
 INTENTS = discord.Intents(guilds=True, guild_messages=True, dm_messages=True, message_content=True)
 # What a call to Discord raises when it does not go through.

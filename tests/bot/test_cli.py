@@ -158,8 +158,7 @@ def _platform_environment(platform: str, database_url: str, port: int) -> dict[s
             "DISCORD_API_BASE_URL": f"http://{closed}/api/v10",
             "DISCORD_GATEWAY_URL": f"ws://{closed}/",
         }
-    # The start's INFO lines, and discord.py's warnings that voice is not installed (on
-    # every start), are not what these tests are about; errors and tracebacks are.
+    # The start's INFO lines are not what these tests are about; errors and tracebacks are.
     return bot_environment(database_url, OFFLINE_MODEL="true", LOG_LEVEL="ERROR", **extra)
 
 
