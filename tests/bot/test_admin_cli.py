@@ -8,7 +8,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.storage.test_admin import (
     stuck_tool_session,
     wait_rows,
 )
+from tests.support.process import spawn_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBPROCESS_TIMEOUT = 30.0
@@ -481,17 +481,7 @@ def _env(database_url: str) -> dict[str, str]:
 
 
 async def _cli(env: dict[str, str], cwd: Path, *argv: str) -> Run:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        *argv,
-        env=env,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await spawn_cli(cwd, env, *argv)
     try:
         out, err = await asyncio.wait_for(process.communicate(), SUBPROCESS_TIMEOUT)
     finally:
@@ -517,15 +507,11 @@ async def test_validate_as_a_subprocess_exits_1_on_a_corrupted_history(
 
 @contextlib.asynccontextmanager
 async def _bot(env: dict[str, str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
+    process = await spawn_cli(
+        cwd,
+        env,
         "run",
-        env=env,
-        cwd=cwd,
         stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,  # its log lines too, to see why if it fails
     )
     try:

@@ -15,7 +15,7 @@ import pytest
 
 from bot.offline import FakeOpenAI
 from tests.fakes.telegram_api import FakeTelegram
-from tests.support.process import ROOT, bot_environment, read_until, run_bot
+from tests.support.process import ROOT, bot_environment, read_until, run_bot, spawn_cli
 
 
 def _free_port() -> int:
@@ -61,26 +61,27 @@ def test_fake_openai_command_serves_the_offline_model() -> None:
     assert [c.function.name for c in calls] == ["get_current_time"]
 
 
+def _stillhere(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`stillhere <args>` run to its end in `cwd`, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_db_upgrade_then_current(tmp_path: Path) -> None:
     env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/db/bot.db")
-
-    def stillhere(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "bot.cli", *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    before = stillhere("db", "current")
+    before = _stillhere(tmp_path, env, "db", "current")
     assert before.returncode == 1 and "current: empty" in before.stdout
-    upgrade = stillhere("db", "upgrade")
+    upgrade = _stillhere(tmp_path, env, "db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
-    after = stillhere("db", "current")
+    after = _stillhere(tmp_path, env, "db", "current")
     assert after.returncode == 0 and "(head: " in after.stdout
-    assert stillhere("nonsense").returncode == 2
+    assert _stillhere(tmp_path, env, "nonsense").returncode == 2
 
 
 def test_alembic_narrates_nothing_and_each_migration_is_one_line(tmp_path: Path) -> None:
@@ -94,14 +95,7 @@ def test_alembic_narrates_nothing_and_each_migration_is_one_line(tmp_path: Path)
     assert "alembic" not in logged, logged
     assert "database schema migrated: empty -> 0001" in logged, logged
     for command in (["db", "upgrade"], ["admin", "sessions"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "bot.cli", *command],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = _stillhere(tmp_path, env, *command)
         assert done.returncode == 0, done.stderr
         assert "alembic" not in done.stderr, (command, done.stderr)
 
@@ -116,17 +110,7 @@ async def test_a_rejected_telegram_token_is_one_line_without_the_token(tmp_path:
             OFFLINE_MODEL="true",
         )
         # The fake answers in this event loop, so the child runs without blocking it.
-        child = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bot.cli",
-            "run",
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        child = await spawn_cli(tmp_path, env, "run")
         out, err = await asyncio.wait_for(child.communicate(), 60)
     stdout, stderr = out.decode(), err.decode()
     assert child.returncode == 2, stderr
@@ -226,17 +210,7 @@ async def test_run_with_a_base_url_and_no_key_talks_to_that_server(
     env = bot_environment(
         f"sqlite+aiosqlite:///{tmp_path}/bot.db", OPENAI_BASE_URL=fake_openai.base_url
     )
-    bot = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "run",
-        cwd=tmp_path,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    bot = await spawn_cli(tmp_path, env, "run", stdin=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(bot.communicate(b"hello there\n"), timeout=60)
     assert bot.returncode == 0, err.decode()
     assert len(fake_openai.requests) == 1

@@ -51,6 +51,31 @@ class MarkFailsOnce(SqlStore):
         await super().mark_delivered(outbox_id, platform_message_id)
 
 
+@asynccontextmanager
+async def courier_failing_once_to_record(
+    database_url: str,
+) -> AsyncIterator[tuple[SqlStore, MarkFailsOnce, Courier, MemoryAdapter]]:
+    """worker_one's store and sink, with a courier over a MarkFailsOnce view of the store."""
+    async with worker_one(database_url) as (store, _, sink):
+        flaky = MarkFailsOnce(store.engine)
+        courier = Courier(flaky, "one")
+        courier.attach(sink)
+        try:
+            yield store, flaky, courier, sink
+        finally:
+            await courier.stop()
+
+
+async def send_the_reply(store: SqlStore, courier: Courier, sink: MemoryAdapter) -> int:
+    """Records "the reply" for message 1 and kicks `courier` until it has sent it."""
+    session_id = await store.record_notice(message(1), "the reply")
+    assert session_id is not None
+    courier.kick(session_id)
+    await sink.wait_for(1)
+    await drained(courier)
+    return session_id
+
+
 async def delivered(store: SqlStore) -> list[tuple[str, bool]]:
     async with store.engine.connect() as conn:
         rows = await conn.execute(
@@ -129,42 +154,25 @@ async def test_a_reply_written_before_the_drain_of_a_hand_over_starts_goes_out(
 async def test_a_reply_whose_delivery_could_not_be_recorded_is_recorded_not_sent_again(
     database_url: str,
 ) -> None:
-    async with worker_one(database_url) as (store, _, sink):
-        flaky = MarkFailsOnce(store.engine)
-        courier = Courier(flaky, "one")
-        courier.attach(sink)
-        try:
-            session_id = await store.record_notice(message(1), "the reply")
-            assert session_id is not None
-            courier.kick(session_id)
-            await sink.wait_for(1)
-            await drained(courier)
-            assert flaky.failed
-            assert await delivered(store) == [("the reply", False)]
-            # The next sweep finds the row still undelivered and claimed by this worker.
-            courier.kick(session_id)
-            await drained(courier)
-            assert await delivered(store) == [("the reply", True)]
-            courier.kick(session_id)
-            await drained(courier)
-            assert [s.message.text for s in sink.sent] == ["the reply"]
-        finally:
-            await courier.stop()
+    async with courier_failing_once_to_record(database_url) as (store, flaky, courier, sink):
+        session_id = await send_the_reply(store, courier, sink)
+        assert flaky.failed
+        assert await delivered(store) == [("the reply", False)]
+        # The next sweep finds the row still undelivered and claimed by this worker.
+        courier.kick(session_id)
+        await drained(courier)
+        assert await delivered(store) == [("the reply", True)]
+        courier.kick(session_id)
+        await drained(courier)
+        assert [s.message.text for s in sink.sent] == ["the reply"]
 
 
 async def test_a_reply_sent_but_not_recorded_is_recorded_when_the_courier_stops(
     database_url: str,
 ) -> None:
     """A restart would post it again: stopping is the last chance to record it."""
-    async with worker_one(database_url) as (store, _, sink):
-        flaky = MarkFailsOnce(store.engine)
-        courier = Courier(flaky, "one")
-        courier.attach(sink)
-        session_id = await store.record_notice(message(1), "the reply")
-        assert session_id is not None
-        courier.kick(session_id)
-        await sink.wait_for(1)
-        await drained(courier)
+    async with courier_failing_once_to_record(database_url) as (store, _, courier, sink):
+        await send_the_reply(store, courier, sink)
         await courier.stop()
         assert await delivered(store) == [("the reply", True)]
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
+from adapters.memory import MemoryAdapter, Sent
 from bot.core_api import SubmitOutcome
 from bot.events import CommandName, DeliveryError, ReplyKind
 from bot.history import validate
@@ -34,6 +35,15 @@ def chat_requests(fake: FakeOpenAI) -> list[dict[str, Any]]:
 
 def kinds(sent: list[Any]) -> list[ReplyKind]:
     return [s.message.kind for s in sent]
+
+
+async def say_in_turn(chat: MemoryAdapter, *texts: str) -> list[Sent]:
+    """Says each text in turn, waiting after each for one more reply; returns all sent by then."""
+    first = len(chat.sent)
+    for number, text in enumerate(texts, start=1):
+        await chat.say(text)
+        await chat.wait_for(first + number)
+    return list(chat.sent)
 
 
 async def rows(runtime: Any, model: Any, **where: Any) -> list[Any]:
@@ -80,10 +90,7 @@ async def test_scenario_2_greeting_and_question_get_different_replies(
 ) -> None:
     monkeypatch.setattr(slow_tools, "DELAY", 0.8)
     async with make_core() as (runtime, chat):
-        await chat.say("Dame la hora actual")
-        await chat.wait_for(1)
-        await chat.say("Hola")
-        await chat.wait_for(2)
+        await say_in_turn(chat, "Dame la hora actual", "Hola")
         await chat.say("¿Cómo estás?")
         sent = await chat.wait_for(4)
         await runtime.engine.wait_idle()
@@ -130,10 +137,7 @@ async def test_a_message_that_tells_no_language_keeps_the_conversations(
     Spanish: only a message that tells its language changes it."""
     monkeypatch.setattr(slow_tools, "DELAY", 1.0)
     async with make_core() as (runtime, chat):
-        await chat.say("Dame la hora actual")
-        await chat.wait_for(1)
-        await chat.say("Ok")
-        sent = await chat.wait_for(2)
+        sent = await say_in_turn(chat, "Dame la hora actual", "Ok")
         after_ok = (await runtime.engine.store.get_session(1)).language
         await chat.say("thanks, are you still there?")
         await chat.wait_for(3)
@@ -152,12 +156,7 @@ async def test_an_english_request_after_a_spanish_greeting_turns_the_conversatio
     English, so its "working on it" notice and the instant reply to an "Ok" that tells no
     language are in English, not in the greeting's Spanish."""
     async with make_core() as (runtime, chat):
-        await chat.say("hola")
-        await chat.wait_for(1)
-        await chat.say("wait 600 seconds")
-        await chat.wait_for(2)
-        await chat.say("Ok")
-        sent = await chat.wait_for(3)
+        sent = await say_in_turn(chat, "hola", "wait 600 seconds", "Ok")
         language = (await runtime.engine.store.get_session(1)).language
         await chat.command(CommandName.CANCEL)
         await runtime.engine.wait_idle()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from bot.prompt import to_openai
 from storage.database import create_engine
 from storage.repository import SqlStore
 from tests.fakes.telegram_api import FakeTelegram, TgUser
-from tests.support.process import bot_environment, read_until, run_bot, start_bot
+from tests.support.process import bot_environment, read_until, run_bot, spawn_cli, start_bot
 
 ANA = TgUser(1001, "Ana")
 
@@ -81,17 +80,7 @@ def test_sigkill_while_a_tool_runs_then_restart(tmp_path: Path) -> None:
 
 
 async def _start_telegram_bot(cwd: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bot.cli",
-        "run",
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    return await spawn_cli(cwd, env, "run", stdout=asyncio.subprocess.DEVNULL)
 
 
 async def test_sigkill_between_reply_stored_and_delivered_then_restart(tmp_path: Path) -> None:

@@ -217,19 +217,29 @@ async def test_an_answer_recorded_while_a_message_is_taken_in_sees_it_queued(
     assert end.queued
 
 
-async def test_on_sqlite_taking_queued_messages_reads_them_under_the_write_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Another process (`admin repair`) must not change the session between the state
-    read here and the turn started from it."""
-    path = tmp_path / "bot.db"
+@asynccontextmanager
+async def sqlite_file_store_with_a_turn(path: Path) -> AsyncIterator[tuple[SqlStore, Intake]]:
+    """A migrated SQLite file at `path`, worker "one"'s store on it, and a turn it started."""
     url = f"sqlite+aiosqlite:///{path}"
     await upgrade(url)
     engine = create_engine(url)
     try:
         store = SqlStore(engine, worker="one")
         started = await store.record_inbound(said("what time is it", "m1"), "en", reply_to_each)
-        assert started is not None and started.turn is not None
+        assert started is not None
+        yield store, started
+    finally:
+        await engine.dispose()
+
+
+async def test_on_sqlite_taking_queued_messages_reads_them_under_the_write_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process (`admin repair`) must not change the session between the state
+    read here and the turn started from it."""
+    path = tmp_path / "bot.db"
+    async with sqlite_file_store_with_a_turn(path) as (store, started):
+        assert started.turn is not None
         await store.record_inbound(said("and tomorrow?", "m2"), "en", reply_to_each)
         assert (await store.record_answer(started.info.id, "noon", Usage())).queued
         interleaved: list[bool] = []
@@ -250,8 +260,6 @@ async def test_on_sqlite_taking_queued_messages_reads_them_under_the_write_lock(
 
         monkeypatch.setattr(store, "_intake", intake)
         taken = await store.take_queued(started.info.id, reply_to_each)
-    finally:
-        await engine.dispose()
     assert taken.turn is not None
     assert interleaved == [False]
 
@@ -259,13 +267,7 @@ async def test_on_sqlite_taking_queued_messages_reads_them_under_the_write_lock(
 async def test_on_sqlite_reads_go_on_while_another_process_writes(tmp_path: Path) -> None:
     """What only reads takes no write lock: the admin CLI's repair does not stall them."""
     path = tmp_path / "bot.db"
-    url = f"sqlite+aiosqlite:///{path}"
-    await upgrade(url)
-    engine = create_engine(url)
-    try:
-        store = SqlStore(engine, worker="one")
-        started = await store.record_inbound(said("what time is it", "m1"), "en", reply_to_each)
-        assert started is not None
+    async with sqlite_file_store_with_a_turn(path) as (store, started):
         session_id = started.info.id
         midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         other = sqlite3.connect(path, timeout=0)
@@ -286,8 +288,6 @@ async def test_on_sqlite_reads_go_on_while_another_process_writes(tmp_path: Path
         finally:
             other.rollback()
             other.close()
-    finally:
-        await engine.dispose()
     assert reads[1] == session_id
     assert reads[5] == [session_id]  # its turn waits for the model
 

@@ -100,16 +100,23 @@ async def interaction_call(
         return response.status, await response.json()
 
 
-async def test_an_interaction_is_acknowledged_once_before_any_followup(
-    fake_discord: FakeDiscord, http: aiohttp.ClientSession
-) -> None:
-    fake = fake_discord
+async def status_interaction(
+    fake: FakeDiscord, http: aiohttp.ClientSession
+) -> tuple[dict[str, Any], str]:
+    """Syncs /status, opens Alice's /status interaction and returns it with its callback path."""
     async with http.put(
         f"applications/{fake.application_id}/commands", json=[{"name": "status"}]
     ) as synced:
         assert synced.status == 200
     interaction = fake.new_interaction("status", fake.general_id, fake.alice)
-    callback = f"interactions/{interaction['id']}/{interaction['token']}/callback"
+    return interaction, f"interactions/{interaction['id']}/{interaction['token']}/callback"
+
+
+async def test_an_interaction_is_acknowledged_once_before_any_followup(
+    fake_discord: FakeDiscord, http: aiohttp.ClientSession
+) -> None:
+    fake = fake_discord
+    interaction, callback = await status_interaction(fake, http)
     followup = f"webhooks/{fake.application_id}/{interaction['token']}?wait=true"
     deferred = {"type": 5, "data": {"flags": 64}}
 
@@ -128,17 +135,9 @@ async def test_an_interaction_not_acknowledged_in_time_is_unknown(
     fake_discord: FakeDiscord, http: aiohttp.ClientSession
 ) -> None:
     fake = fake_discord
-    async with http.put(
-        f"applications/{fake.application_id}/commands", json=[{"name": "status"}]
-    ) as synced:
-        assert synced.status == 200
     fake.interaction_ack_seconds = 0.0  # already past, without the test waiting 3 s
-    interaction = fake.new_interaction("status", fake.general_id, fake.alice)
-    status, body = await interaction_call(
-        http,
-        f"interactions/{interaction['id']}/{interaction['token']}/callback",
-        {"type": 4, "data": {"content": "late"}},
-    )
+    _, callback = await status_interaction(fake, http)
+    status, body = await interaction_call(http, callback, {"type": 4, "data": {"content": "late"}})
     assert (status, body["code"], body["message"]) == (404, 10062, "Unknown interaction")
     assert fake.interaction_callbacks == []
 

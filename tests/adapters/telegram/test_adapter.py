@@ -353,18 +353,23 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_webhook_mode_sets_the_webhook_and_receives_updates(
-    tg: FakeTelegram, core: RecordingCore
-) -> None:
-    port = free_port()
+def webhook_adapter(tg: FakeTelegram, core: RecordingCore, url: str, port: int) -> TelegramAdapter:
+    """An adapter in webhook mode: Telegram calls `url`, it listens on 127.0.0.1:`port`."""
     settings = settings_for(
         tg,
-        telegram_webhook_url=f"http://127.0.0.1:{port}/tg-hook",
+        telegram_webhook_url=url,
         telegram_webhook_listen="127.0.0.1",
         telegram_webhook_port=port,
         telegram_webhook_secret="s3cret-Token",
     )
-    adapter = TelegramAdapter(settings, core)
+    return TelegramAdapter(settings, core)
+
+
+async def test_webhook_mode_sets_the_webhook_and_receives_updates(
+    tg: FakeTelegram, core: RecordingCore
+) -> None:
+    port = free_port()
+    adapter = webhook_adapter(tg, core, f"http://127.0.0.1:{port}/tg-hook", port)
     await adapter.start()
     try:
         [hook] = tg.calls_to("setWebhook")
@@ -463,14 +468,7 @@ async def test_a_webhook_port_in_use_fails_start_in_one_line(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        settings = settings_for(
-            tg,
-            telegram_webhook_url=f"https://bot.example.org:{port}/tg-hook",
-            telegram_webhook_listen="127.0.0.1",
-            telegram_webhook_port=port,
-            telegram_webhook_secret="s3cret-Token",
-        )
-        adapter = TelegramAdapter(settings, core)
+        adapter = webhook_adapter(tg, core, f"https://bot.example.org:{port}/tg-hook", port)
         with pytest.raises(StartupError) as caught:
             await adapter.start()
     await adapter.stop()
