@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         Step,
         StuckRules,
         Transcript,
+        WorkerView,
     )
 
 OK, PROBLEMS, USAGE = 0, 1, 2
@@ -40,6 +41,7 @@ POLL_SECONDS = 0.1
 PREVIEW = 160
 PIPED_WIDTH = 240
 SESSION_HELP = "a session id, as `stillhere admin sessions` lists them"
+NO_HEARTBEAT = "bot: no heartbeat recorded: no bot has run on this database (yet)"
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -211,9 +213,29 @@ def _state(summary: SessionSummary) -> str:
 
 
 def _summary_record(summary: SessionSummary) -> dict[str, Any]:
-    record = asdict(summary)
+    record = {"type": "session", **asdict(summary)}
     record["stuck"] = summary.stuck
     return record
+
+
+def _bot_lines(workers: Sequence[WorkerView]) -> list[Text]:
+    """Whether a bot runs: a session "running" a tool means nothing if none does."""
+    if not workers:
+        return [Text(NO_HEARTBEAT, "red")]
+    lines = []
+    for worker in workers:
+        seen = _ago(worker.seconds_ago) + " ago"
+        if worker.alive:
+            lines.append(Text(f"bot: worker {worker.worker_id} alive (seen {seen})", "green"))
+        else:
+            text = f"bot: worker {worker.worker_id} last seen {seen} (not running?)"
+            lines.append(Text(text, "bold red"))
+    return lines
+
+
+def _emit_workers(workers: Sequence[WorkerView]) -> None:
+    for worker in workers:
+        _emit({"type": "worker", **asdict(worker)})
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -238,14 +260,18 @@ async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
         platform=args.platform,
         limit=args.limit,
     )
+    workers = await admin.workers()
     status = PROBLEMS if args.stuck and total else OK
     if args.json:
+        _emit_workers(workers)
         for summary in shown:
             _emit(_summary_record(summary))
         return status
     console = _console()
     if not shown:
         console.print("no stuck sessions" if args.stuck else "no sessions")
+        for line in _bot_lines(workers):
+            console.print(line)
         return status
     table = Table(title="stuck sessions" if args.stuck else "sessions")
     for column in ("id", "chat", "state", "tools", "waiting", "outbox", "last activity"):
@@ -274,6 +300,8 @@ async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
     console.print(table)
     if total > len(shown):
         console.print(f"{total - len(shown)} more not shown (--limit)")
+    for line in _bot_lines(workers):
+        console.print(line)
     return status
 
 
@@ -314,10 +342,12 @@ def _call_line(view: MessageView, index: int) -> Text:
     return line
 
 
-def _print_transcript(found: Transcript) -> None:
+def _print_transcript(found: Transcript, workers: Sequence[WorkerView]) -> None:
     console = _console()
     summary = found.session
     console.print(Text(f"session {summary.id} · {_chat(summary)} · {_state(summary)}", "bold"))
+    for line in _bot_lines(workers):
+        console.print(line)
     if summary.last_error:
         console.print(Text(f"last error: {summary.last_error}", "red"))
     if found.problems:
@@ -350,19 +380,20 @@ def _print_transcript(found: Transcript) -> None:
 
 async def _show(admin: AdminStore, args: argparse.Namespace) -> int:
     found = await admin.transcript(args.session, last=args.last)
+    workers = await admin.workers()
     status = PROBLEMS if found.problems else OK
     if not args.json:
-        _print_transcript(found)
+        _print_transcript(found, workers)
         return status
     _emit(
         {
-            "type": "session",
             **_summary_record(found.session),
             "history_valid": not found.problems,
             "history_length": found.history_length,
             "omitted": found.omitted,
         }
     )
+    _emit_workers(workers)
     for problem in found.problems:
         _emit({"type": "violation", **asdict(problem)})
     for view in found.messages:

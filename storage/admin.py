@@ -34,6 +34,7 @@ from storage.models import (
     OutboxRow,
     SessionRow,
     ToolCallRow,
+    WorkerRow,
 )
 from storage.repository import UNFINISHED, SqlStore
 
@@ -41,6 +42,9 @@ from storage.repository import UNFINISHED, SqlStore
 CHUNK = 200
 # A history message that a repair takes out keeps its row (for the transcript) under this.
 DROPPED = "dropped"
+# A worker seen this recently runs. It beats every 5 s (bot.engine.HEARTBEAT_EVERY_POLLS),
+# later behind a slow control or a locked database: only several missed beats mean dead.
+ALIVE_SECONDS = 20.0
 
 
 class SchemaError(Exception):
@@ -218,6 +222,16 @@ class UsageLine:
     tokens_today: int
     calls_month: int
     tokens_month: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """A bot process as its heartbeat shows it."""
+
+    worker_id: str
+    last_seen: datetime
+    seconds_ago: float
+    alive: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -739,6 +753,19 @@ class AdminStore:
             total = (await tx.execute(select(*columns).where(LLMCallRow.created_at >= month))).one()
             lines.append(UsageLine("total", "all", *(int(v or 0) for v in total)))
         return lines
+
+    async def workers(self, now: datetime | None = None) -> list[WorkerView]:
+        """Every worker that ever beat on this database, the most recently seen first."""
+        moment = _now(now)
+        async with self._tx() as tx:
+            rows = await tx.scalars(
+                select(WorkerRow).order_by(WorkerRow.last_seen_at.desc(), WorkerRow.worker_id)
+            )
+            views = []
+            for row in rows:
+                ago = _seconds(row.last_seen_at, moment) or 0.0
+                views.append(WorkerView(row.worker_id, row.last_seen_at, ago, ago <= ALIVE_SECONDS))
+            return views
 
     # --- operators' requests to the running bot -----------------------------------------------
 

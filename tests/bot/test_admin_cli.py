@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,11 +18,12 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from bot import engine as engine_module
 from bot.cli import main
 from bot.events import DeliveryError, ReplyKind
 from bot.offline import FakeOpenAI
 from storage.migrate import downgrade, upgrade
-from storage.models import ControlRow, OutboxRow, SessionRow, ToolCallRow
+from storage.models import ControlRow, OutboxRow, SessionRow, ToolCallRow, WorkerRow
 from tests.conftest import CoreFactory
 from tests.storage.test_admin import (
     corrupt_history,
@@ -71,6 +73,11 @@ async def admin(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
 
 def json_lines(out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def of_type(out: str, kind: str) -> list[dict[str, Any]]:
+    """The JSON lines of one type ("session", "worker", ...)."""
+    return [record for record in json_lines(out) if record.get("type") == kind]
 
 
 # --- bad input first -----------------------------------------------------------------------------
@@ -171,12 +178,12 @@ async def test_sessions_lists_and_filters(
         await runtime.engine.wait_idle()
     code, out, _ = await admin(capsys, "sessions", "--json")
     assert code == 0
-    (row,) = json_lines(out)
+    (row,) = of_type(out, "session")
     assert (row["id"], row["platform"], row["state"], row["stuck"]) == (1, "memory", "idle", False)
     code, out, _ = await admin(capsys, "sessions", "--json", "--platform", "telegram")
-    assert (code, out) == (0, "")
+    assert (code, of_type(out, "session")) == (0, [])
     code, out, _ = await admin(capsys, "sessions", "--stuck")
-    assert (code, out.strip()) == (0, "no stuck sessions")
+    assert (code, out.splitlines()[0]) == (0, "no stuck sessions")
     code, out, _ = await admin(capsys, "sessions")
     assert code == 0 and "memory:chat-1" in out and "idle" in out
     # Titles come from the platforms: shown as they are, never read as rich markup.
@@ -195,12 +202,62 @@ async def test_sessions_archived_only_with_all(
     code, out, _ = await admin(capsys, "reset", "1", "--offline", "--json")
     assert code == 0 and json_lines(out)[0]["applied"] is True
     code, out, _ = await admin(capsys, "sessions", "--json")
-    assert (code, out) == (0, "")
+    assert (code, of_type(out, "session")) == (0, [])
     code, out, _ = await admin(capsys, "sessions", "--json", "--all")
-    (row,) = json_lines(out)
+    (row,) = of_type(out, "session")
     assert row["archived"] is True
     code, out, _ = await admin(capsys, "reset", "1", "--offline")
     assert code == 0 and "archived already" in out
+
+
+async def test_sessions_and_show_say_whether_the_bot_is_alive(
+    make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await upgrade(admin_env)
+    code, out, _ = await admin(capsys, "sessions")
+    assert (code, out.splitlines()) == (
+        0,
+        ["no sessions", "bot: no heartbeat recorded: no bot has run on this database (yet)"],
+    )
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+        await wait_rows(admin_env, WorkerRow)
+        code, out, _ = await admin(capsys, "sessions")
+        assert code == 0
+        assert re.search(r"^bot: worker main alive \(seen \d+ s ago\)$", out, re.MULTILINE), out
+        code, out, _ = await admin(capsys, "sessions", "--json")
+        (worker,) = of_type(out, "worker")
+        assert (worker["worker_id"], worker["alive"]) == ("main", True)
+        assert worker["seconds_ago"] < 30 and worker["last_seen"]
+    # As if the bot had been killed four minutes ago: its heartbeat stopped then.
+    killed = datetime.now(UTC) - timedelta(minutes=4)
+    await execute(admin_env, update(WorkerRow).values(last_seen_at=killed))
+    dead = "bot: worker main last seen 4 min ago (not running?)"
+    code, out, _ = await admin(capsys, "sessions", "--stuck")
+    assert (code, out.splitlines()) == (0, ["no stuck sessions", dead])
+    code, out, _ = await admin(capsys, "show", "1")
+    assert code == 0 and out.splitlines()[1] == dead
+    code, out, _ = await admin(capsys, "show", "1", "--json")
+    (worker,) = of_type(out, "worker")
+    assert (worker["worker_id"], worker["alive"]) == ("main", False)
+    assert worker["seconds_ago"] >= 240
+
+
+async def test_the_running_engine_keeps_beating(
+    make_core: CoreFactory, admin_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "CONTROL_POLL_SECONDS", 0.01)
+    async with make_core():
+        (first,) = await wait_rows(admin_env, WorkerRow)
+        async with asyncio.timeout(10):
+            while True:
+                (now,) = await fetch(admin_env, WorkerRow)
+                if now.last_seen_at > first.last_seen_at:
+                    break
+                await asyncio.sleep(0.02)
+    assert now.worker_id == "main"
 
 
 async def test_never_finishing_tool_is_flagged_stuck_with_the_tool_reason(
@@ -214,13 +271,13 @@ async def test_never_finishing_tool_is_flagged_stuck_with_the_tool_reason(
         await chat.say("run the hanging tool")
         await chat.wait_for(1)
         code, out, _ = await admin(capsys, "sessions", "--json", "--tool-margin", "5")
-        (row,) = json_lines(out)
+        (row,) = of_type(out, "session")
         assert (code, row["state"], row["open_tools"], row["stuck"]) == (0, "tools", 1, False)
         # As if the tool had hung for an hour: its start moves back, the clock stays.
         hour_ago = datetime.now(UTC) - timedelta(hours=1)
         await execute(admin_env, update(ToolCallRow).values(started_at=hour_ago))
         code, out, _ = await admin(capsys, "sessions", "--stuck", "--json", "--tool-margin", "5")
-        (row,) = json_lines(out)
+        (row,) = of_type(out, "session")
         assert code == 1
         assert [r["code"] for r in row["reasons"]] == ["tool_overdue"]
         assert "never_finishes" in row["reasons"][0]["text"]
@@ -237,7 +294,7 @@ async def test_undeliverable_reply_is_stuck_shown_and_resent_after_repair(
         await wait_rows(admin_env, OutboxRow, OutboxRow.failed.is_(True))
         await runtime.engine.wait_idle()
     code, out, _ = await admin(capsys, "sessions", "--stuck", "--json")
-    (row,) = json_lines(out)
+    (row,) = of_type(out, "session")
     assert code == 1 and [r["code"] for r in row["reasons"]] == ["outbox_failed"]
     code, out, _ = await admin(capsys, "show", "1", "--json")
     outbox = [r for r in json_lines(out) if r["type"] == "outbox"]
@@ -252,7 +309,7 @@ async def test_undeliverable_reply_is_stuck_shown_and_resent_after_repair(
         await runtime.engine.wait_idle()
     assert sent[0].message.kind is ReplyKind.ANSWER
     code, out, _ = await admin(capsys, "sessions", "--stuck", "--json")
-    assert (code, out) == (0, "")
+    assert (code, of_type(out, "session")) == (0, [])
 
 
 # --- show, validate, repair of a corrupted history -----------------------------------------------
@@ -564,7 +621,7 @@ async def test_running_bot_process_applies_an_admin_cancel(
 
         code, out, err = await admin(capsys, "sessions", "--json")
         assert code == 0, err
-        (row,) = json_lines(out)
+        (row,) = of_type(out, "session")
         assert (row["platform"], row["state"], row["open_tools"]) == ("console", "tools", 1)
 
         code, out, err = await _cli(

@@ -15,6 +15,7 @@ from bot.history import INTERRUPTED_RESULT, validate
 from bot.offline import FakeOpenAI
 from bot.settings import Settings
 from storage.admin import (
+    ALIVE_SECONDS,
     AdminStore,
     Reason,
     SchemaError,
@@ -36,6 +37,7 @@ from storage.models import (
     SessionRow,
     ToolCallRow,
 )
+from storage.repository import SqlStore
 from tests.conftest import CoreFactory
 
 PROMPT = Settings(_env_file=None).system_prompt  # type: ignore[call-arg]
@@ -85,7 +87,8 @@ async def fetch(url: str, model: Any, *where: Any) -> list[Any]:
     engine = create_engine(url)
     try:
         async with sessionmaker(engine)() as tx:
-            return list(await tx.scalars(select(model).where(*where).order_by(model.id)))
+            order = inspect(model).primary_key
+            return list(await tx.scalars(select(model).where(*where).order_by(*order)))
     finally:
         await engine.dispose()
 
@@ -555,6 +558,32 @@ def test_history_fix_drops_an_empty_assistant_and_orphan_and_validates() -> None
     messages = [{"role": "system", "content": PROMPT}]
     messages += [i.openai(name_authors=False) for i in fix.target]
     assert validate(messages) == []
+
+
+# --- the running bot's heartbeat ----------------------------------------------------------------
+
+
+async def test_a_worker_is_alive_while_it_beats_and_stale_after(admin: AdminStore) -> None:
+    assert await admin.workers() == []
+    store = SqlStore(admin.engine)
+    await store.beat("main")
+    await store.beat("main")  # the same row again, not a second one
+    await store.beat("other")
+    now = datetime.now(UTC)
+    seen = {w.worker_id: w for w in await admin.workers(now)}
+    assert sorted(seen) == ["main", "other"]
+    assert seen["main"].alive and seen["main"].seconds_ago < 5
+    later = {w.worker_id: w for w in await admin.workers(now + timedelta(minutes=4))}
+    assert not later["main"].alive and later["main"].seconds_ago >= 240
+    assert later["main"].last_seen == seen["main"].last_seen
+
+
+def test_a_worker_stays_alive_across_several_missed_beats() -> None:
+    from bot.engine import CONTROL_POLL_SECONDS, HEARTBEAT_EVERY_POLLS
+
+    # A beat late behind a slow control or a locked database is no reason to call the
+    # bot dead: only several missed ones are.
+    assert ALIVE_SECONDS >= 3 * HEARTBEAT_EVERY_POLLS * CONTROL_POLL_SECONDS
 
 
 # --- usage ---------------------------------------------------------------------------------------
