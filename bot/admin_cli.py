@@ -92,7 +92,7 @@ def add_admin_parser(commands: Any) -> None:
         type=_seconds,
         default=60.0,
         metavar="SECONDS",
-        help="a tool call is stuck this long after its timeout (default 60)",
+        help="a tool call, or a model call, is stuck this long after its timeout (default 60)",
     )
     rules.add_argument(
         "--minutes",
@@ -249,6 +249,7 @@ def _rules(args: argparse.Namespace) -> StuckRules:
         getattr(args, "tool_margin", defaults.tool_margin_seconds),
         getattr(args, "max_attempts", defaults.max_attempts),
         getattr(args, "minutes", defaults.minutes),
+        getattr(args, "llm_seconds", defaults.llm_seconds),
     )
 
 
@@ -543,6 +544,9 @@ async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     missing = _missing_database(settings.database_url)
     if missing is not None:
         return _fail(missing)
+    # The model call's limit is the bot's setting, not an option: the CLI judges by the
+    # same numbers the bot runs with.
+    args.llm_seconds = settings.openai_timeout_seconds * (settings.openai_max_retries + 1)
     engine = create_engine(settings.database_url)
     try:
         await check_schema(engine)

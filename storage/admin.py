@@ -93,6 +93,7 @@ class Reason(StrEnum):
     """Why a session counts as stuck; the values are stable codes for scripts."""
 
     TOOL_OVERDUE = "tool_overdue"
+    LLM_OVERDUE = "llm_overdue"
     OUTBOX_FAILED = "outbox_failed"
     OUTBOX_RETRIES = "outbox_retries"
     OUTBOX_LATE = "outbox_late"
@@ -109,9 +110,13 @@ class StuckReason:
 
 @dataclass(frozen=True, slots=True)
 class StuckRules:
+    # How long after its timeout a tool call, or a model call, counts as stuck.
     tool_margin_seconds: float = 60.0
     max_attempts: int = 3
     minutes: float = 5.0
+    # The longest a model call may take with its retries: OPENAI_TIMEOUT_SECONDS x
+    # (OPENAI_MAX_RETRIES + 1), 60 s x 3 with the default settings.
+    llm_seconds: float = 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,6 +510,20 @@ class AdminStore:
                         f"tool {call.name} ({call.call_id}) {call.status} for {age:.0f} s, "
                         f"over its timeout of {call.timeout_seconds:g} s plus "
                         f"{rules.tool_margin_seconds:g} s",
+                    )
+                )
+        if row.state == SessionState.LLM and row.active_key is not None:
+            # Every state change and every message taken in stamps updated_at, so it is no
+            # earlier than the running call's start: this never fires while a call may
+            # still be running. A bot killed during a call leaves the session here.
+            age = _seconds(row.updated_at, now) or 0.0
+            if age > rules.llm_seconds + rules.tool_margin_seconds:
+                reasons.append(
+                    StuckReason(
+                        Reason.LLM_OVERDUE,
+                        f"waiting for the model for {age:.0f} s, over the "
+                        f"{rules.llm_seconds:g} s a call may take (OPENAI_TIMEOUT_SECONDS x "
+                        f"(OPENAI_MAX_RETRIES + 1)) plus {rules.tool_margin_seconds:g} s",
                     )
                 )
         late = timedelta(minutes=rules.minutes)

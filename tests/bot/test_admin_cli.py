@@ -285,6 +285,32 @@ async def test_never_finishing_tool_is_flagged_stuck_with_the_tool_reason(
         assert code == 1 and "tool_overdue" in out and "tools running" in out
 
 
+async def test_a_session_left_in_llm_is_stuck_after_the_model_timeouts_settings(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(admin_env, SessionRow, SessionRow.state == "llm")
+    # A call may take 30 s x (1 + 1 retry), then the margin: stuck after 60 + 5 s.
+    monkeypatch.setenv("OPENAI_TIMEOUT_SECONDS", "30")
+    monkeypatch.setenv("OPENAI_MAX_RETRIES", "1")
+    for seconds, stuck in ((55, False), (75, True)):
+        since = datetime.now(UTC) - timedelta(seconds=seconds)
+        await execute(admin_env, update(SessionRow).values(updated_at=since))
+        code, out, _ = await admin(capsys, "sessions", "--stuck", "--json", "--tool-margin", "5")
+        rows = of_type(out, "session")
+        assert (code, len(rows)) == ((1, 1) if stuck else (0, 0)), seconds
+    (row,) = rows
+    assert row["state"] == "llm"
+    assert [r["code"] for r in row["reasons"]] == ["llm_overdue"]
+    assert "60 s" in row["reasons"][0]["text"]
+
+
 async def test_undeliverable_reply_is_stuck_shown_and_resent_after_repair(
     make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

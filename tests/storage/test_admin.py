@@ -232,6 +232,24 @@ async def test_tool_past_timeout_plus_margin_is_stuck(
     assert "never_finishes" in stuck.reasons[0].text
 
 
+async def test_a_model_call_past_its_timeouts_plus_margin_is_stuck(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
+) -> None:
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(database_url, SessionRow, SessionRow.state == "llm")
+    # The bot went away during the call: the session stays in llm until a bot starts.
+    rules = StuckRules(tool_margin_seconds=60, llm_seconds=180)
+    soon = datetime.now(UTC) + timedelta(seconds=200)
+    (fresh,) = await listed(admin, rules=rules, now=soon)
+    assert fresh.state == "llm" and fresh.reasons == ()
+    later = datetime.now(UTC) + timedelta(seconds=250)
+    (stuck,) = await listed(admin, rules=rules, stuck_only=True, now=later)
+    assert [r.code for r in stuck.reasons] == [Reason.LLM_OVERDUE]
+    assert "180 s" in stuck.reasons[0].text and "plus 60 s" in stuck.reasons[0].text
+
+
 async def test_failed_llm_call_with_waiting_user_is_error(
     make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore
 ) -> None:
