@@ -212,6 +212,18 @@ def _state(summary: SessionSummary) -> str:
     return f"{state} (archived)" if summary.archived else state
 
 
+def _waiting(summary: SessionSummary) -> str:
+    """The user messages without an answer, as the JSON's `unanswered` counts them: those
+    in the history after the last answer (a failed or hung call took them), then the
+    queued and deferred ones, which the parentheses break out."""
+    if not summary.unanswered:
+        return "-"
+    parts = [f"{summary.queued} queued"] if summary.queued else []
+    if summary.deferred:
+        parts.append(f"{summary.deferred} deferred")
+    return f"{summary.unanswered} unanswered" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def _summary_record(summary: SessionSummary) -> dict[str, Any]:
     record = {"type": "session", **asdict(summary)}
     record["stuck"] = summary.stuck
@@ -291,7 +303,7 @@ async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
             _chat(summary),
             _state(summary),
             tools,
-            f"{summary.queued} queued, {summary.deferred} deferred",
+            _waiting(summary),
             f"{summary.undelivered} unsent" if summary.undelivered else "-",
             _since(summary.last_activity),
             last,

@@ -23,7 +23,14 @@ from bot.cli import main
 from bot.events import DeliveryError, ReplyKind
 from bot.offline import FakeOpenAI
 from storage.migrate import downgrade, upgrade
-from storage.models import ControlRow, OutboxRow, SessionRow, ToolCallRow, WorkerRow
+from storage.models import (
+    ControlRow,
+    MessageRow,
+    OutboxRow,
+    SessionRow,
+    ToolCallRow,
+    WorkerRow,
+)
 from tests.conftest import CoreFactory
 from tests.storage.test_admin import (
     corrupt_history,
@@ -309,6 +316,26 @@ async def test_a_session_left_in_llm_is_stuck_after_the_model_timeouts_settings(
     assert row["state"] == "llm"
     assert [r["code"] for r in row["reasons"]] == ["llm_overdue"]
     assert "60 s" in row["reasons"][0]["text"]
+
+
+async def test_the_table_counts_waiting_messages_as_the_json_does(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(admin_env, SessionRow, SessionRow.state == "llm")
+        await chat.say("are you there?")
+        await wait_rows(admin_env, MessageRow, MessageRow.status == "queued")
+    # One message in the history the hung call took, one queued behind it.
+    code, out, _ = await admin(capsys, "sessions", "--json")
+    (row,) = of_type(out, "session")
+    assert (row["unanswered"], row["queued"], row["deferred"]) == (2, 1, 0)
+    code, out, _ = await admin(capsys, "sessions")
+    assert code == 0 and "2 unanswered (1 queued)" in out
 
 
 async def test_undeliverable_reply_is_stuck_shown_and_resent_after_repair(
