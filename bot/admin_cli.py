@@ -3,8 +3,9 @@
 It works on the live database while the bot runs, and never migrates it. Changes a running
 bot must make itself (cancel, reset, carrying a repaired session on) go through the
 `controls` table, which the bot polls. Output is rich text for people, or JSON lines with
-`--json` for scripts. Exit codes: 0 ok, 1 problems found, 2 usage error. It prints no
-setting, so no secret can leak through it.
+`--json` for scripts. Exit codes: 0 ok, 1 problems found (stuck sessions, a stuck session
+shown, an invalid history), 2 usage error. It prints no setting, so no secret can leak
+through it.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def add_admin_parser(commands: Any) -> None:
         "admin",
         help="inspect and repair conversations (safe while the bot runs)",
         description="Inspect and repair conversations in the bot's database, also while the "
-        "bot runs. Exit codes: 0 ok, 1 problems found, 2 usage error or unknown session.",
+        "bot runs. Exit codes: 0 ok; 1 problems found (sessions --stuck: some are stuck; "
+        "show: this one is stuck; validate: a history is invalid); 2 usage error, unknown "
+        "session or a database not at the schema head.",
     )
     sub = admin.add_subparsers(dest="admin_command", required=True)
     sessions = sub.add_parser(
@@ -129,7 +132,9 @@ def add_admin_parser(commands: Any) -> None:
         "--limit", type=_positive_int, default=50, metavar="N", help="at most N (default 50)"
     )
     show = sub.add_parser(
-        "show", parents=[output], help="a session's transcript and whether its history is valid"
+        "show",
+        parents=[output, attempts, rules],
+        help="a session's transcript, whether its history is valid and why it is stuck",
     )
     show.add_argument("session", type=_session_id, help=SESSION_HELP)
     show.add_argument("--last", type=_positive_int, metavar="N", help="only the last N messages")
@@ -363,6 +368,8 @@ def _print_transcript(found: Transcript, workers: Sequence[WorkerView]) -> None:
         console.print(line)
     if summary.last_error:
         console.print(Text(f"last error: {summary.last_error}", "red"))
+    for reason in summary.reasons:
+        console.print(Text(f"stuck: {reason.code}: {reason.text}", "bold red"))
     if found.problems:
         console.print(Text(f"history: INVALID ({found.history_length} messages)", style="bold red"))
         for problem in found.problems:
@@ -392,9 +399,10 @@ def _print_transcript(found: Transcript, workers: Sequence[WorkerView]) -> None:
 
 
 async def _show(admin: AdminStore, args: argparse.Namespace) -> int:
-    found = await admin.transcript(args.session, last=args.last)
+    found = await admin.transcript(args.session, _rules(args), last=args.last)
     workers = await admin.workers()
-    status = PROBLEMS if found.problems else OK
+    # An invalid history is one of the reasons a session is stuck.
+    status = PROBLEMS if found.session.stuck else OK
     if not args.json:
         _print_transcript(found, workers)
         return status

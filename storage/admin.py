@@ -643,10 +643,15 @@ class AdminStore:
             return self._summary(facts, rules, _now(now))
 
     async def transcript(
-        self, session_id: int, *, last: int | None = None, now: datetime | None = None
+        self,
+        session_id: int,
+        rules: StuckRules | None = None,
+        *,
+        last: int | None = None,
+        now: datetime | None = None,
     ) -> Transcript:
         moment = _now(now)
-        summary = await self.summary(session_id, StuckRules(), moment)
+        summary = await self.summary(session_id, rules or StuckRules(), moment)
         async with self._tx() as tx:
             row = await self._row(tx, session_id)
             messages = list(

@@ -354,7 +354,8 @@ async def test_undeliverable_reply_is_stuck_shown_and_resent_after_repair(
     assert [(o["kind"], o["delivery"]) for o in outbox] == [("answer", "failed")]
     assert outbox[0]["last_error"] == "Forbidden: bot was blocked"
     code, out, _ = await admin(capsys, "show", "1")
-    assert code == 0 and "failed" in out and "Forbidden: bot was blocked" in out
+    assert code == 1 and "failed" in out and "Forbidden: bot was blocked" in out
+    assert "stuck: outbox_failed: reply #1 (answer) failed for good: Forbidden" in out
     code, out, _ = await admin(capsys, "repair", "1")
     assert code == 0 and "send reply #1 (answer) again" in out
     async with make_core() as (runtime, chat):
@@ -428,6 +429,30 @@ async def test_corrupted_history_flagged_by_validate_and_show_then_repaired(
         await runtime.engine.wait_idle()
     assert sent[0].message.kind is ReplyKind.ANSWER
     assert fake_openai.rejected == []
+
+
+async def test_show_says_why_a_session_is_stuck_and_exits_1(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await stuck_tool_session(make_core, fake_openai)
+    code, out, _ = await admin(capsys, "show", "1")
+    assert code == 0 and "stuck:" not in out
+    # As if the tool had hung for an hour: its start moves back, the clock stays.
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    await execute(admin_env, update(ToolCallRow).values(started_at=hour_ago))
+    code, out, _ = await admin(capsys, "show", "1", "--tool-margin", "5")
+    (line,) = [line for line in out.splitlines() if line.startswith("stuck: ")]
+    assert code == 1
+    assert line.startswith("stuck: tool_overdue: tool never_finishes (")
+    assert "plus 5 s" in line
+    code, out, _ = await admin(capsys, "show", "1", "--json")
+    (session,) = of_type(out, "session")
+    assert code == 1 and session["stuck"] is True
+    assert [r["code"] for r in session["reasons"]] == ["tool_overdue"]
+    assert "plus 60 s" in session["reasons"][0]["text"]
 
 
 async def test_show_transcript_marks_instant_replies_deferred_and_tool_calls(

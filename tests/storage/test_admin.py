@@ -339,7 +339,7 @@ async def test_corrupted_history_is_invalid_with_rule_and_index(
         ("unknown_tool_call_id", 4),
     ]
     assert problems[0].position == 3 and problems[0].row_id is not None
-    transcript = await admin.transcript(1)
+    transcript = await admin.transcript(1, StuckRules())
     assert [(p.rule, p.index) for p in transcript.problems] == [
         ("missing_tool_response", 3),
         ("unknown_tool_call_id", 4),
@@ -363,7 +363,7 @@ async def test_transcript_marks_interims_deferred_tools_and_outbox(
         await chat.say("¿Sigues ahí?", name="Ana")
         await chat.wait_for(3)
         await runtime.engine.wait_idle()
-    found = await admin.transcript(1)
+    found = await admin.transcript(1, StuckRules())
     assert found.problems == () and found.history_length == 5
     roles = [(m.role, m.status) for m in found.messages]
     assert roles == [
@@ -380,14 +380,14 @@ async def test_transcript_marks_interims_deferred_tools_and_outbox(
     assert found.messages[0].author == "Ana"
     assert [o.delivery for o in found.outbox] == ["delivered"] * 3
     assert [o.kind for o in found.outbox] == ["working", "interim", "answer"]
-    last_two = await admin.transcript(1, last=2)
+    last_two = await admin.transcript(1, StuckRules(), last=2)
     assert [m.role for m in last_two.messages] == ["tool", "assistant"]
     assert last_two.omitted == 4
 
 
 async def test_unknown_session_raises(admin: AdminStore) -> None:
     with pytest.raises(UnknownSession):
-        await admin.transcript(99)
+        await admin.transcript(99, StuckRules())
     with pytest.raises(UnknownSession):
         await admin.repair(99, StuckRules(), dry_run=False)
     with pytest.raises(UnknownSession):
