@@ -4,8 +4,8 @@ It works on the live database while the bot runs, and never migrates it. Changes
 bot must make itself (cancel, reset, carrying a repaired session on) go through the
 `controls` table, which the bot polls. Output is rich text for people, or JSON lines with
 `--json` for scripts. Exit codes: 0 ok, 1 problems found (stuck sessions, a stuck session
-shown, an invalid history), 2 usage error. It prints no setting, so no secret can leak
-through it.
+shown, an invalid history), 2 usage error, 3 no running bot applied a request in time. It
+prints no setting, so no secret can leak through it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from bot.settings import KNOWN_PLATFORMS, Settings
 if TYPE_CHECKING:
     from storage.admin import (
         AdminStore,
+        ControlState,
         MessageView,
         SessionSummary,
         Step,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
         WorkerView,
     )
 
-OK, PROBLEMS, USAGE = 0, 1, 2
+OK, PROBLEMS, USAGE, NOT_APPLIED = 0, 1, 2, 3
 POLL_SECONDS = 0.1
 PREVIEW = 160
 PIPED_WIDTH = 240
@@ -108,7 +109,7 @@ def add_admin_parser(commands: Any) -> None:
         type=_seconds,
         default=5.0,
         metavar="SECONDS",
-        help="how long to wait for the running bot to apply it (default 5)",
+        help="how long to wait for the running bot to apply it (default 5; exit 3 if none did)",
     )
 
     admin = commands.add_parser(
@@ -117,7 +118,8 @@ def add_admin_parser(commands: Any) -> None:
         description="Inspect and repair conversations in the bot's database, also while the "
         "bot runs. Exit codes: 0 ok; 1 problems found (sessions --stuck: some are stuck; "
         "show: this one is stuck; validate: a history is invalid); 2 usage error, unknown "
-        "session or a database not at the schema head.",
+        "session or a database not at the schema head; 3 no running bot applied the request "
+        "of cancel, reset or repair within --wait (it stays queued for the next start).",
     )
     sub = admin.add_subparsers(dest="admin_command", required=True)
     sessions = sub.add_parser(
@@ -140,7 +142,7 @@ def add_admin_parser(commands: Any) -> None:
     show.add_argument("--last", type=_positive_int, metavar="N", help="only the last N messages")
     repair = sub.add_parser(
         "repair",
-        parents=[output, attempts],
+        parents=[output, attempts, wait],
         help="cancel stuck tool calls, fix the history, resend stuck replies, carry on",
     )
     repair.add_argument("session", type=_session_id, help=SESSION_HELP)
@@ -427,7 +429,7 @@ async def _show(admin: AdminStore, args: argparse.Namespace) -> int:
 def _print_steps(steps: Sequence[Step], header: str, as_json: bool, dry_run: bool) -> None:
     if as_json:
         for step in steps:
-            _emit({"dry_run": dry_run, **asdict(step)})
+            _emit({"type": "step", "dry_run": dry_run, **asdict(step)})
         return
     console = _console()
     console.print(Text(header, "bold"))
@@ -436,13 +438,63 @@ def _print_steps(steps: Sequence[Step], header: str, as_json: bool, dry_run: boo
 
 
 async def _repair(admin: AdminStore, args: argparse.Namespace) -> int:
-    steps = await admin.repair(args.session, _rules(args), dry_run=args.dry_run)
-    if args.dry_run:
-        header = f"dry run, nothing changed: the repair of session {args.session} would"
-    else:
-        header = f"repaired session {args.session}:"
-    _print_steps(steps, header, args.json, args.dry_run)
-    return OK
+    done = await admin.repair(args.session, _rules(args), dry_run=args.dry_run)
+    state: ControlState | None = None
+    if done.steps:
+        if args.dry_run:
+            header = f"dry run, nothing changed: the repair of session {args.session} would"
+        else:
+            header = f"repaired session {args.session}:"
+        _print_steps(done.steps, header, args.json, args.dry_run)
+    elif not args.json:
+        _console().print(f"session {args.session}: nothing to repair")
+    if done.control_id is not None:
+        if not args.json:
+            _console().print(
+                f"waiting up to {args.wait:g} s for the running bot to pick it up "
+                f"(control #{done.control_id})"
+            )
+        state = await _wait_for(admin, done.control_id, args.wait)
+    if args.json:
+        _emit(
+            {
+                "type": "repair",
+                "session": args.session,
+                "dry_run": args.dry_run,
+                "steps": len(done.steps),
+                "control": done.control_id,
+                "applied": None if state is None else state.done,
+                "result": None if state is None else state.result,
+            }
+        )
+    elif state is not None and state.done:
+        _console().print(Text(f"the bot picked it up: {state.result}"))
+    elif state is not None:
+        await _nobody(
+            admin,
+            f"no running bot picked it up within {args.wait:g} s: the 'recover' control stays "
+            "queued and a bot carries the session on when it next starts",
+        )
+    return NOT_APPLIED if state is not None and not state.done else OK
+
+
+async def _wait_for(admin: AdminStore, control_id: int, seconds: float) -> ControlState:
+    """The control once the bot applied it, or as it is after `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    state = await admin.control(control_id)
+    while not state.done and loop.time() < deadline:
+        await asyncio.sleep(POLL_SECONDS)
+        state = await admin.control(control_id)
+    return state
+
+
+async def _nobody(admin: AdminStore, text: str) -> None:
+    """Says no bot applied a request, and what the heartbeats tell of why."""
+    console = _console()
+    console.print(Text(text, "bold red"))
+    for line in _bot_lines(await admin.workers()):
+        console.print(line)
 
 
 async def _ask(admin: AdminStore, args: argparse.Namespace, action: str) -> int:
@@ -452,12 +504,7 @@ async def _ask(admin: AdminStore, args: argparse.Namespace, action: str) -> int:
             f"'{action}' requested for session {args.session} (control #{control_id}); "
             f"waiting up to {args.wait:g} s for the running bot"
         )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + args.wait
-    state = await admin.control(control_id)
-    while not state.done and loop.time() < deadline:
-        await asyncio.sleep(POLL_SECONDS)
-        state = await admin.control(control_id)
+    state = await _wait_for(admin, control_id, args.wait)
     if args.json:
         _emit(
             {
@@ -471,11 +518,12 @@ async def _ask(admin: AdminStore, args: argparse.Namespace, action: str) -> int:
     elif state.done:
         _console().print(Text(f"the bot applied it: {state.result}"))
     else:
-        _console().print(
-            "no running bot applied it yet: the request stays queued and the bot applies it "
-            "when it next starts"
+        await _nobody(
+            admin,
+            f"no running bot applied it within {args.wait:g} s: the request stays queued and "
+            "a bot applies it when it next starts",
         )
-    return OK
+    return OK if state.done else NOT_APPLIED
 
 
 async def _reset(admin: AdminStore, args: argparse.Namespace) -> int:

@@ -220,6 +220,18 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class RepairResult:
+    steps: list[Step]  # empty: nothing to repair (and nothing was written)
+    # The 'recover' control queued for the bot to carry the session on; None in a dry run
+    # or when the session needs no bot (archived).
+    control_id: int | None
+
+
+class _NothingToRepair(Exception):
+    """Rolls back a repair that found nothing to do: it writes nothing at all."""
+
+
+@dataclass(frozen=True, slots=True)
 class UsageLine:
     scope: str  # user | chat | total
     id: str
@@ -819,8 +831,9 @@ class AdminStore:
 
     async def repair(
         self, session_id: int, rules: StuckRules, *, dry_run: bool, now: datetime | None = None
-    ) -> list[Step]:
-        """Makes the session able to go on; returns the steps (a dry run only plans them).
+    ) -> RepairResult:
+        """Makes the session able to go on; returns the steps (a dry run only plans them)
+        and the control that asks the bot to carry it on. No steps: nothing to repair.
 
         The plan is computed the same way in both modes from the same state, so a dry run
         prints exactly what a real run would do from here.
@@ -828,18 +841,26 @@ class AdminStore:
         moment = _now(now)
         if dry_run:
             async with self._tx() as tx:
-                return (await self._plan(tx, session_id, rules))[0]
-        async with self._tx() as tx, tx.begin():
-            # Take the session row's write lock first: the bot's state changes of this
-            # session queue behind the repair instead of interleaving with it.
-            locked = await tx.execute(
-                update(SessionRow).where(SessionRow.id == session_id).values(updated_at=moment)
-            )
-            if not locked.rowcount:  # type: ignore[attr-defined]
-                raise UnknownSession(f"no session {session_id}")
-            steps, plan = await self._plan(tx, session_id, rules)
-            await self._apply(tx, plan, moment)
-        return steps
+                return RepairResult((await self._plan(tx, session_id, rules))[0], None)
+        try:
+            async with self._tx() as tx, tx.begin():
+                # Take the session row's write lock first (an update that changes nothing):
+                # the bot's state changes of this session queue behind the repair instead
+                # of interleaving with it.
+                locked = await tx.execute(
+                    update(SessionRow)
+                    .where(SessionRow.id == session_id)
+                    .values(updated_at=SessionRow.updated_at)
+                )
+                if not locked.rowcount:  # type: ignore[attr-defined]
+                    raise UnknownSession(f"no session {session_id}")
+                steps, plan = await self._plan(tx, session_id, rules)
+                if not steps:
+                    raise _NothingToRepair
+                control_id = await self._apply(tx, plan, moment)
+        except _NothingToRepair:
+            return RepairResult([], None)
+        return RepairResult(steps, control_id)
 
     async def _plan(self, tx: Tx, session_id: int, rules: StuckRules) -> tuple[list[Step], _Plan]:
         session = await self._row(tx, session_id)
@@ -961,7 +982,16 @@ class AdminStore:
                     f"send reply #{out.id} ({out.kind}) again ({how}; attempts reset to 0)",
                 )
             )
-        if not archived:
+        unsent = await tx.scalar(
+            select(func.count())
+            .select_from(OutboxRow)
+            .where(OutboxRow.session_id == session_id, OutboxRow.delivered_at.is_(None))
+        )
+        # An idle session with nothing waiting and a valid history needs no bot: a
+        # 'recover' control would only be one more request no bot may be there to apply.
+        work_left = session.state != SessionState.IDLE or bool(queued) or bool(unsent)
+        recover = not archived and bool(steps or work_left)
+        if recover:
             steps.append(
                 Step(
                     "recover",
@@ -976,10 +1006,11 @@ class AdminStore:
             new_state,
             [m.id for m in requeue],
             [o.id for o in outbox],
-            archived,
+            recover,
         )
 
-    async def _apply(self, tx: Tx, plan: _Plan, now: datetime) -> None:
+    async def _apply(self, tx: Tx, plan: _Plan, now: datetime) -> int | None:
+        """Writes the plan; the id of the 'recover' control it queues, if any."""
         session_id = plan.session.id
         for message in plan.rounds:
             for call in plan.calls[message.id]:
@@ -1009,8 +1040,10 @@ class AdminStore:
                 .where(OutboxRow.id.in_(plan.outbox_ids), OutboxRow.delivered_at.is_(None))
                 .values(failed=False, attempts=0)
             )
-        if not plan.archived:
-            tx.add(ControlRow(session_id=session_id, action="recover", created_at=now))
+        control = None
+        if plan.recover:
+            control = ControlRow(session_id=session_id, action="recover", created_at=now)
+            tx.add(control)
         await tx.flush()
         rows = await tx.scalars(
             select(MessageRow)
@@ -1022,6 +1055,7 @@ class AdminStore:
         if problems:
             # Never commit a repair that did not work; the transaction rolls back.
             raise RuntimeError(f"the repaired history still breaks {problems[0].rule}")
+        return None if control is None else control.id
 
     async def _apply_history_fix(self, tx: Tx, session_id: int, now: datetime) -> None:
         rows = {
@@ -1075,7 +1109,7 @@ class _Plan:
     new_state: str | None
     requeue_ids: list[int]
     outbox_ids: list[int]
-    archived: bool
+    recover: bool  # queue a 'recover' control for the bot
 
 
 def _by_position(item: _Item) -> int:

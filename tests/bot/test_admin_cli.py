@@ -356,8 +356,8 @@ async def test_undeliverable_reply_is_stuck_shown_and_resent_after_repair(
     code, out, _ = await admin(capsys, "show", "1")
     assert code == 1 and "failed" in out and "Forbidden: bot was blocked" in out
     assert "stuck: outbox_failed: reply #1 (answer) failed for good: Forbidden" in out
-    code, out, _ = await admin(capsys, "repair", "1")
-    assert code == 0 and "send reply #1 (answer) again" in out
+    code, out, _ = await admin(capsys, "repair", "1", "--wait", "0")
+    assert code == 3 and "send reply #1 (answer) again" in out
     async with make_core() as (runtime, chat):
         sent = await chat.wait_for(1)
         await runtime.engine.wait_idle()
@@ -412,8 +412,8 @@ async def test_corrupted_history_flagged_by_validate_and_show_then_repaired(
     code, planned, _ = await admin(capsys, "repair", "1", "--dry-run")
     assert code == 0 and planned.startswith("dry run, nothing changed")
     assert await dump(admin_env) == before
-    code, done, _ = await admin(capsys, "repair", "1")
-    assert code == 0 and done.startswith("repaired session 1")
+    code, done, _ = await admin(capsys, "repair", "1", "--wait", "0")
+    assert code == 3 and done.startswith("repaired session 1")
     steps = [line for line in done.splitlines() if line.startswith("  - ")]
     assert steps == [line for line in planned.splitlines() if line.startswith("  - ")]
     assert any("missing tool result for call_lost" in s for s in steps)
@@ -496,14 +496,26 @@ async def test_repair_dry_run_changes_nothing_then_repair_gets_the_session_answe
     await stuck_tool_session(make_core, fake_openai)
     before = await dump(admin_env)
     code, out, _ = await admin(capsys, "repair", "1", "--dry-run", "--json")
-    planned = json_lines(out)
+    planned = of_type(out, "step")
     assert code == 0 and await dump(admin_env) == before
     assert [s["code"] for s in planned] == ["cancel_tool", "close_round", "recover"]
     assert all(s["dry_run"] is True for s in planned)
-    code, out, _ = await admin(capsys, "repair", "1", "--json")
-    done = json_lines(out)
-    assert code == 0
+    assert json_lines(out)[-1] == {
+        "type": "repair",
+        "session": 1,
+        "dry_run": True,
+        "steps": 3,
+        "control": None,
+        "applied": None,
+        "result": None,
+    }
+    code, out, _ = await admin(capsys, "repair", "1", "--json", "--wait", "0")
+    done = of_type(out, "step")
+    assert code == 3
     assert [(s["code"], s["text"]) for s in done] == [(s["code"], s["text"]) for s in planned]
+    (outcome,) = of_type(out, "repair")
+    assert (outcome["dry_run"], outcome["steps"], outcome["applied"]) == (False, 3, False)
+    assert isinstance(outcome["control"], int)
     (call,) = await fetch(admin_env, ToolCallRow)
     assert (call.status, call.result) == ("cancelled", "cancelled by an operator")
     code, out, _ = await admin(capsys, "validate")
@@ -528,8 +540,9 @@ async def test_repair_while_the_core_runs_is_carried_on_by_it(
     async with make_core(tool_timeout_seconds=30) as (_runtime, chat):
         await chat.say("run the hanging tool")
         await chat.wait_for(1)
-        code, out, _ = await admin(capsys, "repair", "1")
+        code, out, _ = await admin(capsys, "repair", "1", "--wait", "10")
         assert code == 0 and "cancelled by an operator" in out
+        assert "the bot picked it up: session handed back to the engine" in out
         sent = await chat.wait_for(2)
         assert sent[1].message.kind is ReplyKind.ANSWER
         assert "cancelled by an operator" in sent[1].message.text
@@ -542,6 +555,55 @@ async def test_repair_while_the_core_runs_is_carried_on_by_it(
     assert fake_openai.rejected == []
 
 
+async def test_repair_without_a_running_bot_says_none_picked_it_up_and_exits_3(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(admin_env, SessionRow, SessionRow.state == "llm")
+    # Killed during the model call, four minutes ago.
+    killed = datetime.now(UTC) - timedelta(minutes=4)
+    await execute(admin_env, update(WorkerRow).values(last_seen_at=killed))
+    code, out, _ = await admin(capsys, "repair", "1", "--wait", "0.3")
+    assert code == 3
+    assert "queue a 'recover' control" in out
+    assert "no running bot picked it up within 0.3 s" in out
+    assert "bot: worker main last seen 4 min ago (not running?)" in out
+    (control,) = await fetch(admin_env, ControlRow)
+    assert (control.action, control.done_at) == ("recover", None)
+
+
+async def test_repair_of_a_healthy_session_has_nothing_to_repair(
+    make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    code, out, _ = await admin(capsys, "repair", "1")
+    assert (code, out.strip()) == (0, "session 1: nothing to repair")
+    code, out, _ = await admin(capsys, "repair", "1", "--json")
+    assert (code, json_lines(out)) == (
+        0,
+        [
+            {
+                "type": "repair",
+                "session": 1,
+                "dry_run": False,
+                "steps": 0,
+                "control": None,
+                "applied": None,
+                "result": None,
+            }
+        ],
+    )
+    assert await fetch(admin_env, ControlRow) == []
+
+
 # --- controls: cancel and reset ------------------------------------------------------------------
 
 
@@ -552,10 +614,15 @@ async def test_cancel_without_a_running_bot_stays_queued(
         await chat.say("hello")
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
-    code, out, _ = await admin(capsys, "cancel", "1", "--wait", "0")
-    assert code == 0 and "stays queued" in out and "next starts" in out
+    code, out, _ = await admin(capsys, "cancel", "1", "--wait", "0.3")
+    assert code == 3
+    assert "no running bot applied it within 0.3 s" in out
+    assert "stays queued" in out and "next starts" in out
     (control,) = await fetch(admin_env, ControlRow)
     assert control.action == "cancel" and control.done_at is None
+    code, out, _ = await admin(capsys, "cancel", "1", "--wait", "0", "--json")
+    (result,) = json_lines(out)
+    assert (code, result["applied"], result["result"]) == (3, False, None)
 
 
 async def test_cancel_and_reset_applied_by_a_running_core(

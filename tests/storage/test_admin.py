@@ -404,10 +404,13 @@ async def test_dry_run_changes_nothing_and_plans_what_repair_does(
     before = await dump(database_url)
     planned = await admin.repair(1, StuckRules(), dry_run=True)
     assert await dump(database_url) == before
+    assert planned.control_id is None
     done = await admin.repair(1, StuckRules(), dry_run=False)
-    assert done == planned
-    assert [s.code for s in done] == ["cancel_tool", "close_round", "recover"]
+    assert done.steps == planned.steps
+    assert [s.code for s in done.steps] == ["cancel_tool", "close_round", "recover"]
     assert await dump(database_url) != before
+    (control,) = await fetch(database_url, ControlRow)
+    assert done.control_id == control.id
 
 
 async def test_repair_closes_the_round_like_the_engine_and_the_next_core_answers(
@@ -443,7 +446,7 @@ async def test_repair_of_a_corrupted_history_makes_it_valid(
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
     await corrupt_history(database_url, 1)
-    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
     assert [s.code for s in steps] == ["add_tool_result", "drop_message", "recover"]
     assert (await admin.invalid_histories())[1] == []
     rows = await fetch(database_url, MessageRow)
@@ -467,7 +470,7 @@ async def test_repair_resends_a_failed_reply(
         await chat.say("hi")
         await wait_rows(database_url, OutboxRow, OutboxRow.failed.is_(True))
         await runtime.engine.wait_idle()
-    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
     assert [s.code for s in steps] == ["reset_outbox", "recover"]
     (row,) = await fetch(database_url, OutboxRow)
     assert (row.failed, row.attempts, row.delivered_at) == (False, 0, None)
@@ -487,7 +490,7 @@ async def test_repair_after_a_failed_llm_call_asks_again(
         await chat.say("first question")
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
-    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
     assert [s.code for s in steps] == ["retry_llm", "recover"]
     async with make_core() as (runtime, chat):
         sent = await chat.wait_for(1)
@@ -517,7 +520,7 @@ async def test_repair_queues_deferred_messages_left_without_a_round(
             created_at=datetime.now(UTC),
         ),
     )
-    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
     assert [s.code for s in steps] == ["requeue_deferred", "recover"]
     async with make_core() as (runtime, chat):
         sent = await chat.wait_for(1)
@@ -526,15 +529,32 @@ async def test_repair_queues_deferred_messages_left_without_a_round(
     assert fake_openai.rejected == []
 
 
-async def test_repair_of_a_healthy_idle_session_only_hands_it_back(
+async def test_repair_of_a_healthy_idle_session_has_nothing_to_do(
     make_core: CoreFactory, admin: AdminStore, database_url: str
 ) -> None:
     async with make_core() as (runtime, chat):
         await chat.say("hi")
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
-    steps = await admin.repair(1, StuckRules(), dry_run=False)
-    assert [s.code for s in steps] == ["recover"]
+    before = await dump(database_url)
+    for dry_run in (True, False):
+        done = await admin.repair(1, StuckRules(), dry_run=dry_run)
+        assert (done.steps, done.control_id) == ([], None)
+    # Not even a 'recover' control for the bot, nor a touched session row.
+    assert await dump(database_url) == before
+
+
+async def test_repair_of_a_session_left_waiting_for_the_model_hands_it_back(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
+) -> None:
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(database_url, SessionRow, SessionRow.state == "llm")
+    done = await admin.repair(1, StuckRules(), dry_run=False)
+    assert [s.code for s in done.steps] == ["recover"]
+    (control,) = await fetch(database_url, ControlRow)
+    assert (control.id, control.action, control.done_at) == (done.control_id, "recover", None)
 
 
 # --- history repair mapped onto rows (pure) ------------------------------------------------------
