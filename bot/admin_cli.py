@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -635,4 +636,8 @@ def _missing_database(url: str) -> str | None:
     path = sqlite_file_missing(url)
     if path is None:
         return None
-    return f"no database file at {path} (check DATABASE_URL; `stillhere db upgrade` creates it)"
+    return (
+        f"no database file at {path} (current folder: {os.getcwd()}; a relative "
+        "DATABASE_URL and the .env file are read from the current folder: run it from the "
+        "bot's folder or set DATABASE_URL; `stillhere db upgrade` creates the file)"
+    )

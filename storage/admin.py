@@ -8,6 +8,7 @@ repository's own code so a repaired history looks exactly like one the engine wr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -56,11 +57,13 @@ class UnknownSession(LookupError):
 
 
 def sqlite_file_missing(url: str) -> str | None:
-    """The path of a SQLite database file that does not exist (opening it would create it)."""
+    """The absolute path of a SQLite database file that does not exist (opening it would
+    create it). Absolute, because a relative URL is read from the current folder, which is
+    the usual reason the file is not where the operator thinks."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    path = Path(parsed.database or "")
+    path = Path(os.path.abspath(parsed.database or ""))
     return None if path.exists() else str(path)
 
 

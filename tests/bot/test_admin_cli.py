@@ -136,6 +136,21 @@ async def test_missing_database_file_is_reported_and_not_created(
     assert not (tmp_path / "data").exists()
 
 
+async def test_missing_database_of_the_default_url_names_the_folder_it_was_looked_for_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Run from another folder than the bot's, with the default relative URL.
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = await admin(capsys, "sessions")
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert f"no database file at {Path.cwd()}/data/stillhere.db " in line
+    assert f"current folder: {Path.cwd()};" in line
+    assert "a relative DATABASE_URL and the .env file are read from the current folder" in line
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize(
     "url",
     ["postgresql+psycopg2://bot:hunter2@127.0.0.1:1/bot", "mysql://bot:hunter2@127.0.0.1:1/bot"],

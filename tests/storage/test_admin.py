@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,6 +163,14 @@ def test_a_missing_sqlite_file_is_reported_not_created(tmp_path: Any) -> None:
     assert not (tmp_path / "nope").exists()
     assert sqlite_file_missing("sqlite+aiosqlite:///:memory:") is None
     assert sqlite_file_missing("postgresql+asyncpg://u:p@h/db") is None
+
+
+def test_a_missing_sqlite_file_of_a_relative_url_is_named_by_its_absolute_path(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = sqlite_file_missing("sqlite+aiosqlite:///./data/stillhere.db")
+    assert missing == str(Path.cwd() / "data" / "stillhere.db")
 
 
 async def test_schema_not_at_head_is_refused(database_url: str) -> None:
