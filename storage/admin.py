@@ -9,10 +9,12 @@ repository's own code so a repaired history looks exactly like one the engine wr
 from __future__ import annotations
 
 import os
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -430,6 +432,41 @@ def _unanswered(items: Sequence[_Item]) -> int:
     return count
 
 
+def _transcript_order(messages: Sequence[MessageRow]) -> list[MessageRow]:
+    """History rows by position (the order the model reads them, which a repair or a
+    deferred message makes differ from the order they came in), and each row outside the
+    history (an instant reply, a queued or deferred message, a round waiting for its
+    results, a dropped row) right after the last history row it is not older than: never
+    before a message it may answer."""
+    placed = sorted((m for m in messages if m.position is not None), key=_row_position)
+    in_time = sorted(range(len(placed)), key=lambda i: (placed[i].created_at, placed[i].id))
+    times = [placed[i].created_at for i in in_time]
+    # latest[k]: the furthest history place among the k + 1 oldest history rows.
+    latest = list(accumulate(in_time, max))
+
+    def anchor(row: MessageRow) -> int:
+        older = bisect_right(times, row.created_at)
+        return latest[older - 1] if older else -1
+
+    outside = sorted(
+        ((anchor(m), m.created_at, m.id, m) for m in messages if m.position is None),
+        key=lambda entry: entry[:3],
+    )
+    ordered: list[MessageRow] = []
+    k = 0
+    for place in range(-1, len(placed)):
+        if place >= 0:
+            ordered.append(placed[place])
+        while k < len(outside) and outside[k][0] == place:
+            ordered.append(outside[k][3])
+            k += 1
+    return ordered
+
+
+def _row_position(row: MessageRow) -> int:
+    return row.position or 0
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
@@ -721,7 +758,7 @@ class AdminStore:
                 created_at=m.created_at,
                 calls=tuple(by_message.get(m.id, ())),
             )
-            for m in messages
+            for m in _transcript_order(messages)
         ]
         items = sorted((_item(m) for m in messages if m.position is not None), key=_by_position)
         shown = views if last is None else views[-last:] if last else []

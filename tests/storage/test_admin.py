@@ -374,14 +374,16 @@ async def test_transcript_marks_interims_deferred_tools_and_outbox(
         await runtime.engine.wait_idle()
     found = await admin.transcript(1, StuckRules())
     assert found.problems == () and found.history_length == 5
-    roles = [(m.role, m.status) for m in found.messages]
+    # In history order (the deferred message follows the tool result there), and the
+    # instant reply, which has no place in the history, after the message it answered.
+    roles = [(m.role, m.status, m.position) for m in found.messages]
     assert roles == [
-        ("user", "history"),
-        ("assistant", "history"),
-        ("user", "history"),
-        ("assistant", "interim"),
-        ("tool", "history"),
-        ("assistant", "history"),
+        ("user", "history", 1),
+        ("assistant", "history", 2),
+        ("tool", "history", 3),
+        ("user", "history", 4),
+        ("assistant", "interim", None),
+        ("assistant", "history", 5),
     ]
     call = found.messages[1].calls[0]
     assert call.name == "get_current_time" and call.status == "done"
@@ -390,8 +392,55 @@ async def test_transcript_marks_interims_deferred_tools_and_outbox(
     assert [o.delivery for o in found.outbox] == ["delivered"] * 3
     assert [o.kind for o in found.outbox] == ["working", "interim", "answer"]
     last_two = await admin.transcript(1, StuckRules(), last=2)
-    assert [m.role for m in last_two.messages] == ["tool", "assistant"]
+    assert [(m.role, m.status) for m in last_two.messages] == [
+        ("assistant", "interim"),
+        ("assistant", "history"),
+    ]
     assert last_two.omitted == 4
+
+
+async def test_transcript_follows_the_history_a_repair_reordered(
+    make_core: CoreFactory, admin: AdminStore, database_url: str
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    # A call, a user message answered at once, then the call's result: a late result
+    # that a repair moves up next to its call, after rows with smaller ids.
+    start = datetime.now(UTC)
+    call = {
+        "id": "call_late",
+        "type": "function",
+        "function": {"name": "get_current_time", "arguments": "{}"},
+    }
+    rows = [
+        dict(role="assistant", tool_calls=[call], status="history", position=3),
+        dict(role="user", content="meanwhile", status="history", position=4),
+        dict(role="assistant", content="one moment", status="interim", position=None),
+        dict(role="tool", content="12:00", tool_call_id="call_late", status="history", position=5),
+    ]
+    await execute(
+        database_url,
+        *(
+            insert(MessageRow).values(
+                session_id=1, turn=2, created_at=start + timedelta(seconds=n), **row
+            )
+            for n, row in enumerate(rows)
+        ),
+    )
+    steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
+    assert "move_message" in [s.code for s in steps]
+    found = await admin.transcript(1, StuckRules())
+    shown = [(m.id, m.position, m.status) for m in found.messages]
+    assert shown == [
+        (1, 1, "history"),
+        (2, 2, "history"),
+        (3, 3, "history"),
+        (6, 4, "history"),  # the tool result, moved next to its call
+        (4, 5, "history"),
+        (5, None, "interim"),  # after "meanwhile", which it answered
+    ]
 
 
 async def test_unknown_session_raises(admin: AdminStore) -> None:
