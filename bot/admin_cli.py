@@ -605,11 +605,12 @@ COMMANDS: dict[str, Callable[[AdminStore, argparse.Namespace], Any]] = {
 
 async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     """Runs one `stillhere admin` command; returns the exit code."""
+    # Alembic narrates loading its plugins (as storage.admin imports it) and scripts at
+    # INFO; an admin command only checks the head, and its errors must stay one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from storage.admin import AdminStore, SchemaError, UnknownSession, check_schema
     from storage.database import create_engine
 
-    # Alembic narrates loading its scripts at INFO; an admin command only checks the head.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     missing = _missing_database(settings.database_url)
     if missing is not None:
         return _fail(missing)

@@ -732,6 +732,17 @@ async def test_validate_as_a_subprocess_exits_1_on_a_corrupted_history(
     assert json_lines(out)[0]["rule"] == "missing_tool_response"
 
 
+async def test_missing_database_as_a_subprocess_is_the_one_line_and_no_log_lines(
+    tmp_path: Path,
+) -> None:
+    env = _env("unused")
+    del env["DATABASE_URL"]  # the default, relative to the current folder
+    code, out, err = await _cli(env, tmp_path, "admin", "sessions")
+    assert (code, out) == (2, "")
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"stillhere admin: no database file at {tmp_path}/data/stillhere.db ")
+
+
 @contextlib.asynccontextmanager
 async def _bot(env: dict[str, str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     process = await asyncio.create_subprocess_exec(
