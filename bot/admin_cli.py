@@ -3,8 +3,9 @@
 It works on the live database while the bot runs, and never migrates it. Changes a running
 bot must make itself (cancel, reset, carrying a repaired session on) go through the
 `controls` table, which the bot polls. Output is rich text for people, or JSON lines with
-`--json` for scripts. Exit codes: 0 ok, 1 problems found, 2 usage error. It prints no
-setting, so no secret can leak through it.
+`--json` for scripts. Exit codes: 0 ok, 1 problems found (stuck sessions, a stuck session
+shown, an invalid history), 2 usage error, 3 no running bot applied a request in time. It
+prints no setting, so no secret can leak through it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -28,18 +30,21 @@ from bot.settings import KNOWN_PLATFORMS, Settings
 if TYPE_CHECKING:
     from storage.admin import (
         AdminStore,
+        ControlState,
         MessageView,
         SessionSummary,
         Step,
         StuckRules,
         Transcript,
+        WorkerView,
     )
 
-OK, PROBLEMS, USAGE = 0, 1, 2
+OK, PROBLEMS, USAGE, NOT_APPLIED = 0, 1, 2, 3
 POLL_SECONDS = 0.1
 PREVIEW = 160
 PIPED_WIDTH = 240
 SESSION_HELP = "a session id, as `stillhere admin sessions` lists them"
+NO_HEARTBEAT = "bot: no heartbeat recorded: no bot has run on this database (yet)"
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -90,7 +95,7 @@ def add_admin_parser(commands: Any) -> None:
         type=_seconds,
         default=60.0,
         metavar="SECONDS",
-        help="a tool call is stuck this long after its timeout (default 60)",
+        help="a tool call, or a model call, is stuck this long after its timeout (default 60)",
     )
     rules.add_argument(
         "--minutes",
@@ -105,14 +110,17 @@ def add_admin_parser(commands: Any) -> None:
         type=_seconds,
         default=5.0,
         metavar="SECONDS",
-        help="how long to wait for the running bot to apply it (default 5)",
+        help="how long to wait for the running bot to apply it (default 5; exit 3 if none did)",
     )
 
     admin = commands.add_parser(
         "admin",
         help="inspect and repair conversations (safe while the bot runs)",
         description="Inspect and repair conversations in the bot's database, also while the "
-        "bot runs. Exit codes: 0 ok, 1 problems found, 2 usage error or unknown session.",
+        "bot runs. Exit codes: 0 ok; 1 problems found (sessions --stuck: some are stuck; "
+        "show: this one is stuck; validate: a history is invalid); 2 usage error, unknown "
+        "session or a database not at the schema head; 3 no running bot applied the request "
+        "of cancel, reset or repair within --wait (it stays queued for the next start).",
     )
     sub = admin.add_subparsers(dest="admin_command", required=True)
     sessions = sub.add_parser(
@@ -127,13 +135,15 @@ def add_admin_parser(commands: Any) -> None:
         "--limit", type=_positive_int, default=50, metavar="N", help="at most N (default 50)"
     )
     show = sub.add_parser(
-        "show", parents=[output], help="a session's transcript and whether its history is valid"
+        "show",
+        parents=[output, attempts, rules],
+        help="a session's transcript, whether its history is valid and why it is stuck",
     )
     show.add_argument("session", type=_session_id, help=SESSION_HELP)
     show.add_argument("--last", type=_positive_int, metavar="N", help="only the last N messages")
     repair = sub.add_parser(
         "repair",
-        parents=[output, attempts],
+        parents=[output, attempts, wait],
         help="cancel stuck tool calls, fix the history, resend stuck replies, carry on",
     )
     repair.add_argument("session", type=_session_id, help=SESSION_HELP)
@@ -210,10 +220,42 @@ def _state(summary: SessionSummary) -> str:
     return f"{state} (archived)" if summary.archived else state
 
 
+def _waiting(summary: SessionSummary) -> str:
+    """The user messages without an answer, as the JSON's `unanswered` counts them: those
+    in the history after the last answer (a failed or hung call took them), then the
+    queued and deferred ones, which the parentheses break out."""
+    if not summary.unanswered:
+        return "-"
+    parts = [f"{summary.queued} queued"] if summary.queued else []
+    if summary.deferred:
+        parts.append(f"{summary.deferred} deferred")
+    return f"{summary.unanswered} unanswered" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def _summary_record(summary: SessionSummary) -> dict[str, Any]:
-    record = asdict(summary)
+    record = {"type": "session", **asdict(summary)}
     record["stuck"] = summary.stuck
     return record
+
+
+def _bot_lines(workers: Sequence[WorkerView]) -> list[Text]:
+    """Whether a bot runs: a session "running" a tool means nothing if none does."""
+    if not workers:
+        return [Text(NO_HEARTBEAT, "red")]
+    lines = []
+    for worker in workers:
+        seen = _ago(worker.seconds_ago) + " ago"
+        if worker.alive:
+            lines.append(Text(f"bot: worker {worker.worker_id} alive (seen {seen})", "green"))
+        else:
+            text = f"bot: worker {worker.worker_id} last seen {seen} (not running?)"
+            lines.append(Text(text, "bold red"))
+    return lines
+
+
+def _emit_workers(workers: Sequence[WorkerView]) -> None:
+    for worker in workers:
+        _emit({"type": "worker", **asdict(worker)})
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -227,6 +269,7 @@ def _rules(args: argparse.Namespace) -> StuckRules:
         getattr(args, "tool_margin", defaults.tool_margin_seconds),
         getattr(args, "max_attempts", defaults.max_attempts),
         getattr(args, "minutes", defaults.minutes),
+        getattr(args, "llm_seconds", defaults.llm_seconds),
     )
 
 
@@ -238,14 +281,18 @@ async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
         platform=args.platform,
         limit=args.limit,
     )
+    workers = await admin.workers()
     status = PROBLEMS if args.stuck and total else OK
     if args.json:
+        _emit_workers(workers)
         for summary in shown:
             _emit(_summary_record(summary))
         return status
     console = _console()
     if not shown:
         console.print("no stuck sessions" if args.stuck else "no sessions")
+        for line in _bot_lines(workers):
+            console.print(line)
         return status
     table = Table(title="stuck sessions" if args.stuck else "sessions")
     for column in ("id", "chat", "state", "tools", "waiting", "outbox", "last activity"):
@@ -264,7 +311,7 @@ async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
             _chat(summary),
             _state(summary),
             tools,
-            f"{summary.queued} queued, {summary.deferred} deferred",
+            _waiting(summary),
             f"{summary.undelivered} unsent" if summary.undelivered else "-",
             _since(summary.last_activity),
             last,
@@ -274,6 +321,8 @@ async def _sessions(admin: AdminStore, args: argparse.Namespace) -> int:
     console.print(table)
     if total > len(shown):
         console.print(f"{total - len(shown)} more not shown (--limit)")
+    for line in _bot_lines(workers):
+        console.print(line)
     return status
 
 
@@ -314,12 +363,16 @@ def _call_line(view: MessageView, index: int) -> Text:
     return line
 
 
-def _print_transcript(found: Transcript) -> None:
+def _print_transcript(found: Transcript, workers: Sequence[WorkerView]) -> None:
     console = _console()
     summary = found.session
     console.print(Text(f"session {summary.id} · {_chat(summary)} · {_state(summary)}", "bold"))
+    for line in _bot_lines(workers):
+        console.print(line)
     if summary.last_error:
         console.print(Text(f"last error: {summary.last_error}", "red"))
+    for reason in summary.reasons:
+        console.print(Text(f"stuck: {reason.code}: {reason.text}", "bold red"))
     if found.problems:
         console.print(Text(f"history: INVALID ({found.history_length} messages)", style="bold red"))
         for problem in found.problems:
@@ -349,20 +402,22 @@ def _print_transcript(found: Transcript) -> None:
 
 
 async def _show(admin: AdminStore, args: argparse.Namespace) -> int:
-    found = await admin.transcript(args.session, last=args.last)
-    status = PROBLEMS if found.problems else OK
+    found = await admin.transcript(args.session, _rules(args), last=args.last)
+    workers = await admin.workers()
+    # An invalid history is one of the reasons a session is stuck.
+    status = PROBLEMS if found.session.stuck else OK
     if not args.json:
-        _print_transcript(found)
+        _print_transcript(found, workers)
         return status
     _emit(
         {
-            "type": "session",
             **_summary_record(found.session),
             "history_valid": not found.problems,
             "history_length": found.history_length,
             "omitted": found.omitted,
         }
     )
+    _emit_workers(workers)
     for problem in found.problems:
         _emit({"type": "violation", **asdict(problem)})
     for view in found.messages:
@@ -375,7 +430,7 @@ async def _show(admin: AdminStore, args: argparse.Namespace) -> int:
 def _print_steps(steps: Sequence[Step], header: str, as_json: bool, dry_run: bool) -> None:
     if as_json:
         for step in steps:
-            _emit({"dry_run": dry_run, **asdict(step)})
+            _emit({"type": "step", "dry_run": dry_run, **asdict(step)})
         return
     console = _console()
     console.print(Text(header, "bold"))
@@ -384,13 +439,63 @@ def _print_steps(steps: Sequence[Step], header: str, as_json: bool, dry_run: boo
 
 
 async def _repair(admin: AdminStore, args: argparse.Namespace) -> int:
-    steps = await admin.repair(args.session, _rules(args), dry_run=args.dry_run)
-    if args.dry_run:
-        header = f"dry run, nothing changed: the repair of session {args.session} would"
-    else:
-        header = f"repaired session {args.session}:"
-    _print_steps(steps, header, args.json, args.dry_run)
-    return OK
+    done = await admin.repair(args.session, _rules(args), dry_run=args.dry_run)
+    state: ControlState | None = None
+    if done.steps:
+        if args.dry_run:
+            header = f"dry run, nothing changed: the repair of session {args.session} would"
+        else:
+            header = f"repaired session {args.session}:"
+        _print_steps(done.steps, header, args.json, args.dry_run)
+    elif not args.json:
+        _console().print(f"session {args.session}: nothing to repair")
+    if done.control_id is not None:
+        if not args.json:
+            _console().print(
+                f"waiting up to {args.wait:g} s for the running bot to pick it up "
+                f"(control #{done.control_id})"
+            )
+        state = await _wait_for(admin, done.control_id, args.wait)
+    if args.json:
+        _emit(
+            {
+                "type": "repair",
+                "session": args.session,
+                "dry_run": args.dry_run,
+                "steps": len(done.steps),
+                "control": done.control_id,
+                "applied": None if state is None else state.done,
+                "result": None if state is None else state.result,
+            }
+        )
+    elif state is not None and state.done:
+        _console().print(Text(f"the bot picked it up: {state.result}"))
+    elif state is not None:
+        await _nobody(
+            admin,
+            f"no running bot picked it up within {args.wait:g} s: the 'recover' control stays "
+            "queued and a bot carries the session on when it next starts",
+        )
+    return NOT_APPLIED if state is not None and not state.done else OK
+
+
+async def _wait_for(admin: AdminStore, control_id: int, seconds: float) -> ControlState:
+    """The control once the bot applied it, or as it is after `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    state = await admin.control(control_id)
+    while not state.done and loop.time() < deadline:
+        await asyncio.sleep(POLL_SECONDS)
+        state = await admin.control(control_id)
+    return state
+
+
+async def _nobody(admin: AdminStore, text: str) -> None:
+    """Says no bot applied a request, and what the heartbeats tell of why."""
+    console = _console()
+    console.print(Text(text, "bold red"))
+    for line in _bot_lines(await admin.workers()):
+        console.print(line)
 
 
 async def _ask(admin: AdminStore, args: argparse.Namespace, action: str) -> int:
@@ -400,12 +505,7 @@ async def _ask(admin: AdminStore, args: argparse.Namespace, action: str) -> int:
             f"'{action}' requested for session {args.session} (control #{control_id}); "
             f"waiting up to {args.wait:g} s for the running bot"
         )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + args.wait
-    state = await admin.control(control_id)
-    while not state.done and loop.time() < deadline:
-        await asyncio.sleep(POLL_SECONDS)
-        state = await admin.control(control_id)
+    state = await _wait_for(admin, control_id, args.wait)
     if args.json:
         _emit(
             {
@@ -419,11 +519,12 @@ async def _ask(admin: AdminStore, args: argparse.Namespace, action: str) -> int:
     elif state.done:
         _console().print(Text(f"the bot applied it: {state.result}"))
     else:
-        _console().print(
-            "no running bot applied it yet: the request stays queued and the bot applies it "
-            "when it next starts"
+        await _nobody(
+            admin,
+            f"no running bot applied it within {args.wait:g} s: the request stays queued and "
+            "a bot applies it when it next starts",
         )
-    return OK
+    return OK if state.done else NOT_APPLIED
 
 
 async def _reset(admin: AdminStore, args: argparse.Namespace) -> int:
@@ -504,14 +605,18 @@ COMMANDS: dict[str, Callable[[AdminStore, argparse.Namespace], Any]] = {
 
 async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     """Runs one `stillhere admin` command; returns the exit code."""
+    # Alembic narrates loading its plugins (as storage.admin imports it) and scripts at
+    # INFO; an admin command only checks the head, and its errors must stay one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from storage.admin import AdminStore, SchemaError, UnknownSession, check_schema
     from storage.database import create_engine
 
-    # Alembic narrates loading its scripts at INFO; an admin command only checks the head.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     missing = _missing_database(settings.database_url)
     if missing is not None:
         return _fail(missing)
+    # The model call's limit is the bot's setting, not an option: the CLI judges by the
+    # same numbers the bot runs with.
+    args.llm_seconds = settings.openai_timeout_seconds * (settings.openai_max_retries + 1)
     engine = create_engine(settings.database_url)
     try:
         await check_schema(engine)
@@ -532,4 +637,8 @@ def _missing_database(url: str) -> str | None:
     path = sqlite_file_missing(url)
     if path is None:
         return None
-    return f"no database file at {path} (check DATABASE_URL; `stillhere db upgrade` creates it)"
+    return (
+        f"no database file at {path} (current folder: {os.getcwd()}; a relative "
+        "DATABASE_URL and the .env file are read from the current folder: run it from the "
+        "bot's folder or set DATABASE_URL; `stillhere db upgrade` creates the file)"
+    )

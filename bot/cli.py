@@ -1,7 +1,8 @@
 """The `stillhere` command: run the bot, manage the database, run the offline model, admin.
 
 Exit codes: 0 ok, 1 problems found (admin), 2 usage or configuration error, or a platform
-that cannot be reached or refuses the bot at start.
+that cannot be reached or refuses the bot at start, 3 no running bot applied an admin
+request in time.
 """
 
 from __future__ import annotations

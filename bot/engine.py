@@ -57,6 +57,9 @@ CONTROL_POLL_SECONDS = 1.0
 RECOVERY_CONCURRENCY = 32
 # How often replies left undelivered (platform down, a dead worker's claim) are retried.
 SWEEP_EVERY_POLLS = 30
+# The engine's heartbeat (`Store.beat`) on the first poll, then every this many: the admin
+# CLI tells from it, within seconds, whether a bot runs (one small write per 5 s).
+HEARTBEAT_EVERY_POLLS = 5
 # Waits between tries to store a message whose storing failed (a locked or restarting
 # database). The platform has moved past the message once submit returns, so it is worth
 # holding the adapter's intake a few seconds; after the last try the error propagates.
@@ -434,6 +437,8 @@ class Engine:
         while True:
             polls += 1
             try:
+                if polls % HEARTBEAT_EVERY_POLLS == 1:
+                    await self.store.beat(self.config.worker_id)
                 if polls % SWEEP_EVERY_POLLS == 0:
                     for session_id in await self.store.sessions_with_undelivered():
                         self.courier.kick(session_id)

@@ -8,10 +8,13 @@ repository's own code so a repaired history looks exactly like one the engine wr
 
 from __future__ import annotations
 
+import os
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from storage.models import (
     OutboxRow,
     SessionRow,
     ToolCallRow,
+    WorkerRow,
 )
 from storage.repository import UNFINISHED, SqlStore
 
@@ -41,6 +45,9 @@ from storage.repository import UNFINISHED, SqlStore
 CHUNK = 200
 # A history message that a repair takes out keeps its row (for the transcript) under this.
 DROPPED = "dropped"
+# A worker seen this recently runs. It beats every 5 s (bot.engine.HEARTBEAT_EVERY_POLLS),
+# later behind a slow control or a locked database: only several missed beats mean dead.
+ALIVE_SECONDS = 20.0
 
 
 class SchemaError(Exception):
@@ -52,11 +59,13 @@ class UnknownSession(LookupError):
 
 
 def sqlite_file_missing(url: str) -> str | None:
-    """The path of a SQLite database file that does not exist (opening it would create it)."""
+    """The absolute path of a SQLite database file that does not exist (opening it would
+    create it). Absolute, because a relative URL is read from the current folder, which is
+    the usual reason the file is not where the operator thinks."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    path = Path(parsed.database or "")
+    path = Path(os.path.abspath(parsed.database or ""))
     return None if path.exists() else str(path)
 
 
@@ -89,6 +98,7 @@ class Reason(StrEnum):
     """Why a session counts as stuck; the values are stable codes for scripts."""
 
     TOOL_OVERDUE = "tool_overdue"
+    LLM_OVERDUE = "llm_overdue"
     OUTBOX_FAILED = "outbox_failed"
     OUTBOX_RETRIES = "outbox_retries"
     OUTBOX_LATE = "outbox_late"
@@ -105,9 +115,13 @@ class StuckReason:
 
 @dataclass(frozen=True, slots=True)
 class StuckRules:
+    # How long after its timeout a tool call, or a model call, counts as stuck.
     tool_margin_seconds: float = 60.0
     max_attempts: int = 3
     minutes: float = 5.0
+    # The longest a model call may take with its retries: OPENAI_TIMEOUT_SECONDS x
+    # (OPENAI_MAX_RETRIES + 1), 60 s x 3 with the default settings.
+    llm_seconds: float = 180.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +225,18 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class RepairResult:
+    steps: list[Step]  # empty: nothing to repair (and nothing was written)
+    # The 'recover' control queued for the bot to carry the session on; None in a dry run
+    # or when the session needs no bot (archived).
+    control_id: int | None
+
+
+class _NothingToRepair(Exception):
+    """Rolls back a repair that found nothing to do: it writes nothing at all."""
+
+
+@dataclass(frozen=True, slots=True)
 class UsageLine:
     scope: str  # user | chat | total
     id: str
@@ -218,6 +244,16 @@ class UsageLine:
     tokens_today: int
     calls_month: int
     tokens_month: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """A bot process as its heartbeat shows it."""
+
+    worker_id: str
+    last_seen: datetime
+    seconds_ago: float
+    alive: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +432,41 @@ def _unanswered(items: Sequence[_Item]) -> int:
     return count
 
 
+def _transcript_order(messages: Sequence[MessageRow]) -> list[MessageRow]:
+    """History rows by position (the order the model reads them, which a repair or a
+    deferred message makes differ from the order they came in), and each row outside the
+    history (an instant reply, a queued or deferred message, a round waiting for its
+    results, a dropped row) right after the last history row it is not older than: never
+    before a message it may answer."""
+    placed = sorted((m for m in messages if m.position is not None), key=_row_position)
+    in_time = sorted(range(len(placed)), key=lambda i: (placed[i].created_at, placed[i].id))
+    times = [placed[i].created_at for i in in_time]
+    # latest[k]: the furthest history place among the k + 1 oldest history rows.
+    latest = list(accumulate(in_time, max))
+
+    def anchor(row: MessageRow) -> int:
+        older = bisect_right(times, row.created_at)
+        return latest[older - 1] if older else -1
+
+    outside = sorted(
+        ((anchor(m), m.created_at, m.id, m) for m in messages if m.position is None),
+        key=lambda entry: entry[:3],
+    )
+    ordered: list[MessageRow] = []
+    k = 0
+    for place in range(-1, len(placed)):
+        if place >= 0:
+            ordered.append(placed[place])
+        while k < len(outside) and outside[k][0] == place:
+            ordered.append(outside[k][3])
+            k += 1
+    return ordered
+
+
+def _row_position(row: MessageRow) -> int:
+    return row.position or 0
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
@@ -491,6 +562,20 @@ class AdminStore:
                         f"tool {call.name} ({call.call_id}) {call.status} for {age:.0f} s, "
                         f"over its timeout of {call.timeout_seconds:g} s plus "
                         f"{rules.tool_margin_seconds:g} s",
+                    )
+                )
+        if row.state == SessionState.LLM and row.active_key is not None:
+            # Every state change and every message taken in stamps updated_at, so it is no
+            # earlier than the running call's start: this never fires while a call may
+            # still be running. A bot killed during a call leaves the session here.
+            age = _seconds(row.updated_at, now) or 0.0
+            if age > rules.llm_seconds + rules.tool_margin_seconds:
+                reasons.append(
+                    StuckReason(
+                        Reason.LLM_OVERDUE,
+                        f"waiting for the model for {age:.0f} s, over the "
+                        f"{rules.llm_seconds:g} s a call may take (OPENAI_TIMEOUT_SECONDS x "
+                        f"(OPENAI_MAX_RETRIES + 1)) plus {rules.tool_margin_seconds:g} s",
                     )
                 )
         late = timedelta(minutes=rules.minutes)
@@ -610,10 +695,15 @@ class AdminStore:
             return self._summary(facts, rules, _now(now))
 
     async def transcript(
-        self, session_id: int, *, last: int | None = None, now: datetime | None = None
+        self,
+        session_id: int,
+        rules: StuckRules | None = None,
+        *,
+        last: int | None = None,
+        now: datetime | None = None,
     ) -> Transcript:
         moment = _now(now)
-        summary = await self.summary(session_id, StuckRules(), moment)
+        summary = await self.summary(session_id, rules or StuckRules(), moment)
         async with self._tx() as tx:
             row = await self._row(tx, session_id)
             messages = list(
@@ -668,7 +758,7 @@ class AdminStore:
                 created_at=m.created_at,
                 calls=tuple(by_message.get(m.id, ())),
             )
-            for m in messages
+            for m in _transcript_order(messages)
         ]
         items = sorted((_item(m) for m in messages if m.position is not None), key=_by_position)
         shown = views if last is None else views[-last:] if last else []
@@ -740,6 +830,19 @@ class AdminStore:
             lines.append(UsageLine("total", "all", *(int(v or 0) for v in total)))
         return lines
 
+    async def workers(self, now: datetime | None = None) -> list[WorkerView]:
+        """Every worker that ever beat on this database, the most recently seen first."""
+        moment = _now(now)
+        async with self._tx() as tx:
+            rows = await tx.scalars(
+                select(WorkerRow).order_by(WorkerRow.last_seen_at.desc(), WorkerRow.worker_id)
+            )
+            views = []
+            for row in rows:
+                ago = _seconds(row.last_seen_at, moment) or 0.0
+                views.append(WorkerView(row.worker_id, row.last_seen_at, ago, ago <= ALIVE_SECONDS))
+            return views
+
     # --- operators' requests to the running bot -----------------------------------------------
 
     async def request(self, session_id: int, action: str) -> int:
@@ -768,8 +871,9 @@ class AdminStore:
 
     async def repair(
         self, session_id: int, rules: StuckRules, *, dry_run: bool, now: datetime | None = None
-    ) -> list[Step]:
-        """Makes the session able to go on; returns the steps (a dry run only plans them).
+    ) -> RepairResult:
+        """Makes the session able to go on; returns the steps (a dry run only plans them)
+        and the control that asks the bot to carry it on. No steps: nothing to repair.
 
         The plan is computed the same way in both modes from the same state, so a dry run
         prints exactly what a real run would do from here.
@@ -777,18 +881,26 @@ class AdminStore:
         moment = _now(now)
         if dry_run:
             async with self._tx() as tx:
-                return (await self._plan(tx, session_id, rules))[0]
-        async with self._tx() as tx, tx.begin():
-            # Take the session row's write lock first: the bot's state changes of this
-            # session queue behind the repair instead of interleaving with it.
-            locked = await tx.execute(
-                update(SessionRow).where(SessionRow.id == session_id).values(updated_at=moment)
-            )
-            if not locked.rowcount:  # type: ignore[attr-defined]
-                raise UnknownSession(f"no session {session_id}")
-            steps, plan = await self._plan(tx, session_id, rules)
-            await self._apply(tx, plan, moment)
-        return steps
+                return RepairResult((await self._plan(tx, session_id, rules))[0], None)
+        try:
+            async with self._tx() as tx, tx.begin():
+                # Take the session row's write lock first (an update that changes nothing):
+                # the bot's state changes of this session queue behind the repair instead
+                # of interleaving with it.
+                locked = await tx.execute(
+                    update(SessionRow)
+                    .where(SessionRow.id == session_id)
+                    .values(updated_at=SessionRow.updated_at)
+                )
+                if not locked.rowcount:  # type: ignore[attr-defined]
+                    raise UnknownSession(f"no session {session_id}")
+                steps, plan = await self._plan(tx, session_id, rules)
+                if not steps:
+                    raise _NothingToRepair
+                control_id = await self._apply(tx, plan, moment)
+        except _NothingToRepair:
+            return RepairResult([], None)
+        return RepairResult(steps, control_id)
 
     async def _plan(self, tx: Tx, session_id: int, rules: StuckRules) -> tuple[list[Step], _Plan]:
         session = await self._row(tx, session_id)
@@ -910,7 +1022,16 @@ class AdminStore:
                     f"send reply #{out.id} ({out.kind}) again ({how}; attempts reset to 0)",
                 )
             )
-        if not archived:
+        unsent = await tx.scalar(
+            select(func.count())
+            .select_from(OutboxRow)
+            .where(OutboxRow.session_id == session_id, OutboxRow.delivered_at.is_(None))
+        )
+        # An idle session with nothing waiting and a valid history needs no bot: a
+        # 'recover' control would only be one more request no bot may be there to apply.
+        work_left = session.state != SessionState.IDLE or bool(queued) or bool(unsent)
+        recover = not archived and bool(steps or work_left)
+        if recover:
             steps.append(
                 Step(
                     "recover",
@@ -925,10 +1046,11 @@ class AdminStore:
             new_state,
             [m.id for m in requeue],
             [o.id for o in outbox],
-            archived,
+            recover,
         )
 
-    async def _apply(self, tx: Tx, plan: _Plan, now: datetime) -> None:
+    async def _apply(self, tx: Tx, plan: _Plan, now: datetime) -> int | None:
+        """Writes the plan; the id of the 'recover' control it queues, if any."""
         session_id = plan.session.id
         for message in plan.rounds:
             for call in plan.calls[message.id]:
@@ -958,8 +1080,10 @@ class AdminStore:
                 .where(OutboxRow.id.in_(plan.outbox_ids), OutboxRow.delivered_at.is_(None))
                 .values(failed=False, attempts=0)
             )
-        if not plan.archived:
-            tx.add(ControlRow(session_id=session_id, action="recover", created_at=now))
+        control = None
+        if plan.recover:
+            control = ControlRow(session_id=session_id, action="recover", created_at=now)
+            tx.add(control)
         await tx.flush()
         rows = await tx.scalars(
             select(MessageRow)
@@ -971,6 +1095,7 @@ class AdminStore:
         if problems:
             # Never commit a repair that did not work; the transaction rolls back.
             raise RuntimeError(f"the repaired history still breaks {problems[0].rule}")
+        return None if control is None else control.id
 
     async def _apply_history_fix(self, tx: Tx, session_id: int, now: datetime) -> None:
         rows = {
@@ -1024,7 +1149,7 @@ class _Plan:
     new_state: str | None
     requeue_ids: list[int]
     outbox_ids: list[int]
-    archived: bool
+    recover: bool  # queue a 'recover' control for the bot
 
 
 def _by_position(item: _Item) -> int:

@@ -203,3 +203,13 @@ class ControlRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     done_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     result: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkerRow(Base):
+    """A running bot's heartbeat (`WORKER_ID`, when it last beat): the engine writes it
+    every few seconds, so the admin CLI can tell a bot that died from one that is busy."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())

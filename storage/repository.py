@@ -60,6 +60,7 @@ from storage.models import (
     ProcessedUpdateRow,
     SessionRow,
     ToolCallRow,
+    WorkerRow,
 )
 from storage.prepared import AnyRow, Prepared
 from storage.statements import MESSAGES, SESSIONS, TOOL_CALLS
@@ -1128,6 +1129,17 @@ class SqlStore:
             .values(done_at=now(), result=result)
         )
         await self._run(lambda conn: conn.execute(finished))
+
+    async def beat(self, worker: str) -> None:
+        dialect_insert = (
+            postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        )
+        added = dialect_insert(WorkerRow).values(worker_id=worker, last_seen_at=now())
+        beat = added.on_conflict_do_update(
+            index_elements=[WorkerRow.worker_id],
+            set_={"last_seen_at": added.excluded.last_seen_at},
+        )
+        await self._run(lambda conn: conn.execute(beat))
 
     # --- usage (token budgets) ---------------------------------------------------------
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,11 +17,19 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from bot import engine as engine_module
 from bot.cli import main
 from bot.events import DeliveryError, ReplyKind
 from bot.offline import FakeOpenAI
 from storage.migrate import downgrade, upgrade
-from storage.models import ControlRow, OutboxRow, SessionRow, ToolCallRow
+from storage.models import (
+    ControlRow,
+    MessageRow,
+    OutboxRow,
+    SessionRow,
+    ToolCallRow,
+    WorkerRow,
+)
 from tests.conftest import CoreFactory
 from tests.storage.test_admin import (
     corrupt_history,
@@ -73,6 +82,11 @@ def json_lines(out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def of_type(out: str, kind: str) -> list[dict[str, Any]]:
+    """The JSON lines of one type ("session", "worker", ...)."""
+    return [record for record in json_lines(out) if record.get("type") == kind]
+
+
 # --- bad input first -----------------------------------------------------------------------------
 
 
@@ -119,6 +133,21 @@ async def test_missing_database_file_is_reported_and_not_created(
     code, out, err = await admin(capsys, "sessions")
     assert code == 2 and out == ""
     assert f"no database file at {tmp_path}/data/none.db" in err
+    assert not (tmp_path / "data").exists()
+
+
+async def test_missing_database_of_the_default_url_names_the_folder_it_was_looked_for_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Run from another folder than the bot's, with the default relative URL.
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = await admin(capsys, "sessions")
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert f"no database file at {Path.cwd()}/data/stillhere.db " in line
+    assert f"current folder: {Path.cwd()};" in line
+    assert "a relative DATABASE_URL and the .env file are read from the current folder" in line
     assert not (tmp_path / "data").exists()
 
 
@@ -171,12 +200,12 @@ async def test_sessions_lists_and_filters(
         await runtime.engine.wait_idle()
     code, out, _ = await admin(capsys, "sessions", "--json")
     assert code == 0
-    (row,) = json_lines(out)
+    (row,) = of_type(out, "session")
     assert (row["id"], row["platform"], row["state"], row["stuck"]) == (1, "memory", "idle", False)
     code, out, _ = await admin(capsys, "sessions", "--json", "--platform", "telegram")
-    assert (code, out) == (0, "")
+    assert (code, of_type(out, "session")) == (0, [])
     code, out, _ = await admin(capsys, "sessions", "--stuck")
-    assert (code, out.strip()) == (0, "no stuck sessions")
+    assert (code, out.splitlines()[0]) == (0, "no stuck sessions")
     code, out, _ = await admin(capsys, "sessions")
     assert code == 0 and "memory:chat-1" in out and "idle" in out
     # Titles come from the platforms: shown as they are, never read as rich markup.
@@ -195,12 +224,62 @@ async def test_sessions_archived_only_with_all(
     code, out, _ = await admin(capsys, "reset", "1", "--offline", "--json")
     assert code == 0 and json_lines(out)[0]["applied"] is True
     code, out, _ = await admin(capsys, "sessions", "--json")
-    assert (code, out) == (0, "")
+    assert (code, of_type(out, "session")) == (0, [])
     code, out, _ = await admin(capsys, "sessions", "--json", "--all")
-    (row,) = json_lines(out)
+    (row,) = of_type(out, "session")
     assert row["archived"] is True
     code, out, _ = await admin(capsys, "reset", "1", "--offline")
     assert code == 0 and "archived already" in out
+
+
+async def test_sessions_and_show_say_whether_the_bot_is_alive(
+    make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await upgrade(admin_env)
+    code, out, _ = await admin(capsys, "sessions")
+    assert (code, out.splitlines()) == (
+        0,
+        ["no sessions", "bot: no heartbeat recorded: no bot has run on this database (yet)"],
+    )
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+        await wait_rows(admin_env, WorkerRow)
+        code, out, _ = await admin(capsys, "sessions")
+        assert code == 0
+        assert re.search(r"^bot: worker main alive \(seen \d+ s ago\)$", out, re.MULTILINE), out
+        code, out, _ = await admin(capsys, "sessions", "--json")
+        (worker,) = of_type(out, "worker")
+        assert (worker["worker_id"], worker["alive"]) == ("main", True)
+        assert worker["seconds_ago"] < 30 and worker["last_seen"]
+    # As if the bot had been killed four minutes ago: its heartbeat stopped then.
+    killed = datetime.now(UTC) - timedelta(minutes=4)
+    await execute(admin_env, update(WorkerRow).values(last_seen_at=killed))
+    dead = "bot: worker main last seen 4 min ago (not running?)"
+    code, out, _ = await admin(capsys, "sessions", "--stuck")
+    assert (code, out.splitlines()) == (0, ["no stuck sessions", dead])
+    code, out, _ = await admin(capsys, "show", "1")
+    assert code == 0 and out.splitlines()[1] == dead
+    code, out, _ = await admin(capsys, "show", "1", "--json")
+    (worker,) = of_type(out, "worker")
+    assert (worker["worker_id"], worker["alive"]) == ("main", False)
+    assert worker["seconds_ago"] >= 240
+
+
+async def test_the_running_engine_keeps_beating(
+    make_core: CoreFactory, admin_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "CONTROL_POLL_SECONDS", 0.01)
+    async with make_core():
+        (first,) = await wait_rows(admin_env, WorkerRow)
+        async with asyncio.timeout(10):
+            while True:
+                (now,) = await fetch(admin_env, WorkerRow)
+                if now.last_seen_at > first.last_seen_at:
+                    break
+                await asyncio.sleep(0.02)
+    assert now.worker_id == "main"
 
 
 async def test_never_finishing_tool_is_flagged_stuck_with_the_tool_reason(
@@ -214,18 +293,64 @@ async def test_never_finishing_tool_is_flagged_stuck_with_the_tool_reason(
         await chat.say("run the hanging tool")
         await chat.wait_for(1)
         code, out, _ = await admin(capsys, "sessions", "--json", "--tool-margin", "5")
-        (row,) = json_lines(out)
+        (row,) = of_type(out, "session")
         assert (code, row["state"], row["open_tools"], row["stuck"]) == (0, "tools", 1, False)
         # As if the tool had hung for an hour: its start moves back, the clock stays.
         hour_ago = datetime.now(UTC) - timedelta(hours=1)
         await execute(admin_env, update(ToolCallRow).values(started_at=hour_ago))
         code, out, _ = await admin(capsys, "sessions", "--stuck", "--json", "--tool-margin", "5")
-        (row,) = json_lines(out)
+        (row,) = of_type(out, "session")
         assert code == 1
         assert [r["code"] for r in row["reasons"]] == ["tool_overdue"]
         assert "never_finishes" in row["reasons"][0]["text"]
         code, out, _ = await admin(capsys, "sessions", "--stuck", "--tool-margin", "5")
         assert code == 1 and "tool_overdue" in out and "tools running" in out
+
+
+async def test_a_session_left_in_llm_is_stuck_after_the_model_timeouts_settings(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(admin_env, SessionRow, SessionRow.state == "llm")
+    # A call may take 30 s x (1 + 1 retry), then the margin: stuck after 60 + 5 s.
+    monkeypatch.setenv("OPENAI_TIMEOUT_SECONDS", "30")
+    monkeypatch.setenv("OPENAI_MAX_RETRIES", "1")
+    for seconds, stuck in ((55, False), (75, True)):
+        since = datetime.now(UTC) - timedelta(seconds=seconds)
+        await execute(admin_env, update(SessionRow).values(updated_at=since))
+        code, out, _ = await admin(capsys, "sessions", "--stuck", "--json", "--tool-margin", "5")
+        rows = of_type(out, "session")
+        assert (code, len(rows)) == ((1, 1) if stuck else (0, 0)), seconds
+    (row,) = rows
+    assert row["state"] == "llm"
+    assert [r["code"] for r in row["reasons"]] == ["llm_overdue"]
+    assert "60 s" in row["reasons"][0]["text"]
+
+
+async def test_the_table_counts_waiting_messages_as_the_json_does(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(admin_env, SessionRow, SessionRow.state == "llm")
+        await chat.say("are you there?")
+        await wait_rows(admin_env, MessageRow, MessageRow.status == "queued")
+    # One message in the history the hung call took, one queued behind it.
+    code, out, _ = await admin(capsys, "sessions", "--json")
+    (row,) = of_type(out, "session")
+    assert (row["unanswered"], row["queued"], row["deferred"]) == (2, 1, 0)
+    code, out, _ = await admin(capsys, "sessions")
+    assert code == 0 and "2 unanswered (1 queued)" in out
 
 
 async def test_undeliverable_reply_is_stuck_shown_and_resent_after_repair(
@@ -237,22 +362,23 @@ async def test_undeliverable_reply_is_stuck_shown_and_resent_after_repair(
         await wait_rows(admin_env, OutboxRow, OutboxRow.failed.is_(True))
         await runtime.engine.wait_idle()
     code, out, _ = await admin(capsys, "sessions", "--stuck", "--json")
-    (row,) = json_lines(out)
+    (row,) = of_type(out, "session")
     assert code == 1 and [r["code"] for r in row["reasons"]] == ["outbox_failed"]
     code, out, _ = await admin(capsys, "show", "1", "--json")
     outbox = [r for r in json_lines(out) if r["type"] == "outbox"]
     assert [(o["kind"], o["delivery"]) for o in outbox] == [("answer", "failed")]
     assert outbox[0]["last_error"] == "Forbidden: bot was blocked"
     code, out, _ = await admin(capsys, "show", "1")
-    assert code == 0 and "failed" in out and "Forbidden: bot was blocked" in out
-    code, out, _ = await admin(capsys, "repair", "1")
-    assert code == 0 and "send reply #1 (answer) again" in out
+    assert code == 1 and "failed" in out and "Forbidden: bot was blocked" in out
+    assert "stuck: outbox_failed: reply #1 (answer) failed for good: Forbidden" in out
+    code, out, _ = await admin(capsys, "repair", "1", "--wait", "0")
+    assert code == 3 and "send reply #1 (answer) again" in out
     async with make_core() as (runtime, chat):
         sent = await chat.wait_for(1)
         await runtime.engine.wait_idle()
     assert sent[0].message.kind is ReplyKind.ANSWER
     code, out, _ = await admin(capsys, "sessions", "--stuck", "--json")
-    assert (code, out) == (0, "")
+    assert (code, of_type(out, "session")) == (0, [])
 
 
 # --- show, validate, repair of a corrupted history -----------------------------------------------
@@ -301,8 +427,8 @@ async def test_corrupted_history_flagged_by_validate_and_show_then_repaired(
     code, planned, _ = await admin(capsys, "repair", "1", "--dry-run")
     assert code == 0 and planned.startswith("dry run, nothing changed")
     assert await dump(admin_env) == before
-    code, done, _ = await admin(capsys, "repair", "1")
-    assert code == 0 and done.startswith("repaired session 1")
+    code, done, _ = await admin(capsys, "repair", "1", "--wait", "0")
+    assert code == 3 and done.startswith("repaired session 1")
     steps = [line for line in done.splitlines() if line.startswith("  - ")]
     assert steps == [line for line in planned.splitlines() if line.startswith("  - ")]
     assert any("missing tool result for call_lost" in s for s in steps)
@@ -318,6 +444,30 @@ async def test_corrupted_history_flagged_by_validate_and_show_then_repaired(
         await runtime.engine.wait_idle()
     assert sent[0].message.kind is ReplyKind.ANSWER
     assert fake_openai.rejected == []
+
+
+async def test_show_says_why_a_session_is_stuck_and_exits_1(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    await stuck_tool_session(make_core, fake_openai)
+    code, out, _ = await admin(capsys, "show", "1")
+    assert code == 0 and "stuck:" not in out
+    # As if the tool had hung for an hour: its start moves back, the clock stays.
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    await execute(admin_env, update(ToolCallRow).values(started_at=hour_ago))
+    code, out, _ = await admin(capsys, "show", "1", "--tool-margin", "5")
+    (line,) = [line for line in out.splitlines() if line.startswith("stuck: ")]
+    assert code == 1
+    assert line.startswith("stuck: tool_overdue: tool never_finishes (")
+    assert "plus 5 s" in line
+    code, out, _ = await admin(capsys, "show", "1", "--json")
+    (session,) = of_type(out, "session")
+    assert code == 1 and session["stuck"] is True
+    assert [r["code"] for r in session["reasons"]] == ["tool_overdue"]
+    assert "plus 60 s" in session["reasons"][0]["text"]
 
 
 async def test_show_transcript_marks_instant_replies_deferred_and_tool_calls(
@@ -361,14 +511,26 @@ async def test_repair_dry_run_changes_nothing_then_repair_gets_the_session_answe
     await stuck_tool_session(make_core, fake_openai)
     before = await dump(admin_env)
     code, out, _ = await admin(capsys, "repair", "1", "--dry-run", "--json")
-    planned = json_lines(out)
+    planned = of_type(out, "step")
     assert code == 0 and await dump(admin_env) == before
     assert [s["code"] for s in planned] == ["cancel_tool", "close_round", "recover"]
     assert all(s["dry_run"] is True for s in planned)
-    code, out, _ = await admin(capsys, "repair", "1", "--json")
-    done = json_lines(out)
-    assert code == 0
+    assert json_lines(out)[-1] == {
+        "type": "repair",
+        "session": 1,
+        "dry_run": True,
+        "steps": 3,
+        "control": None,
+        "applied": None,
+        "result": None,
+    }
+    code, out, _ = await admin(capsys, "repair", "1", "--json", "--wait", "0")
+    done = of_type(out, "step")
+    assert code == 3
     assert [(s["code"], s["text"]) for s in done] == [(s["code"], s["text"]) for s in planned]
+    (outcome,) = of_type(out, "repair")
+    assert (outcome["dry_run"], outcome["steps"], outcome["applied"]) == (False, 3, False)
+    assert isinstance(outcome["control"], int)
     (call,) = await fetch(admin_env, ToolCallRow)
     assert (call.status, call.result) == ("cancelled", "cancelled by an operator")
     code, out, _ = await admin(capsys, "validate")
@@ -393,8 +555,9 @@ async def test_repair_while_the_core_runs_is_carried_on_by_it(
     async with make_core(tool_timeout_seconds=30) as (_runtime, chat):
         await chat.say("run the hanging tool")
         await chat.wait_for(1)
-        code, out, _ = await admin(capsys, "repair", "1")
+        code, out, _ = await admin(capsys, "repair", "1", "--wait", "10")
         assert code == 0 and "cancelled by an operator" in out
+        assert "the bot picked it up: session handed back to the engine" in out
         sent = await chat.wait_for(2)
         assert sent[1].message.kind is ReplyKind.ANSWER
         assert "cancelled by an operator" in sent[1].message.text
@@ -407,6 +570,55 @@ async def test_repair_while_the_core_runs_is_carried_on_by_it(
     assert fake_openai.rejected == []
 
 
+async def test_repair_without_a_running_bot_says_none_picked_it_up_and_exits_3(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(admin_env, SessionRow, SessionRow.state == "llm")
+    # Killed during the model call, four minutes ago.
+    killed = datetime.now(UTC) - timedelta(minutes=4)
+    await execute(admin_env, update(WorkerRow).values(last_seen_at=killed))
+    code, out, _ = await admin(capsys, "repair", "1", "--wait", "0.3")
+    assert code == 3
+    assert "queue a 'recover' control" in out
+    assert "no running bot picked it up within 0.3 s" in out
+    assert "bot: worker main last seen 4 min ago (not running?)" in out
+    (control,) = await fetch(admin_env, ControlRow)
+    assert (control.action, control.done_at) == ("recover", None)
+
+
+async def test_repair_of_a_healthy_session_has_nothing_to_repair(
+    make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    code, out, _ = await admin(capsys, "repair", "1")
+    assert (code, out.strip()) == (0, "session 1: nothing to repair")
+    code, out, _ = await admin(capsys, "repair", "1", "--json")
+    assert (code, json_lines(out)) == (
+        0,
+        [
+            {
+                "type": "repair",
+                "session": 1,
+                "dry_run": False,
+                "steps": 0,
+                "control": None,
+                "applied": None,
+                "result": None,
+            }
+        ],
+    )
+    assert await fetch(admin_env, ControlRow) == []
+
+
 # --- controls: cancel and reset ------------------------------------------------------------------
 
 
@@ -417,10 +629,15 @@ async def test_cancel_without_a_running_bot_stays_queued(
         await chat.say("hello")
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
-    code, out, _ = await admin(capsys, "cancel", "1", "--wait", "0")
-    assert code == 0 and "stays queued" in out and "next starts" in out
+    code, out, _ = await admin(capsys, "cancel", "1", "--wait", "0.3")
+    assert code == 3
+    assert "no running bot applied it within 0.3 s" in out
+    assert "stays queued" in out and "next starts" in out
     (control,) = await fetch(admin_env, ControlRow)
     assert control.action == "cancel" and control.done_at is None
+    code, out, _ = await admin(capsys, "cancel", "1", "--wait", "0", "--json")
+    (result,) = json_lines(out)
+    assert (code, result["applied"], result["result"]) == (3, False, None)
 
 
 async def test_cancel_and_reset_applied_by_a_running_core(
@@ -505,6 +722,17 @@ async def test_validate_as_a_subprocess_exits_1_on_a_corrupted_history(
     assert json_lines(out)[0]["rule"] == "missing_tool_response"
 
 
+async def test_missing_database_as_a_subprocess_is_the_one_line_and_no_log_lines(
+    tmp_path: Path,
+) -> None:
+    env = _env("unused")
+    del env["DATABASE_URL"]  # the default, relative to the current folder
+    code, out, err = await _cli(env, tmp_path, "admin", "sessions")
+    assert (code, out) == (2, "")
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"stillhere admin: no database file at {tmp_path}/data/stillhere.db ")
+
+
 @contextlib.asynccontextmanager
 async def _bot(env: dict[str, str], cwd: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     process = await spawn_cli(
@@ -550,7 +778,7 @@ async def test_running_bot_process_applies_an_admin_cancel(
 
         code, out, err = await admin(capsys, "sessions", "--json")
         assert code == 0, err
-        (row,) = json_lines(out)
+        (row,) = of_type(out, "session")
         assert (row["platform"], row["state"], row["open_tools"]) == ("console", "tools", 1)
 
         code, out, err = await _cli(

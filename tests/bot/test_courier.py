@@ -190,10 +190,10 @@ async def test_a_failed_reply_reset_by_repair_goes_out_after_a_later_one_was_sen
         await drained(courier)
         assert [s.message.text for s in sink.sent] == ["second"]
         prompt = Settings(_env_file=None).system_prompt  # type: ignore[call-arg]
-        steps = await AdminStore(store.engine, prompt).repair(
+        done = await AdminStore(store.engine, prompt).repair(
             session_id, StuckRules(), dry_run=False
         )
-        assert "reset_outbox" in [step.code for step in steps]
+        assert "reset_outbox" in [step.code for step in done.steps]
         courier.kick(session_id)  # what the bot does with the repair's "recover" control
         await sink.wait_for(2, timeout=5)
         await drained(courier)

@@ -452,9 +452,9 @@ async def test_sessions_are_independent(
 
 def count_store_calls(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the store methods called from now on; the operator control poll (every
-    second, whatever the chats do) is left out."""
+    second, whatever the chats do) and the heartbeat it writes are left out."""
     called: list[str] = []
-    background = {"pending_controls", "finish_control", "sessions_with_undelivered"}
+    background = {"pending_controls", "finish_control", "sessions_with_undelivered", "beat"}
     for name in dir(type(store)):
         method = getattr(store, name)
         if name.startswith("_") or not asyncio.iscoroutinefunction(method):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from bot.history import INTERRUPTED_RESULT, validate
 from bot.offline import FakeOpenAI
 from bot.settings import Settings
 from storage.admin import (
+    ALIVE_SECONDS,
     AdminStore,
     Reason,
     SchemaError,
@@ -36,6 +38,7 @@ from storage.models import (
     SessionRow,
     ToolCallRow,
 )
+from storage.repository import SqlStore
 from tests.conftest import CoreFactory
 
 PROMPT = Settings(_env_file=None).system_prompt  # type: ignore[call-arg]
@@ -85,7 +88,8 @@ async def fetch(url: str, model: Any, *where: Any) -> list[Any]:
     engine = create_engine(url)
     try:
         async with sessionmaker(engine)() as tx:
-            return list(await tx.scalars(select(model).where(*where).order_by(model.id)))
+            order = inspect(model).primary_key
+            return list(await tx.scalars(select(model).where(*where).order_by(*order)))
     finally:
         await engine.dispose()
 
@@ -161,6 +165,14 @@ def test_a_missing_sqlite_file_is_reported_not_created(tmp_path: Any) -> None:
     assert sqlite_file_missing("postgresql+asyncpg://u:p@h/db") is None
 
 
+def test_a_missing_sqlite_file_of_a_relative_url_is_named_by_its_absolute_path(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = sqlite_file_missing("sqlite+aiosqlite:///./data/stillhere.db")
+    assert missing == str(Path.cwd() / "data" / "stillhere.db")
+
+
 async def test_schema_not_at_head_is_refused(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
@@ -227,6 +239,24 @@ async def test_tool_past_timeout_plus_margin_is_stuck(
     (stuck,) = await listed(admin, rules=rules, stuck_only=True, now=later)
     assert [r.code for r in stuck.reasons] == [Reason.TOOL_OVERDUE]
     assert "never_finishes" in stuck.reasons[0].text
+
+
+async def test_a_model_call_past_its_timeouts_plus_margin_is_stuck(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
+) -> None:
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(database_url, SessionRow, SessionRow.state == "llm")
+    # The bot went away during the call: the session stays in llm until a bot starts.
+    rules = StuckRules(tool_margin_seconds=60, llm_seconds=180)
+    soon = datetime.now(UTC) + timedelta(seconds=200)
+    (fresh,) = await listed(admin, rules=rules, now=soon)
+    assert fresh.state == "llm" and fresh.reasons == ()
+    later = datetime.now(UTC) + timedelta(seconds=250)
+    (stuck,) = await listed(admin, rules=rules, stuck_only=True, now=later)
+    assert [r.code for r in stuck.reasons] == [Reason.LLM_OVERDUE]
+    assert "180 s" in stuck.reasons[0].text and "plus 60 s" in stuck.reasons[0].text
 
 
 async def test_failed_llm_call_with_waiting_user_is_error(
@@ -318,7 +348,7 @@ async def test_corrupted_history_is_invalid_with_rule_and_index(
         ("unknown_tool_call_id", 4),
     ]
     assert problems[0].position == 3 and problems[0].row_id is not None
-    transcript = await admin.transcript(1)
+    transcript = await admin.transcript(1, StuckRules())
     assert [(p.rule, p.index) for p in transcript.problems] == [
         ("missing_tool_response", 3),
         ("unknown_tool_call_id", 4),
@@ -342,16 +372,18 @@ async def test_transcript_marks_interims_deferred_tools_and_outbox(
         await chat.say("¿Sigues ahí?", name="Ana")
         await chat.wait_for(3)
         await runtime.engine.wait_idle()
-    found = await admin.transcript(1)
+    found = await admin.transcript(1, StuckRules())
     assert found.problems == () and found.history_length == 5
-    roles = [(m.role, m.status) for m in found.messages]
+    # In history order (the deferred message follows the tool result there), and the
+    # instant reply, which has no place in the history, after the message it answered.
+    roles = [(m.role, m.status, m.position) for m in found.messages]
     assert roles == [
-        ("user", "history"),
-        ("assistant", "history"),
-        ("user", "history"),
-        ("assistant", "interim"),
-        ("tool", "history"),
-        ("assistant", "history"),
+        ("user", "history", 1),
+        ("assistant", "history", 2),
+        ("tool", "history", 3),
+        ("user", "history", 4),
+        ("assistant", "interim", None),
+        ("assistant", "history", 5),
     ]
     call = found.messages[1].calls[0]
     assert call.name == "get_current_time" and call.status == "done"
@@ -359,14 +391,61 @@ async def test_transcript_marks_interims_deferred_tools_and_outbox(
     assert found.messages[0].author == "Ana"
     assert [o.delivery for o in found.outbox] == ["delivered"] * 3
     assert [o.kind for o in found.outbox] == ["working", "interim", "answer"]
-    last_two = await admin.transcript(1, last=2)
-    assert [m.role for m in last_two.messages] == ["tool", "assistant"]
+    last_two = await admin.transcript(1, StuckRules(), last=2)
+    assert [(m.role, m.status) for m in last_two.messages] == [
+        ("assistant", "interim"),
+        ("assistant", "history"),
+    ]
     assert last_two.omitted == 4
+
+
+async def test_transcript_follows_the_history_a_repair_reordered(
+    make_core: CoreFactory, admin: AdminStore, database_url: str
+) -> None:
+    async with make_core() as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    # A call, a user message answered at once, then the call's result: a late result
+    # that a repair moves up next to its call, after rows with smaller ids.
+    start = datetime.now(UTC)
+    call = {
+        "id": "call_late",
+        "type": "function",
+        "function": {"name": "get_current_time", "arguments": "{}"},
+    }
+    rows = [
+        dict(role="assistant", tool_calls=[call], status="history", position=3),
+        dict(role="user", content="meanwhile", status="history", position=4),
+        dict(role="assistant", content="one moment", status="interim", position=None),
+        dict(role="tool", content="12:00", tool_call_id="call_late", status="history", position=5),
+    ]
+    await execute(
+        database_url,
+        *(
+            insert(MessageRow).values(
+                session_id=1, turn=2, created_at=start + timedelta(seconds=n), **row
+            )
+            for n, row in enumerate(rows)
+        ),
+    )
+    steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
+    assert "move_message" in [s.code for s in steps]
+    found = await admin.transcript(1, StuckRules())
+    shown = [(m.id, m.position, m.status) for m in found.messages]
+    assert shown == [
+        (1, 1, "history"),
+        (2, 2, "history"),
+        (3, 3, "history"),
+        (6, 4, "history"),  # the tool result, moved next to its call
+        (4, 5, "history"),
+        (5, None, "interim"),  # after "meanwhile", which it answered
+    ]
 
 
 async def test_unknown_session_raises(admin: AdminStore) -> None:
     with pytest.raises(UnknownSession):
-        await admin.transcript(99)
+        await admin.transcript(99, StuckRules())
     with pytest.raises(UnknownSession):
         await admin.repair(99, StuckRules(), dry_run=False)
     with pytest.raises(UnknownSession):
@@ -383,10 +462,13 @@ async def test_dry_run_changes_nothing_and_plans_what_repair_does(
     before = await dump(database_url)
     planned = await admin.repair(1, StuckRules(), dry_run=True)
     assert await dump(database_url) == before
+    assert planned.control_id is None
     done = await admin.repair(1, StuckRules(), dry_run=False)
-    assert done == planned
-    assert [s.code for s in done] == ["cancel_tool", "close_round", "recover"]
+    assert done.steps == planned.steps
+    assert [s.code for s in done.steps] == ["cancel_tool", "close_round", "recover"]
     assert await dump(database_url) != before
+    (control,) = await fetch(database_url, ControlRow)
+    assert done.control_id == control.id
 
 
 async def test_repair_closes_the_round_like_the_engine_and_the_next_core_answers(
@@ -422,7 +504,7 @@ async def test_repair_of_a_corrupted_history_makes_it_valid(
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
     await corrupt_history(database_url, 1)
-    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
     assert [s.code for s in steps] == ["add_tool_result", "drop_message", "recover"]
     assert (await admin.invalid_histories())[1] == []
     rows = await fetch(database_url, MessageRow)
@@ -446,7 +528,7 @@ async def test_repair_resends_a_failed_reply(
         await chat.say("hi")
         await wait_rows(database_url, OutboxRow, OutboxRow.failed.is_(True))
         await runtime.engine.wait_idle()
-    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
     assert [s.code for s in steps] == ["reset_outbox", "recover"]
     (row,) = await fetch(database_url, OutboxRow)
     assert (row.failed, row.attempts, row.delivered_at) == (False, 0, None)
@@ -466,7 +548,7 @@ async def test_repair_after_a_failed_llm_call_asks_again(
         await chat.say("first question")
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
-    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
     assert [s.code for s in steps] == ["retry_llm", "recover"]
     async with make_core() as (runtime, chat):
         sent = await chat.wait_for(1)
@@ -496,7 +578,7 @@ async def test_repair_queues_deferred_messages_left_without_a_round(
             created_at=datetime.now(UTC),
         ),
     )
-    steps = await admin.repair(1, StuckRules(), dry_run=False)
+    steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
     assert [s.code for s in steps] == ["requeue_deferred", "recover"]
     async with make_core() as (runtime, chat):
         sent = await chat.wait_for(1)
@@ -505,15 +587,32 @@ async def test_repair_queues_deferred_messages_left_without_a_round(
     assert fake_openai.rejected == []
 
 
-async def test_repair_of_a_healthy_idle_session_only_hands_it_back(
+async def test_repair_of_a_healthy_idle_session_has_nothing_to_do(
     make_core: CoreFactory, admin: AdminStore, database_url: str
 ) -> None:
     async with make_core() as (runtime, chat):
         await chat.say("hi")
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
-    steps = await admin.repair(1, StuckRules(), dry_run=False)
-    assert [s.code for s in steps] == ["recover"]
+    before = await dump(database_url)
+    for dry_run in (True, False):
+        done = await admin.repair(1, StuckRules(), dry_run=dry_run)
+        assert (done.steps, done.control_id) == ([], None)
+    # Not even a 'recover' control for the bot, nor a touched session row.
+    assert await dump(database_url) == before
+
+
+async def test_repair_of_a_session_left_waiting_for_the_model_hands_it_back(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
+) -> None:
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(database_url, SessionRow, SessionRow.state == "llm")
+    done = await admin.repair(1, StuckRules(), dry_run=False)
+    assert [s.code for s in done.steps] == ["recover"]
+    (control,) = await fetch(database_url, ControlRow)
+    assert (control.id, control.action, control.done_at) == (done.control_id, "recover", None)
 
 
 # --- history repair mapped onto rows (pure) ------------------------------------------------------
@@ -555,6 +654,32 @@ def test_history_fix_drops_an_empty_assistant_and_orphan_and_validates() -> None
     messages = [{"role": "system", "content": PROMPT}]
     messages += [i.openai(name_authors=False) for i in fix.target]
     assert validate(messages) == []
+
+
+# --- the running bot's heartbeat ----------------------------------------------------------------
+
+
+async def test_a_worker_is_alive_while_it_beats_and_stale_after(admin: AdminStore) -> None:
+    assert await admin.workers() == []
+    store = SqlStore(admin.engine)
+    await store.beat("main")
+    await store.beat("main")  # the same row again, not a second one
+    await store.beat("other")
+    now = datetime.now(UTC)
+    seen = {w.worker_id: w for w in await admin.workers(now)}
+    assert sorted(seen) == ["main", "other"]
+    assert seen["main"].alive and seen["main"].seconds_ago < 5
+    later = {w.worker_id: w for w in await admin.workers(now + timedelta(minutes=4))}
+    assert not later["main"].alive and later["main"].seconds_ago >= 240
+    assert later["main"].last_seen == seen["main"].last_seen
+
+
+def test_a_worker_stays_alive_across_several_missed_beats() -> None:
+    from bot.engine import CONTROL_POLL_SECONDS, HEARTBEAT_EVERY_POLLS
+
+    # A beat late behind a slow control or a locked database is no reason to call the
+    # bot dead: only several missed ones are.
+    assert ALIVE_SECONDS >= 3 * HEARTBEAT_EVERY_POLLS * CONTROL_POLL_SECONDS
 
 
 # --- usage ---------------------------------------------------------------------------------------
