@@ -24,7 +24,6 @@ from bot.offline import FakeOpenAI
 from storage.migrate import downgrade, upgrade
 from storage.models import (
     ControlRow,
-    MessageRow,
     OutboxRow,
     SessionRow,
     ToolCallRow,
@@ -32,10 +31,12 @@ from storage.models import (
 )
 from tests.conftest import CoreFactory
 from tests.storage.test_admin import (
+    answered,
     corrupt_history,
     dump,
     execute,
     fetch,
+    stopped_in_a_hung_model_call,
     stuck_tool_session,
     wait_rows,
 )
@@ -194,10 +195,7 @@ async def test_schema_behind_head_is_refused_without_migrating(
 async def test_sessions_lists_and_filters(
     make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hello")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hello")
     code, out, _ = await admin(capsys, "sessions", "--json")
     assert code == 0
     (row,) = of_type(out, "session")
@@ -217,10 +215,7 @@ async def test_sessions_lists_and_filters(
 async def test_sessions_archived_only_with_all(
     make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hello")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hello")
     code, out, _ = await admin(capsys, "reset", "1", "--offline", "--json")
     assert code == 0 and json_lines(out)[0]["applied"] is True
     code, out, _ = await admin(capsys, "sessions", "--json")
@@ -314,10 +309,7 @@ async def test_a_session_left_in_llm_is_stuck_after_the_model_timeouts_settings(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake_openai.script_delay(600)
-    async with make_core() as (_runtime, chat):
-        await chat.say("hello")
-        await wait_rows(admin_env, SessionRow, SessionRow.state == "llm")
+    await stopped_in_a_hung_model_call(make_core, fake_openai, admin_env)
     # A call may take 30 s x (1 + 1 retry), then the margin: stuck after 60 + 5 s.
     monkeypatch.setenv("OPENAI_TIMEOUT_SECONDS", "30")
     monkeypatch.setenv("OPENAI_MAX_RETRIES", "1")
@@ -339,12 +331,7 @@ async def test_the_table_counts_waiting_messages_as_the_json_does(
     admin_env: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    fake_openai.script_delay(600)
-    async with make_core() as (_runtime, chat):
-        await chat.say("hello")
-        await wait_rows(admin_env, SessionRow, SessionRow.state == "llm")
-        await chat.say("are you there?")
-        await wait_rows(admin_env, MessageRow, MessageRow.status == "queued")
+    await stopped_in_a_hung_model_call(make_core, fake_openai, admin_env, "are you there?")
     # One message in the history the hung call took, one queued behind it.
     code, out, _ = await admin(capsys, "sessions", "--json")
     (row,) = of_type(out, "session")
@@ -390,10 +377,7 @@ async def test_corrupted_history_flagged_by_validate_and_show_then_repaired(
     admin_env: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hello")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hello")
     await corrupt_history(admin_env, 1)
 
     code, out, _ = await admin(capsys, "validate")
@@ -576,10 +560,7 @@ async def test_repair_without_a_running_bot_says_none_picked_it_up_and_exits_3(
     admin_env: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    fake_openai.script_delay(600)
-    async with make_core() as (_runtime, chat):
-        await chat.say("hello")
-        await wait_rows(admin_env, SessionRow, SessionRow.state == "llm")
+    await stopped_in_a_hung_model_call(make_core, fake_openai, admin_env)
     # Killed during the model call, four minutes ago.
     killed = datetime.now(UTC) - timedelta(minutes=4)
     await execute(admin_env, update(WorkerRow).values(last_seen_at=killed))
@@ -595,10 +576,7 @@ async def test_repair_without_a_running_bot_says_none_picked_it_up_and_exits_3(
 async def test_repair_of_a_healthy_session_has_nothing_to_repair(
     make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hello")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hello")
     code, out, _ = await admin(capsys, "repair", "1")
     assert (code, out.strip()) == (0, "session 1: nothing to repair")
     code, out, _ = await admin(capsys, "repair", "1", "--json")
@@ -625,10 +603,7 @@ async def test_repair_of_a_healthy_session_has_nothing_to_repair(
 async def test_cancel_without_a_running_bot_stays_queued(
     make_core: CoreFactory, admin_env: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hello")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hello")
     code, out, _ = await admin(capsys, "cancel", "1", "--wait", "0.3")
     assert code == 3
     assert "no running bot applied it within 0.3 s" in out
@@ -712,10 +687,7 @@ async def _cli(env: dict[str, str], cwd: Path, *argv: str) -> Run:
 async def test_validate_as_a_subprocess_exits_1_on_a_corrupted_history(
     make_core: CoreFactory, database_url: str, tmp_path: Path
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hello")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hello")
     await corrupt_history(database_url, 1)
     code, out, err = await _cli(_env(database_url), tmp_path, "admin", "validate", "--json")
     assert code == 1, err

@@ -136,6 +136,27 @@ async def stuck_tool_session(
         await chat.wait_for(1)
 
 
+async def stopped_in_a_hung_model_call(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, url: str, *later: str
+) -> None:
+    """A core stopped while its model call for "hello" hangs, each of `later` queued."""
+    fake_openai.script_delay(600)
+    async with make_core() as (_runtime, chat):
+        await chat.say("hello")
+        await wait_rows(url, SessionRow, SessionRow.state == "llm")
+        for text in later:
+            await chat.say(text)
+            await wait_rows(url, MessageRow, MessageRow.status == "queued")
+
+
+async def answered(make_core: CoreFactory, text: str) -> None:
+    """A core that answered `text` in chat-1 and went idle, then stopped."""
+    async with make_core() as (runtime, chat):
+        await chat.say(text)
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+
+
 async def wait_rows(url: str, model: Any, *where: Any) -> list[Any]:
     """Polls until some row matches (the engine writes after the adapter saw the reply)."""
     import asyncio
@@ -200,10 +221,7 @@ async def test_unreachable_database_is_one_clear_error_without_the_password() ->
 async def test_answered_session_is_idle_valid_and_not_stuck(
     make_core: CoreFactory, admin: AdminStore, database_url: str
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hello there")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hello there")
     (summary,) = await listed(admin, rules=StuckRules())
     assert (summary.id, summary.platform, summary.chat_id) == (1, "memory", "chat-1")
     assert summary.state == "idle" and not summary.archived
@@ -244,10 +262,7 @@ async def test_tool_past_timeout_plus_margin_is_stuck(
 async def test_a_model_call_past_its_timeouts_plus_margin_is_stuck(
     make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
 ) -> None:
-    fake_openai.script_delay(600)
-    async with make_core() as (_runtime, chat):
-        await chat.say("hello")
-        await wait_rows(database_url, SessionRow, SessionRow.state == "llm")
+    await stopped_in_a_hung_model_call(make_core, fake_openai, database_url)
     # The bot went away during the call: the session stays in llm until a bot starts.
     rules = StuckRules(tool_margin_seconds=60, llm_seconds=180)
     soon = datetime.now(UTC) + timedelta(seconds=200)
@@ -263,10 +278,7 @@ async def test_failed_llm_call_with_waiting_user_is_error(
     make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore
 ) -> None:
     fake_openai.script_error(500, "upstream exploded")
-    async with make_core() as (runtime, chat):
-        await chat.say("first question")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "first question")
     (summary,) = await listed(admin, rules=StuckRules(), stuck_only=True)
     assert summary.state == "error" and summary.stored_state == "idle"
     assert summary.unanswered == 1
@@ -309,10 +321,7 @@ async def test_undeliverable_reply_is_stuck(
 async def test_outbox_retries_and_age_and_queued_age(
     make_core: CoreFactory, admin: AdminStore, database_url: str
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hi")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hi")
     # The state a bot that died mid-way leaves: a reply tried and not sent, a message unread.
     await execute(
         database_url,
@@ -333,10 +342,7 @@ async def test_outbox_retries_and_age_and_queued_age(
 async def test_corrupted_history_is_invalid_with_rule_and_index(
     make_core: CoreFactory, admin: AdminStore, database_url: str
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hello")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hello")
     await corrupt_history(database_url, 1)
     checked, invalid = await admin.invalid_histories()
     assert checked == 1 and len(invalid) == 1
@@ -402,10 +408,7 @@ async def test_transcript_marks_interims_deferred_tools_and_outbox(
 async def test_transcript_follows_the_history_a_repair_reordered(
     make_core: CoreFactory, admin: AdminStore, database_url: str
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hello")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hello")
     # A call, a user message answered at once, then the call's result: a late result
     # that a repair moves up next to its call, after rows with smaller ids.
     start = datetime.now(UTC)
@@ -499,10 +502,7 @@ async def test_repair_closes_the_round_like_the_engine_and_the_next_core_answers
 async def test_repair_of_a_corrupted_history_makes_it_valid(
     make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hello")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hello")
     await corrupt_history(database_url, 1)
     steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
     assert [s.code for s in steps] == ["add_tool_result", "drop_message", "recover"]
@@ -544,10 +544,7 @@ async def test_repair_after_a_failed_llm_call_asks_again(
     make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore
 ) -> None:
     fake_openai.script_error(500, "upstream exploded")
-    async with make_core() as (runtime, chat):
-        await chat.say("first question")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "first question")
     steps = (await admin.repair(1, StuckRules(), dry_run=False)).steps
     assert [s.code for s in steps] == ["retry_llm", "recover"]
     async with make_core() as (runtime, chat):
@@ -561,10 +558,7 @@ async def test_repair_after_a_failed_llm_call_asks_again(
 async def test_repair_queues_deferred_messages_left_without_a_round(
     make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hi")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hi")
     # What a crash between a round's end and its deferred messages could leave.
     await execute(
         database_url,
@@ -590,10 +584,7 @@ async def test_repair_queues_deferred_messages_left_without_a_round(
 async def test_repair_of_a_healthy_idle_session_has_nothing_to_do(
     make_core: CoreFactory, admin: AdminStore, database_url: str
 ) -> None:
-    async with make_core() as (runtime, chat):
-        await chat.say("hi")
-        await chat.wait_for(1)
-        await runtime.engine.wait_idle()
+    await answered(make_core, "hi")
     before = await dump(database_url)
     for dry_run in (True, False):
         done = await admin.repair(1, StuckRules(), dry_run=dry_run)
@@ -605,10 +596,7 @@ async def test_repair_of_a_healthy_idle_session_has_nothing_to_do(
 async def test_repair_of_a_session_left_waiting_for_the_model_hands_it_back(
     make_core: CoreFactory, fake_openai: FakeOpenAI, admin: AdminStore, database_url: str
 ) -> None:
-    fake_openai.script_delay(600)
-    async with make_core() as (_runtime, chat):
-        await chat.say("hello")
-        await wait_rows(database_url, SessionRow, SessionRow.state == "llm")
+    await stopped_in_a_hung_model_call(make_core, fake_openai, database_url)
     done = await admin.repair(1, StuckRules(), dry_run=False)
     assert [s.code for s in done.steps] == ["recover"]
     (control,) = await fetch(database_url, ControlRow)
