@@ -7,6 +7,10 @@ from typing import Protocol
 
 from bot.events import CommandRequest, InboundMessage, ReplySink
 
+# What an adapter answers a command the core could not carry out: the core, whose phrases
+# speak the user's language, is what failed, so this one line is fixed.
+COMMAND_FAILED = "Sorry, that command failed; please try again."
+
 
 class SubmitOutcome(StrEnum):
     ACCEPTED = "accepted"  # stored; the session will answer

@@ -12,7 +12,6 @@ import aiohttp
 import discord
 
 from adapters.discord.commands import (
-    COMMAND_FAILED,
     acknowledge,
     answer_deferred,
     build_command_tree,
@@ -26,7 +25,7 @@ from adapters.discord.convert import (
 from adapters.discord.routing import point_discord_at
 from adapters.discord.sender import DiscordSender, channel_id_of
 from adapters.discord.startup import DiscordStartError, explain_start_failure
-from bot.core_api import ChatCore
+from bot.core_api import COMMAND_FAILED, ChatCore
 from bot.events import (
     CommandName,
     ConversationKey,
@@ -282,12 +281,13 @@ class DiscordAdapter:
         try:
             text = await self.core.command(event.request)
         except Exception:
+            # Unanswered, the person would wait for nothing: they had better hear it failed.
             log.exception(
                 "could not carry out /%s (Discord message %s)",
                 event.request.name,
                 event.message_id,
             )
-            return
+            text = COMMAND_FAILED
         if text is None:
             return
         self._spawn_command(

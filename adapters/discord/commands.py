@@ -21,7 +21,6 @@ SLASH_COMMANDS: dict[CommandName, str] = {
 }
 
 # In English: each person's language is the core's to know, and it is the core that failed.
-COMMAND_FAILED = "Sorry, that command failed; please try again."
 
 Callback = Callable[[discord.Interaction[discord.Client]], Coroutine[Any, Any, None]]
 # Takes a slash command over from discord.py; returns at once (the adapter answers it in a

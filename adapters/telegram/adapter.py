@@ -22,7 +22,7 @@ from adapters.telegram.convert import (
 from adapters.telegram.delivery import DEFAULT_RETRY_DELAYS, Delivery
 from adapters.telegram.processor import PerChatUpdateProcessor
 from adapters.telegram.transport import ChatActionExemptRateLimiter, UpdateGuardRequest
-from bot.core_api import ChatCore
+from bot.core_api import COMMAND_FAILED, ChatCore
 from bot.events import ConversationKey, DeliveryError, OutgoingMessage
 from bot.settings import Settings, SettingsError, StartupError, check_telegram_webhook
 
@@ -257,7 +257,12 @@ class TelegramAdapter:
 
     async def _answer_command(self, command: Command) -> None:
         request = command.request
-        answer = await self._core.command(request)
+        try:
+            answer = await self._core.command(request)
+        except Exception:
+            # Unanswered, the person would wait for nothing: they had better hear it failed.
+            log.exception("could not carry out /%s in %s", request.name, request.conversation)
+            answer = COMMAND_FAILED
         if answer is None:
             return
         try:

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from adapters.telegram import TelegramAdapter, delivery
-from bot.core_api import SubmitOutcome
+from bot.core_api import COMMAND_FAILED, SubmitOutcome
 from bot.events import (
     CommandRequest,
     ConversationKey,
@@ -53,6 +53,9 @@ class RecordingCore:
 
     async def command(self, request: CommandRequest) -> str:
         self.commands.append(request)
+        if self.crash_next:
+            self.crash_next -= 1
+            raise RuntimeError("core exploded")
         return self.answer
 
     def texts(self) -> list[str]:
@@ -162,6 +165,22 @@ async def test_command_is_answered_as_a_reply_in_its_topic(
     assert (sent.thread_id, sent.reply_to) == (7, command_id)
     assert sent.plain_text == "Working on get_current_time for 3 s."
     assert core.commands[0].conversation == ConversationKey("telegram", str(GROUP), "7")
+
+
+async def test_a_command_the_core_fails_on_is_answered_with_an_apology(
+    tg: FakeTelegram,
+    core: RecordingCore,
+    adapter: TelegramAdapter,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    core.crash_next = 1
+    command_id = tg.push_text(ANA.id, ANA, "/status")
+    tg.push_text(ANA.id, ANA, "still there?")
+    await tg.wait_for(lambda: bool(tg.sent_messages(ANA.id)) and len(core.submitted) == 1)
+    [sent] = tg.sent_messages(ANA.id)
+    assert (sent.plain_text, sent.reply_to) == (COMMAND_FAILED, command_id)
+    assert core.texts() == ["still there?"]
+    assert "could not carry out /status" in caplog.text
 
 
 async def test_command_for_another_bot_edits_and_bot_senders_are_ignored(
