@@ -87,6 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "WARNING"
     logs.configure(level, settings.secrets(), file=settings.log_file)
     try:
+        return _command(args, settings)
+    finally:
+        logs.close()
+
+
+def _command(args: argparse.Namespace, settings: Settings) -> int:
+    try:
         if args.command == "run":
             from bot.app import run
 

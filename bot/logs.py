@@ -1,8 +1,16 @@
-"""One structured line per event, with secrets masked wherever they appear."""
+"""One structured line per event, with secrets masked wherever they appear.
+
+Lines are written by a thread of their own: a write to a full pipe or a slow disk would
+otherwise stall the event loop that logged it, and with it every chat. The loop only
+queues the record; `close` writes what is still queued, and runs at exit in any case.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,10 +67,16 @@ class LineFormatter(logging.Formatter):
         return f"{head} {context}" + (f"\n{tail}" if tail else "")
 
 
+_writer: logging.handlers.QueueListener | None = None
+
+
 def configure(
     level: str, secrets: Iterable[str], stream: object = None, file: str | None = None
 ) -> None:
-    """Logs to `file` when given, else to `stream` (stderr by default)."""
+    """Logs to `file` when given, else to `stream` (stderr by default), through the
+    writer thread; configuring again replaces the previous set-up, its lines written."""
+    global _writer
+    close()
     handler: logging.Handler
     if file:
         Path(file).parent.mkdir(parents=True, exist_ok=True)
@@ -71,12 +85,34 @@ def configure(
         handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretMask(secrets))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _writer = logging.handlers.QueueListener(records, handler)
+    _writer.start()
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+        old.close()
+    root.addHandler(logging.handlers.QueueHandler(records))
     root.setLevel(level)
     # Client libraries log request URLs (Telegram's carry the bot token) and every request
     # to the offline model; their warnings are enough.
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+def close() -> None:
+    """Writes every queued line and stops the writer thread; later lines (the last words
+    of a shutdown) are written at once, by whoever logs them."""
+    global _writer
+    writer, _writer = _writer, None
+    if writer is None:
+        return
+    writer.stop()
+    root = logging.getLogger()
+    for queued in [h for h in root.handlers if isinstance(h, logging.handlers.QueueHandler)]:
+        root.removeHandler(queued)
+    for handler in writer.handlers:
+        root.addHandler(handler)
+
+
+atexit.register(close)

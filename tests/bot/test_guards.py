@@ -4,14 +4,12 @@ input limits, secrets. The adapters' own tests cover what each platform adds."""
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import re
 
 import pytest
 from sqlalchemy import select, text
 
-from bot import logs
 from bot.core_api import SubmitOutcome
 from bot.events import CommandName, CommandRequest, ReplyKind
 from bot.interim.catalog import load_locales
@@ -20,6 +18,7 @@ from storage.database import sessionmaker
 from storage.models import ToolCallRow
 from tests.conftest import CoreFactory
 from tests.support import slow_tools
+from tests.support.logged import logged
 
 
 def chat_requests(fake: FakeOpenAI) -> list[dict[str, object]]:
@@ -267,9 +266,7 @@ async def test_secrets_never_reach_logs_or_database(
     make_core: CoreFactory, fake_openai: FakeOpenAI
 ) -> None:
     secret = "sk-test-THIS-IS-A-SECRET-123456"
-    stream = io.StringIO()
-    logs.configure("DEBUG", [secret], stream)
-    try:
+    with logged([secret]) as stream:
         async with make_core(openai_api_key=secret) as (runtime, chat):
             logging.getLogger("probe").info("the key is %s", secret)
             fake_openai.script_error(500)
@@ -283,8 +280,6 @@ async def test_secrets_never_reach_logs_or_database(
                 for table in ("sessions", "messages", "tool_calls", "outbox", "llm_calls"):
                     rows = await connection.execute(text(f"SELECT * FROM {table}"))
                     dump.extend(str(row) for row in rows)
-    finally:
-        logging.getLogger().handlers.clear()
     captured = stream.getvalue()
     assert "the key is ***" in captured  # the mask is live, so the check below can fail
     assert "reply delivered" in captured

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -11,11 +10,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from bot import logs
 from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
 from tests.adapters.telegram.test_end_to_end import running_bot
 from tests.fakes.telegram_api import FakeTelegram, TgUser
+from tests.support.logged import logged
 
 ANA = TgUser(1001, "Ana")
 LOCALES = Path(__file__).resolve().parents[3] / "bot" / "interim" / "locales"
@@ -91,9 +90,7 @@ async def test_tokens_and_keys_never_reach_the_logs(
     tmp_path: Path, fake_openai: FakeOpenAI, tg: FakeTelegram
 ) -> None:
     secrets = [tg.token, "sk-telegram-test-SECRET-987654"]
-    stream = io.StringIO()
-    logs.configure("DEBUG", secrets, stream)
-    try:
+    with logged(secrets) as stream:
         fake_openai.script_error(500)
         async with bot(tmp_path, fake_openai, tg):
             tg.push_text(ANA.id, ANA, "what time is it")
@@ -101,8 +98,6 @@ async def test_tokens_and_keys_never_reach_the_logs(
             tg.push_text(ANA.id, ANA, "and now?")
             await tg.wait_for(lambda: len(tg.sent_messages(ANA.id)) >= 2, timeout=10)
             logging.getLogger("probe").warning("token %s", tg.token)
-    finally:
-        logging.getLogger().handlers.clear()
     captured = stream.getvalue()
     assert "token ***" in captured  # the mask works, so the checks below can fail
     assert "reply delivered" in captured
