@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from telegram import BotCommand, BotCommandScopeAllGroupChats, Update
 from telegram.constants import ChatAction
-from telegram.error import BadRequest, InvalidToken, NetworkError, TelegramError
+from telegram.error import BadRequest, Conflict, InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
 from adapters.telegram.convert import (
@@ -48,6 +48,21 @@ def file_url_for(base_url: str) -> str:
     """The file download base matching a Bot API base (".../bot" -> ".../file/bot")."""
     head, _, last = base_url.rstrip("/").rpartition("/")
     return f"{head}/file/{last}"
+
+
+def _poll_failed(error: TelegramError) -> None:
+    """python-telegram-bot polls again after a pause that grows to 30 s; its own report is
+    a traceback per failure. One line says what the operator needs: no message arrives
+    meanwhile, and a conflict lasts until the other process stops."""
+    if isinstance(error, Conflict):
+        log.error(
+            "Telegram sends no updates here: another process uses this TELEGRAM_BOT_TOKEN, "
+            "polling or through a webhook (%s); only one can receive its updates, so no "
+            "message arrives until that one stops",
+            error.message,
+        )
+    else:
+        log.warning("fetching updates failed (%s); trying again", error.message)
 
 
 class TelegramAdapter:
@@ -204,7 +219,9 @@ class TelegramAdapter:
             )
         else:
             await updater.start_polling(
-                timeout=int(self._poll_timeout), allowed_updates=_ALLOWED_UPDATES
+                timeout=int(self._poll_timeout),
+                allowed_updates=_ALLOWED_UPDATES,
+                error_callback=_poll_failed,
             )
 
     async def _register_commands(self) -> None:

@@ -4,6 +4,7 @@ double of the core (the end-to-end tests with the real core live in test_end_to_
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import traceback
 from collections.abc import AsyncIterator
@@ -209,6 +210,42 @@ async def test_malformed_update_and_a_crashing_handler_do_not_stop_the_app(
     assert core.texts() == ["still there?"]
     # The bad update was confirmed, not fetched again and again.
     await tg.wait_for(lambda: tg.queued_updates == [])
+
+
+@pytest.mark.parametrize(
+    ("code", "description", "level", "says"),
+    [
+        (
+            409,
+            "Conflict: terminated by other getUpdates request; "
+            "make sure that only one bot instance is running",
+            logging.ERROR,
+            "another process uses this TELEGRAM_BOT_TOKEN",
+        ),
+        (502, "Bad Gateway", logging.WARNING, "fetching updates failed"),
+    ],
+)
+async def test_a_failed_poll_is_one_line_saying_why_and_polling_goes_on(
+    tg: FakeTelegram,
+    core: RecordingCore,
+    caplog: pytest.LogCaptureFixture,
+    code: int,
+    description: str,
+    level: int,
+    says: str,
+) -> None:
+    tg.fail_next("getUpdates", code, description)
+    adapter = TelegramAdapter(settings_for(tg), core, poll_timeout=1)
+    await adapter.start()
+    try:
+        tg.push_text(ANA.id, ANA, "are you there?")
+        await tg.wait_for(lambda: core.texts() == ["are you there?"], timeout=10)
+    finally:
+        await adapter.stop()
+    failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.levelno, r.exc_info) for r in failures] == [(level, None)]
+    assert says in failures[0].getMessage()
+    assert description in failures[0].getMessage()
 
 
 async def test_sticker_is_submitted_as_unsupported(
