@@ -19,6 +19,7 @@ from bot.events import (
     InboundMessage,
     OutgoingMessage,
 )
+from bot.lost import LostIntake
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class MemoryAdapter:
         self.fail_next: list[DeliveryError] = []
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
+        self.lost = LostIntake()
 
     @property
     def platform(self) -> str:

@@ -13,8 +13,9 @@ from typing import Any, Protocol
 
 from bot.core_api import ChatCore
 from bot.events import ReplySink
+from bot.lost import LostIntake
 from bot.runtime import Runtime
-from bot.settings import Settings
+from bot.settings import Settings, StartupError
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ CONSOLE_BANNER = "stillhere — console chat. Commands: /status /cancel /reset /
 
 
 class PlatformAdapter(ReplySink, Protocol):
+    # Declared when the platform stops sending messages for good while the bot runs.
+    lost: LostIntake
+
     async def start(self) -> None: ...
 
     async def stop_intake(self) -> None:
@@ -64,6 +68,7 @@ async def run(settings: Settings) -> None:
         engine = runtime.engine
         adapters: list[PlatformAdapter] = []
         console = None
+        lost: str | None = None
         try:
             for name in settings.enabled_platforms():
                 if name == "console":
@@ -80,17 +85,23 @@ async def run(settings: Settings) -> None:
             if console is not None:
                 print(OFFLINE_BANNER if runtime.offline else CONSOLE_BANNER, flush=True)
             await engine.start()
+            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
+            waiters += [asyncio.ensure_future(adapter.lost.wait()) for adapter in adapters]
             if console is not None:
-                # Piped input: when it ends, finish what it started, then leave.
-                waiters = [asyncio.ensure_future(stop.wait())]
                 waiters.append(asyncio.ensure_future(console.finished.wait()))
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in waiters:
-                    waiter.cancel()
-                if console.finished.is_set() and not stop.is_set():
-                    await _drain(engine.wait_idle, stop)
-            else:
-                await stop.wait()
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            # A lost platform stops the bot like a signal does; `stillhere` then says why.
+            lost = next((a.lost.reason for a in adapters if a.lost.is_set()), None)
+            if (
+                lost is None
+                and console is not None
+                and console.finished.is_set()
+                and not stop.is_set()
+            ):
+                # Piped input: when it ends, finish what it started, then leave.
+                await _drain(engine.wait_idle, stop)
         finally:
             # Intake first, then the engine (a reply in flight finishes and is recorded as
             # delivered, or a restart would post it again), then the connections.
@@ -99,6 +110,8 @@ async def run(settings: Settings) -> None:
             await engine.stop()
             for adapter in reversed(adapters):
                 await _stopping(adapter.platform, adapter.stop())
+    if lost is not None:
+        raise StartupError(lost)
     log.info("stopped")
 
 

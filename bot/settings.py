@@ -331,8 +331,8 @@ class Settings(BaseSettings):
 
 class StartupError(Exception):
     """The bot cannot start (a wrong setting, a platform unreachable or refusing the bot),
-    worded as one line an operator can act on, without secrets: `stillhere` prints it
-    alone and exits 2."""
+    or cannot go on (a platform refusing it while it runs), worded as one line an operator
+    can act on, without secrets: `stillhere` prints it alone and exits 2."""
 
 
 class SettingsError(StartupError):

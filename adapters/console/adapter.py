@@ -26,6 +26,7 @@ from bot.events import (
     InboundMessage,
     OutgoingMessage,
 )
+from bot.lost import LostIntake
 from bot.tasks import TaskSet
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class ConsoleAdapter:
         self._ids = itertools.count(1)
         self._tasks = TaskSet("console")
         self.finished = asyncio.Event()  # stdin reached its end
+        self.lost = LostIntake()  # a terminal is never lost: its end is `finished`
 
     @property
     def platform(self) -> str:

@@ -33,6 +33,7 @@ from bot.events import (
     InboundMessage,
     OutgoingMessage,
 )
+from bot.lost import LostIntake
 from bot.settings import GroupMode, Settings
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class DiscordAdapter:
         self._client = _Client(self, guild_ready_timeout=guild_ready_timeout)
         self._sender = DiscordSender(self._client)
         self._ready = asyncio.Event()
+        self.lost = LostIntake()
         # One consumer keeps submissions in gateway order; discord.py runs every event
         # handler as its own task, which could let a later message overtake an earlier one.
         self._inbox: asyncio.Queue[InboundMessage | TextCommand] = asyncio.Queue()
@@ -184,12 +186,12 @@ class DiscordAdapter:
         return task.exception()
 
     def _report_client_end(self, task: asyncio.Task[None]) -> None:
+        """discord.py reconnects by itself; its client ends with an error only for good
+        (a token revoked, an intent withdrawn)."""
         if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "the Discord connection ended: %s",
-                explain_start_failure(task.exception()),
-                exc_info=task.exception(),
-            )
+            reason = explain_start_failure(task.exception())
+            log.error("the Discord connection ended: %s", reason, exc_info=task.exception())
+            self.lost.declare(f"{reason} (the connection ended while the bot ran)")
 
     async def stop_intake(self) -> None:
         # discord.py closes its gateway and its HTTP session together, so intake stops with

@@ -24,6 +24,7 @@ from adapters.telegram.processor import PerChatUpdateProcessor
 from adapters.telegram.transport import ChatActionExemptRateLimiter, UpdateGuardRequest
 from bot.core_api import COMMAND_FAILED, ChatCore
 from bot.events import ConversationKey, DeliveryError, OutgoingMessage
+from bot.lost import LostIntake
 from bot.settings import Settings, SettingsError, StartupError, check_telegram_webhook
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,11 @@ class TelegramAdapter:
             .base_file_url(file_url_for(settings.telegram_base_url))
             .rate_limiter(ChatActionExemptRateLimiter())
             .concurrent_updates(PerChatUpdateProcessor())
-            .get_updates_request(UpdateGuardRequest(connection_pool_size=1))
+            .get_updates_request(
+                UpdateGuardRequest(
+                    connection_pool_size=1, on_token_rejected=self._token_rejected_while_polling
+                )
+            )
             .job_queue(None)
             .build()
         )
@@ -99,6 +104,7 @@ class TelegramAdapter:
         self._delivery = Delivery(self._app.bot, retry_delays)
         self._identity: BotIdentity | None = None
         self._running = False
+        self.lost = LostIntake()
 
     # --- ReplySink ---------------------------------------------------------------------
 
@@ -180,6 +186,13 @@ class TelegramAdapter:
             "TELEGRAM_BASE_URL if you changed it"
         )
 
+    def _token_rejected_while_polling(self, description: str) -> None:
+        self.lost.declare(
+            f"setting TELEGRAM_BOT_TOKEN: Telegram rejected it while the bot ran "
+            f"({self._masked(description)}), so no message can arrive any more; it was "
+            "revoked or replaced in @BotFather: set the current one and start the bot again"
+        )
+
     def _masked(self, text: str) -> str:
         token = self._settings.telegram_bot_token
         return text.replace(token.get_secret_value(), "***") if token else text
@@ -238,7 +251,12 @@ class TelegramAdapter:
         `stop`."""
         updater = self._app.updater
         if updater is not None and updater.running:
-            await updater.stop()
+            try:
+                await updater.stop()
+            except InvalidToken:
+                if not self.lost.is_set():
+                    raise
+                # Polling ended on it already, and `lost` says so.
         if self._app.running:
             await self._app.stop()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -44,11 +45,41 @@ def sanitize_updates(payload: JSONDict) -> JSONDict:
 
 
 class UpdateGuardRequest(HTTPXRequest):
-    """The request object used for getUpdates only (see sanitize_updates)."""
+    """The request object used for getUpdates only (see sanitize_updates).
+
+    `on_token_rejected` hears of a 401 or 404 answer: python-telegram-bot's polling gives
+    up for good on one (InvalidToken), without telling the application; it gets the API's
+    description.
+    """
+
+    def __init__(
+        self, *, on_token_rejected: Callable[[str], None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self._on_token_rejected = on_token_rejected
+
+    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        code, payload = await super().do_request(*args, **kwargs)
+        if code in _TOKEN_REJECTED and self._on_token_rejected is not None:
+            self._on_token_rejected(_description(code, payload))
+        return code, payload
 
     @staticmethod
     def parse_json_payload(payload: bytes) -> JSONDict:
         return sanitize_updates(HTTPXRequest.parse_json_payload(payload))
+
+
+# What python-telegram-bot turns into InvalidToken: Unauthorized, and Not Found (a token
+# that is no bot's).
+_TOKEN_REJECTED = frozenset({401, 404})
+
+
+def _description(code: int, payload: bytes) -> str:
+    try:
+        description = json.loads(payload).get("description")
+    except (ValueError, AttributeError):
+        description = None
+    return description if isinstance(description, str) and description else f"HTTP {code}"
 
 
 class _PassedOn(Exception):

@@ -15,7 +15,7 @@ from adapters.memory import MemoryAdapter
 from bot import app
 from bot.core_api import ChatCore
 from bot.offline import FakeOpenAI
-from bot.settings import Settings
+from bot.settings import Settings, StartupError
 from storage.database import create_engine, sessionmaker
 from storage.models import OutboxRow, ToolCallRow
 from tests.conftest import core_settings, started_core
@@ -92,3 +92,23 @@ async def test_a_reply_in_flight_when_run_stops_is_finished_and_recorded(
     finally:
         await db.dispose()
     assert [(row.text, row.delivered_at is not None) for row in outbox] == [(sent.text, True)]
+
+
+async def test_a_platform_lost_while_running_stops_the_bot_with_one_line(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """A bot that can take no message in any more must not look alive: it stops, its
+    replies sent, with the line `stillhere` prints before exiting 2."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/t.db"
+    ana = TgUser(1001, "Ana")
+    async with FakeTelegram() as tg:
+        settings = core_settings(
+            url, fake_openai, telegram_bot_token=tg.token, telegram_base_url=tg.base_url
+        )
+        running = asyncio.create_task(app.run(settings))
+        tg.push_text(ana.id, ana, "hello")
+        await tg.wait_for(lambda: bool(tg.sent_messages(ana.id)), timeout=15)
+        tg.fail_next("getUpdates", 401, "Unauthorized", count=1000)
+        with pytest.raises(StartupError, match="TELEGRAM_BOT_TOKEN") as stopped:
+            await asyncio.wait_for(running, timeout=30)
+    assert tg.token not in str(stopped.value)

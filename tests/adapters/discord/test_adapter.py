@@ -654,3 +654,15 @@ async def test_stop_leaves_no_task_behind(
         pass
     leftover = [t for t in asyncio.all_tasks() - before if not t.done()]
     assert leftover == []
+
+
+async def test_a_token_revoked_while_running_declares_the_intake_lost(
+    fake_discord: FakeDiscord, running_adapter: AdapterFactory
+) -> None:
+    fake = fake_discord
+    async with running_adapter() as (adapter, _):
+        fake.gateway_token = "revoked"
+        await fake.drop_connection()
+        reason = await asyncio.wait_for(adapter.lost.wait(), 15)
+    assert "DISCORD_BOT_TOKEN" in reason
+    assert fake.token not in reason

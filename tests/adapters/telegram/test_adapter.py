@@ -248,6 +248,16 @@ async def test_a_failed_poll_is_one_line_saying_why_and_polling_goes_on(
     assert description in failures[0].getMessage()
 
 
+async def test_a_token_revoked_while_running_declares_the_intake_lost(
+    tg: FakeTelegram, adapter: TelegramAdapter
+) -> None:
+    await tg.wait_for(lambda: bool(tg.calls_to("getUpdates")))
+    tg.fail_next("getUpdates", 401, "Unauthorized", count=1000)
+    reason = await asyncio.wait_for(adapter.lost.wait(), 15)
+    assert "TELEGRAM_BOT_TOKEN" in reason
+    assert tg.token not in reason
+
+
 async def test_sticker_is_submitted_as_unsupported(
     tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
 ) -> None:
