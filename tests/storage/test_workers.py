@@ -16,7 +16,7 @@ from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
 from storage.database import create_engine, sessionmaker
 from storage.migrate import upgrade
-from storage.models import MessageRow, OutboxRow, SessionRow
+from storage.models import MessageRow, OutboxRow, SessionRow, ToolCallRow
 from storage.repository import SqlStore
 from tests.conftest import core_settings
 from tests.support import slow_tools
@@ -114,3 +114,41 @@ async def test_a_worker_claims_a_sessions_replies_only_up_to_one_another_worker_
         assert sent == ["p1", "p2", "p3"]
     finally:
         await engine.dispose()
+
+
+async def test_a_worker_started_mid_tool_interrupts_it_and_the_turn_ends_with_one_answer(
+    database_url: str, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's limit: tool calls carry no owner yet, so a worker that starts while
+    another runs a tool takes the call for one a crash left behind and closes it (this
+    tool is not rerun-safe). The turn still ends with one answer; the first run's result
+    is lost."""
+    monkeypatch.setattr(slow_tools, "DELAY", 0.5)
+    settings = core_settings(database_url, fake_openai, worker_id="one")
+    other = core_settings(database_url, fake_openai, worker_id="two")
+    async with Runtime(settings) as one:
+        first = MemoryAdapter(one.engine)
+        await first.start()
+        await one.engine.start()
+        await first.say("what time is it")
+        await first.wait_for(1)  # the "working on it" notice: the tool runs
+        async with Runtime(other) as two:
+            second = MemoryAdapter(two.engine)
+            await second.start()
+            await two.engine.start()
+            await asyncio.sleep(slow_tools.DELAY + 0.2)  # the first run ends meanwhile
+            for _ in range(3):
+                await one.engine.wait_idle()
+                await two.engine.wait_idle()
+            async with sessionmaker(one.db)() as tx:
+                calls = list(await tx.scalars(select(ToolCallRow)))
+                outbox = list(await tx.scalars(select(OutboxRow)))
+                sessions = list(await tx.scalars(select(SessionRow)))
+    assert [(c.status, c.result) for c in calls] == [("interrupted", "interrupted by a restart")]
+    closing = [o for o in outbox if o.kind in (ReplyKind.ANSWER, ReplyKind.ERROR)]
+    assert len(closing) == 1 and closing[0].delivered_at is not None
+    assert [s.state for s in sessions] == ["idle"]
+    sent = Counter(s.message.outbox_id for chat in (first, second) for s in chat.sent)
+    assert sorted(sent) == sorted(o.id for o in outbox) and max(sent.values()) == 1
+    assert fake_openai.rejected == []
+    assert all(validate(r["messages"]) == [] for r in fake_openai.requests)
