@@ -659,6 +659,42 @@ async def test_usage_reports_tokens_per_user_and_chat(
     assert code == 0 and "user u7" in out and "total" in out
 
 
+async def test_no_secret_reaches_the_output_of_any_command(
+    make_core: CoreFactory,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's promise: secrets are never printed by the admin CLI, though it reads
+    the same settings (environment and .env) as the bot."""
+    secrets = {
+        "OPENAI_API_KEY": "sk-admin-cli-SECRET-123456",
+        "TELEGRAM_BOT_TOKEN": "42:" + "S" * 35,
+        "DISCORD_BOT_TOKEN": "MTk4NjIy.secret." + "S" * 30,
+        "TELEGRAM_WEBHOOK_SECRET": "webhook-SECRET-654321",
+    }
+    async with make_core(openai_api_key=secrets["OPENAI_API_KEY"]) as (runtime, chat):
+        await chat.say("hello")
+        await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    commands = [
+        ["sessions", "--all"],
+        ["show", "1"],
+        ["repair", "1", "--dry-run"],
+        ["validate"],
+        ["usage"],
+        ["show", "99"],  # an error line too
+    ]
+    for argv in commands + [[*argv, "--json"] for argv in commands]:
+        code, out, err = await admin(capsys, *argv)
+        assert code == (2 if "99" in argv else 0), (argv, err)
+        assert out + err
+        for value in secrets.values():
+            assert value not in out + err, argv
+
+
 # --- as separate processes -----------------------------------------------------------------------
 
 
