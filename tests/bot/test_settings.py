@@ -52,6 +52,46 @@ def test_every_setting_is_in_env_example_and_readme() -> None:
         assert f"`{name.upper()}`" in readme, f"{name.upper()} not in the README table"
 
 
+def _documented_default(value: object) -> str:
+    """A field's default as the README table and .env.example write it."""
+    if value is None or value == []:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def test_the_readme_table_and_env_example_give_each_settings_meaning_and_default() -> None:
+    """The settings' module says the three are kept in step: names alone would let a
+    description or a default drift from what the code does."""
+    readme = (ROOT / "README.md").read_text()
+    rows = {
+        name: (meaning, default)
+        for name, meaning, default in re.findall(
+            r"^\| `([A-Z_]+)` \| (.+?) \| (.+?) \|$", readme, re.M
+        )
+    }
+    example = (ROOT / ".env.example").read_text()
+    entries = {
+        name: (comment, value.strip('"'))
+        for comment, name, value in re.findall(r"^# (.+)\n([A-Z_]+)=(.*)$", example, re.M)
+    }
+    for name, field in Settings.model_fields.items():
+        variable = name.upper()
+        default = _documented_default(field.get_default(call_default_factory=True))
+        meaning, shown = rows[variable]
+        assert meaning == field.description, variable
+        if shown == "(empty)":
+            assert default == "", variable
+        else:
+            text = shown.strip("`")
+            # A long default (SYSTEM_PROMPT) is shown cut short, ending in "...".
+            assert default == text or (
+                text.endswith("...") and default.startswith(text.removesuffix("..."))
+            ), variable
+        assert entries[variable] == (field.description, default), variable
+
+
 def test_env_example_parses_as_is(tmp_path: Path) -> None:
     settings = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
     assert settings.enabled_platforms() == ["console"]
