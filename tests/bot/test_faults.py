@@ -14,6 +14,7 @@ from sqlalchemy import select
 from bot.core_api import SubmitOutcome
 from bot.events import ReplyKind
 from bot.history import validate
+from bot.interim.classify import detect_language
 from bot.offline import FakeOpenAI
 from bot.tools.runner import ToolOutcome
 from storage.admin import AdminStore
@@ -69,6 +70,21 @@ async def test_fault_ends_with_apology_and_valid_history(
     assert [m["content"] for m in last if m["role"] == "user"] == ["first", "second"]
     assert validate(last) == []
     assert fake_openai.rejected == []
+
+
+@pytest.mark.parametrize("text", ["Hola, ¿qué tal estás hoy?", "Hello, how are you today?"])
+async def test_the_apology_is_in_the_users_language(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, text: str
+) -> None:
+    fake_openai.script_error(500)
+    async with make_core(openai_max_retries=0) as (runtime, chat):
+        await chat.say(text)
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+    assert sent[0].message.kind is ReplyKind.ERROR
+    told = detect_language(text, default="neither")
+    assert told in ("es", "en")
+    assert detect_language(sent[0].message.text, default="neither") == told
 
 
 async def test_fault_after_tools_keeps_the_tool_block_whole(
