@@ -66,6 +66,8 @@ class Runtime:
 
     async def __aenter__(self) -> Runtime:
         settings = self.settings
+        # First, as it may refuse a setting (TOOL_MODULES): nothing is open yet to close.
+        registry = default_registry(settings.tool_modules)
         if settings.db_auto_upgrade:
             await upgrade(settings.database_url)
         self.db = create_engine(settings.database_url)
@@ -81,7 +83,6 @@ class Runtime:
                 log.warning("OFFLINE_MODEL=true: OPENAI_BASE_URL is not used")
         elif settings.openai_api_key is None:
             log.info("no OPENAI_API_KEY: the server at OPENAI_BASE_URL gets none")
-        registry = default_registry(settings.tool_modules)
         access = AccessGate.from_settings(settings)
         self._engine = Engine(
             store=store,

@@ -17,6 +17,8 @@ from typing import Any, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, create_model
 
+from bot.settings import SettingsError
+
 log = logging.getLogger(__name__)
 
 ToolFunction = Callable[..., Any]
@@ -174,9 +176,15 @@ class Registry:
 
 
 def default_registry(modules: Iterable[str] = ()) -> Registry:
-    """Built-in tools plus the user's TOOL_MODULES, in that order."""
+    """Built-in tools plus the user's TOOL_MODULES, in that order. A module that cannot be
+    loaded (not found, failing on import, declaring no tool or a wrong one) is a wrong
+    setting: one line naming TOOL_MODULES, the traceback chained for LOG_FILE."""
     registry = Registry()
     registry.load_module("bot.tools.builtin")
     for path in modules:
-        registry.load_module(path)
+        try:
+            registry.load_module(path)
+        except Exception as exc:
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise SettingsError(f"setting TOOL_MODULES: cannot load {path}: {detail}") from exc
     return registry

@@ -215,3 +215,15 @@ async def test_run_with_a_base_url_and_no_key_talks_to_that_server(
     assert bot.returncode == 0, err.decode()
     assert len(fake_openai.requests) == 1
     assert "hello there" in out.decode()
+
+
+def test_run_with_a_tool_module_that_cannot_be_loaded_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db", TOOL_MODULES="no_such_tools")
+    run = run_bot(tmp_path, env, stdin="hello\n")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "stillhere: setting TOOL_MODULES: cannot load no_such_tools: "
+        "ModuleNotFoundError: No module named 'no_such_tools'"
+    ]
