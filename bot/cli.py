@@ -85,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a person types or a script is piped in: event lines would bury the conversation.
         # LOG_FILE keeps them all.
         level = "WARNING"
-    logs.configure(level, settings.secrets(), file=settings.log_file)
+    try:
+        logs.configure(level, settings.secrets(), file=settings.log_file)
+    except StartupError as exc:
+        print(f"stillhere: {exc}", file=sys.stderr)
+        return 2
     try:
         return _command(args, settings)
     finally:

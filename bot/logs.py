@@ -15,6 +15,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from bot.settings import SettingsError
+
 CONTEXT_FIELDS = ("session", "platform", "chat", "turn", "tool", "outbox", "kind")
 MASK = "***"
 NOISY_LOGGERS = (
@@ -79,8 +81,12 @@ def configure(
     close()
     handler: logging.Handler
     if file:
-        Path(file).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(file, encoding="utf-8")
+        try:
+            Path(file).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(file, encoding="utf-8")
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise SettingsError(f"setting LOG_FILE: cannot write to {file}: {reason}") from exc
     else:
         handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

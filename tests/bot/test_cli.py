@@ -227,3 +227,16 @@ def test_run_with_a_tool_module_that_cannot_be_loaded_is_one_line_and_exit_2(
         "stillhere: setting TOOL_MODULES: cannot load no_such_tools: "
         "ModuleNotFoundError: No module named 'no_such_tools'"
     ]
+
+
+def test_run_with_a_log_file_that_cannot_be_written_is_one_line_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = bot_environment(
+        f"sqlite+aiosqlite:///{tmp_path}/bot.db", LOG_FILE=str(tmp_path / "a-file" / "bot.log")
+    )
+    run = run_bot(tmp_path, env, stdin="hello\n")
+    assert run.returncode == 2, run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"stillhere: setting LOG_FILE: cannot write to {tmp_path}/a-file/")

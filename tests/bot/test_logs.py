@@ -7,10 +7,12 @@ import io
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from bot import logs
+from bot.settings import SettingsError
 
 
 class GatedStream(io.StringIO):
@@ -83,3 +85,29 @@ def test_close_writes_every_queued_line_masked_with_its_traceback() -> None:
     assert "ValueError: bad key ***" in text
     assert secret not in text
     assert "after close" in out.getvalue()  # the last words of a shutdown are kept too
+
+
+def test_a_log_file_gets_its_folder_and_the_masked_lines(tmp_path: Path) -> None:
+    file = tmp_path / "logs" / "bot.log"
+    logs.configure("INFO", ["hunter2"], file=str(file))
+    try:
+        logging.getLogger("probe").info("the secret is %s", "hunter2")
+        logs.close()
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.close()
+        logging.getLogger().handlers.clear()
+    assert "the secret is ***" in file.read_text(encoding="utf-8")
+
+
+def test_a_log_file_that_cannot_be_written_is_a_setting_error_naming_log_file(
+    tmp_path: Path,
+) -> None:
+    """The README: a wrong setting stops the start with one line naming it."""
+    (tmp_path / "a-file").write_text("")
+    wanted = tmp_path / "a-file" / "bot.log"  # its "folder" is a file
+    with pytest.raises(SettingsError) as caught:
+        logs.configure("INFO", [], file=str(wanted))
+    message = str(caught.value)
+    assert message.startswith(f"setting LOG_FILE: cannot write to {wanted}: ")
+    assert "\n" not in message
