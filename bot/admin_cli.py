@@ -245,7 +245,13 @@ def _bot_lines(workers: Sequence[WorkerView]) -> list[Text]:
     lines = []
     for worker in workers:
         seen = _ago(worker.seconds_ago) + " ago"
-        if worker.alive:
+        if worker.alive and worker.intake_problem:
+            text = (
+                f"bot: worker {worker.worker_id} alive (seen {seen}), but no messages "
+                f"arrive from {worker.intake_problem}"
+            )
+            lines.append(Text(text, "bold red"))
+        elif worker.alive:
             lines.append(Text(f"bot: worker {worker.worker_id} alive (seen {seen})", "green"))
         else:
             text = f"bot: worker {worker.worker_id} last seen {seen} (not running?)"

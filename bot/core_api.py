@@ -29,6 +29,12 @@ class ChatCore(Protocol):
         the answer (instant reply or LLM answer) reaches the adapter through `sink.send`."""
         ...
 
+    def report_intake(self, platform: str, problem: str | None) -> None:
+        """What keeps the platform's messages from arriving while the bot runs (another
+        process polling with the same token, the API out of reach), or None once they
+        arrive again: the admin CLI shows it beside the bot's heartbeat."""
+        ...
+
     async def command(self, request: CommandRequest) -> str | None:
         """Runs a bot command and returns the text to answer it with; None when it gets no
         answer (someone the access lists refuse, in a group)."""

@@ -12,10 +12,11 @@ import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from bot.core_api import SubmitOutcome
 from bot.courier import Courier
-from bot.events import CommandName, CommandRequest, InboundMessage, ReplySink
+from bot.events import CommandName, CommandRequest, InboundMessage, ReplySink, utcnow
 from bot.guards.access import AccessGate
 from bot.interim.classify import classify, told_language
 from bot.interim.replies import ReplyBook, RunningTool
@@ -125,6 +126,8 @@ class Engine:
         # Consecutive failed steps per session, kept here because actors come and go.
         self.step_failures: dict[int, int] = {}
         self._sinks: dict[str, ReplySink] = {}
+        # Platform -> (since when, what) keeps its messages from arriving (report_intake).
+        self._intake_problems: dict[str, tuple[datetime, str]] = {}
         self._control_task: asyncio.Task[None] | None = None
         # What `prepare` found to carry on; None until it ran.
         self._to_recover: list[int] | None = None
@@ -138,6 +141,24 @@ class Engine:
     def attach(self, sink: ReplySink) -> None:
         self._sinks[sink.platform] = sink
         self.courier.attach(sink)
+
+    def report_intake(self, platform: str, problem: str | None) -> None:
+        if problem is None:
+            if self._intake_problems.pop(platform, None) is not None:
+                log.info("%s messages arrive again", platform)
+            return
+        since = self._intake_problems.get(platform, (utcnow(), ""))[0]
+        self._intake_problems[platform] = (since, problem)
+
+    def intake_problem(self) -> str | None:
+        """The platforms' reported problems, as the heartbeat records them."""
+        return (
+            "; ".join(
+                f"{platform} since {since:%Y-%m-%d %H:%M:%S} UTC: {problem}"
+                for platform, (since, problem) in sorted(self._intake_problems.items())
+            )
+            or None
+        )
 
     def sink(self, platform: str) -> ReplySink | None:
         return self._sinks.get(platform)
@@ -438,7 +459,7 @@ class Engine:
             polls += 1
             try:
                 if polls % HEARTBEAT_EVERY_POLLS == 1:
-                    await self.store.beat(self.config.worker_id)
+                    await self.store.beat(self.config.worker_id, self.intake_problem())
                 if polls % SWEEP_EVERY_POLLS == 0:
                     for session_id in await self.store.sessions_with_undelivered():
                         self.courier.kick(session_id)

@@ -300,6 +300,7 @@ class Store(Protocol):
 
     async def finish_control(self, control_id: int, result: str) -> None: ...
 
-    async def beat(self, worker: str) -> None:
-        """Records that `worker` runs, now (the admin CLI reads it to tell whether it does)."""
+    async def beat(self, worker: str, intake_problem: str | None = None) -> None:
+        """Records that `worker` runs, now, and what keeps its platforms' messages from
+        arriving, if anything (the admin CLI reads both)."""
         ...

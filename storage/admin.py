@@ -254,6 +254,8 @@ class WorkerView:
     last_seen: datetime
     seconds_ago: float
     alive: bool
+    # What kept a platform's messages from arriving at its last beat (None: nothing).
+    intake_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -840,7 +842,15 @@ class AdminStore:
             views = []
             for row in rows:
                 ago = _seconds(row.last_seen_at, moment) or 0.0
-                views.append(WorkerView(row.worker_id, row.last_seen_at, ago, ago <= ALIVE_SECONDS))
+                views.append(
+                    WorkerView(
+                        row.worker_id,
+                        row.last_seen_at,
+                        ago,
+                        ago <= ALIVE_SECONDS,
+                        row.intake_problem,
+                    )
+                )
             return views
 
     # --- operators' requests to the running bot -----------------------------------------------

@@ -207,9 +207,12 @@ class ControlRow(Base):
 
 class WorkerRow(Base):
     """A running bot's heartbeat (`WORKER_ID`, when it last beat): the engine writes it
-    every few seconds, so the admin CLI can tell a bot that died from one that is busy."""
+    every few seconds, so the admin CLI can tell a bot that died from one that is busy,
+    and from one alive but deaf (`intake_problem`: what keeps a platform's messages from
+    arriving, as its adapter last reported it)."""
 
     __tablename__ = "workers"
 
     worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    intake_problem: Mapped[str | None] = mapped_column(Text)

@@ -1130,14 +1130,19 @@ class SqlStore:
         )
         await self._run(lambda conn: conn.execute(finished))
 
-    async def beat(self, worker: str) -> None:
+    async def beat(self, worker: str, intake_problem: str | None = None) -> None:
         dialect_insert = (
             postgresql_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         )
-        added = dialect_insert(WorkerRow).values(worker_id=worker, last_seen_at=now())
+        added = dialect_insert(WorkerRow).values(
+            worker_id=worker, last_seen_at=now(), intake_problem=intake_problem
+        )
         beat = added.on_conflict_do_update(
             index_elements=[WorkerRow.worker_id],
-            set_={"last_seen_at": added.excluded.last_seen_at},
+            set_={
+                "last_seen_at": added.excluded.last_seen_at,
+                "intake_problem": added.excluded.intake_problem,
+            },
         )
         await self._run(lambda conn: conn.execute(beat))
 

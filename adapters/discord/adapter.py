@@ -17,6 +17,7 @@ from adapters.discord.commands import (
     build_command_tree,
 )
 from adapters.discord.convert import (
+    PLATFORM,
     TextCommand,
     command_from_interaction,
     is_from_person,
@@ -77,6 +78,12 @@ class _Client(discord.Client):
 
     async def on_ready(self) -> None:
         self._adapter.on_ready()
+
+    async def on_resumed(self) -> None:
+        self._adapter.on_connected()
+
+    async def on_disconnect(self) -> None:
+        self._adapter.on_disconnected()
 
     async def on_message(self, message: discord.Message) -> None:
         self._adapter.on_message(message)
@@ -250,6 +257,16 @@ class DiscordAdapter:
         user = self._client.user
         log.info("connected to Discord as %s (%s)", user, None if user is None else user.id)
         self._ready.set()
+        self.on_connected()
+
+    def on_connected(self) -> None:
+        self.core.report_intake(PLATFORM, None)
+
+    def on_disconnected(self) -> None:
+        # discord.py reconnects by itself, and a resume replays what was missed; the admin
+        # CLI shows this only while it takes (or if it never ends). Our own close is none.
+        if not self._client.is_closed():
+            self.core.report_intake(PLATFORM, "the gateway connection dropped; reconnecting")
 
     def on_message(self, message: discord.Message) -> None:
         user = self._client.user

@@ -51,19 +51,9 @@ def file_url_for(base_url: str) -> str:
     return f"{head}/file/{last}"
 
 
-def _poll_failed(error: TelegramError) -> None:
-    """python-telegram-bot polls again after a pause that grows to 30 s; its own report is
-    a traceback per failure. One line says what the operator needs: no message arrives
-    meanwhile, and a conflict lasts until the other process stops."""
-    if isinstance(error, Conflict):
-        log.error(
-            "Telegram sends no updates here: another process uses this TELEGRAM_BOT_TOKEN, "
-            "polling or through a webhook (%s); only one can receive its updates, so no "
-            "message arrives until that one stops",
-            error.message,
-        )
-    else:
-        log.warning("fetching updates failed (%s); trying again", error.message)
+# What python-telegram-bot turns into InvalidToken: Unauthorized, and Not Found (a token
+# that is no bot's).
+_TOKEN_REJECTED = frozenset({401, 404})
 
 
 class TelegramAdapter:
@@ -91,11 +81,7 @@ class TelegramAdapter:
             .base_file_url(file_url_for(settings.telegram_base_url))
             .rate_limiter(ChatActionExemptRateLimiter())
             .concurrent_updates(PerChatUpdateProcessor())
-            .get_updates_request(
-                UpdateGuardRequest(
-                    connection_pool_size=1, on_token_rejected=self._token_rejected_while_polling
-                )
-            )
+            .get_updates_request(UpdateGuardRequest(connection_pool_size=1, on_answer=self._polled))
             .job_queue(None)
             .build()
         )
@@ -186,12 +172,36 @@ class TelegramAdapter:
             "TELEGRAM_BASE_URL if you changed it"
         )
 
-    def _token_rejected_while_polling(self, description: str) -> None:
-        self.lost.declare(
-            f"setting TELEGRAM_BOT_TOKEN: Telegram rejected it while the bot ran "
-            f"({self._masked(description)}), so no message can arrive any more; it was "
-            "revoked or replaced in @BotFather: set the current one and start the bot again"
-        )
+    def _polled(self, status: int, description: str | None) -> None:
+        """The Bot API answered a getUpdates call (see UpdateGuardRequest)."""
+        if status == 200:
+            self._core.report_intake(PLATFORM, None)
+        elif status in _TOKEN_REJECTED:
+            self.lost.declare(
+                f"setting TELEGRAM_BOT_TOKEN: Telegram rejected it while the bot ran "
+                f"({self._masked(description or str(status))}), so no message can arrive any "
+                "more; it was revoked or replaced in @BotFather: set the current one and "
+                "start the bot again"
+            )
+
+    def _poll_failed(self, error: TelegramError) -> None:
+        """python-telegram-bot polls again after a pause that grows to 30 s; its own report
+        is a traceback per failure. One line says what the operator needs: no message
+        arrives meanwhile, and a conflict lasts until the other process stops. The admin
+        CLI shows it too, until a poll works again."""
+        reason = self._masked(error.message)
+        if isinstance(error, Conflict):
+            problem = f"another process uses this TELEGRAM_BOT_TOKEN ({reason})"
+            log.error(
+                "Telegram sends no updates here: %s; only one process can receive its "
+                "updates, polling or through a webhook, so no message arrives until that "
+                "one stops",
+                problem,
+            )
+        else:
+            problem = f"fetching updates fails ({reason})"
+            log.warning("%s; trying again", problem)
+        self._core.report_intake(PLATFORM, problem)
 
     def _masked(self, text: str) -> str:
         token = self._settings.telegram_bot_token
@@ -234,7 +244,7 @@ class TelegramAdapter:
             await updater.start_polling(
                 timeout=int(self._poll_timeout),
                 allowed_updates=_ALLOWED_UPDATES,
-                error_callback=_poll_failed,
+                error_callback=self._poll_failed,
             )
 
     async def _register_commands(self) -> None:

@@ -47,31 +47,27 @@ def sanitize_updates(payload: JSONDict) -> JSONDict:
 class UpdateGuardRequest(HTTPXRequest):
     """The request object used for getUpdates only (see sanitize_updates).
 
-    `on_token_rejected` hears of a 401 or 404 answer: python-telegram-bot's polling gives
-    up for good on one (InvalidToken), without telling the application; it gets the API's
-    description.
+    `on_answer` hears of every answer the Bot API gives: its HTTP status, and for an error
+    the API's description. python-telegram-bot tells the application of neither a poll
+    that worked again after failures, nor a 401 or 404 (InvalidToken), on which its
+    polling gives up for good.
     """
 
     def __init__(
-        self, *, on_token_rejected: Callable[[str], None] | None = None, **kwargs: Any
+        self, *, on_answer: Callable[[int, str | None], None] | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self._on_token_rejected = on_token_rejected
+        self._on_answer = on_answer
 
     async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
         code, payload = await super().do_request(*args, **kwargs)
-        if code in _TOKEN_REJECTED and self._on_token_rejected is not None:
-            self._on_token_rejected(_description(code, payload))
+        if self._on_answer is not None:
+            self._on_answer(code, None if code == 200 else _description(code, payload))
         return code, payload
 
     @staticmethod
     def parse_json_payload(payload: bytes) -> JSONDict:
         return sanitize_updates(HTTPXRequest.parse_json_payload(payload))
-
-
-# What python-telegram-bot turns into InvalidToken: Unauthorized, and Not Found (a token
-# that is no bot's).
-_TOKEN_REJECTED = frozenset({401, 404})
 
 
 def _description(code: int, payload: bytes) -> str:

@@ -277,6 +277,40 @@ async def test_the_running_engine_keeps_beating(
     assert now.worker_id == "main"
 
 
+async def test_a_bot_alive_but_deaf_says_which_platform_and_why(
+    make_core: CoreFactory,
+    admin_env: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ "Why did it stop answering?": a heartbeat says the bot runs; what its adapter
+    reported says why no message arrives."""
+    monkeypatch.setattr(engine_module, "CONTROL_POLL_SECONDS", 0.01)
+    problem = "another process uses this TELEGRAM_BOT_TOKEN (Conflict: terminated)"
+
+    async def beats_with(problem_seen: bool) -> None:
+        async with asyncio.timeout(10):
+            while ((await fetch(admin_env, WorkerRow))[0].intake_problem is None) == problem_seen:
+                await asyncio.sleep(0.02)
+
+    alive = r"^bot: worker main alive \(seen \d+ s ago\)"
+    async with make_core() as (runtime, _chat):
+        await wait_rows(admin_env, WorkerRow)
+        runtime.engine.report_intake("telegram", problem)
+        await beats_with(problem_seen=True)
+        code, out, _ = await admin(capsys, "sessions")
+        since = r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+        deaf = rf"{alive}, but no messages arrive from telegram {since}: {re.escape(problem)}$"
+        assert code == 0 and re.search(deaf, out, re.MULTILINE), out
+        code, out, _ = await admin(capsys, "sessions", "--json")
+        (worker,) = of_type(out, "worker")
+        assert worker["alive"] and worker["intake_problem"].endswith(f" UTC: {problem}")
+        runtime.engine.report_intake("telegram", None)
+        await beats_with(problem_seen=False)
+        code, out, _ = await admin(capsys, "sessions")
+        assert re.search(rf"{alive}$", out, re.MULTILINE), out
+
+
 async def test_never_finishing_tool_is_flagged_stuck_with_the_tool_reason(
     make_core: CoreFactory,
     fake_openai: FakeOpenAI,

@@ -662,6 +662,18 @@ async def test_a_worker_is_alive_while_it_beats_and_stale_after(admin: AdminStor
     assert later["main"].last_seen == seen["main"].last_seen
 
 
+async def test_a_beat_records_the_intake_problem_it_is_given_and_clears_it(
+    admin: AdminStore,
+) -> None:
+    store = SqlStore(admin.engine)
+    await store.beat("main", "telegram since 2026-12-03 07:00:00 UTC: fetching updates fails")
+    [worker] = await admin.workers()
+    assert worker.intake_problem == "telegram since 2026-12-03 07:00:00 UTC: fetching updates fails"
+    await store.beat("main")
+    [worker] = await admin.workers()
+    assert worker.intake_problem is None
+
+
 def test_a_worker_stays_alive_across_several_missed_beats() -> None:
     from bot.engine import CONTROL_POLL_SECONDS, HEARTBEAT_EVERY_POLLS
 

@@ -24,9 +24,13 @@ class RecordingCore:
     submitted: list[InboundMessage] = field(default_factory=list)
     commands: list[CommandRequest] = field(default_factory=list)
     sinks: list[ReplySink] = field(default_factory=list)
+    intake_reports: list[tuple[str, str | None]] = field(default_factory=list)
 
     def attach(self, sink: ReplySink) -> None:
         self.sinks.append(sink)
+
+    def report_intake(self, platform: str, problem: str | None) -> None:
+        self.intake_reports.append((platform, problem))
 
     async def submit(self, message: InboundMessage) -> SubmitOutcome:
         self.submitted.append(message)

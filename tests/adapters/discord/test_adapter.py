@@ -644,6 +644,10 @@ async def test_a_dropped_gateway_resumes_and_replays_what_was_missed(
     assert [m.text for m in core.submitted] == ["before", "during", "after"]
     assert fake.connection_paths[-1] == RESUME_GATEWAY_PATH
     assert len(fake.identify_payloads) == 1 and len(fake.resume_payloads) == 1
+    # The admin CLI would have shown the drop while it lasted, and nothing after.
+    problems = [problem for platform, problem in core.intake_reports if platform == "discord"]
+    assert problems[0] is None and problems[-1] is None
+    assert "the gateway connection dropped; reconnecting" in problems
 
 
 async def test_stop_leaves_no_task_behind(

@@ -41,9 +41,13 @@ class RecordingCore:
         self.commands: list[CommandRequest] = []
         self.answer = "Idle."
         self.crash_next = 0
+        self.intake_reports: list[tuple[str, str | None]] = []
 
     def attach(self, sink: ReplySink) -> None:
         self.sinks.append(sink)
+
+    def report_intake(self, platform: str, problem: str | None) -> None:
+        self.intake_reports.append((platform, problem))
 
     async def submit(self, message: InboundMessage) -> SubmitOutcome:
         if self.crash_next:
@@ -222,7 +226,7 @@ async def test_malformed_update_and_a_crashing_handler_do_not_stop_the_app(
             logging.ERROR,
             "another process uses this TELEGRAM_BOT_TOKEN",
         ),
-        (502, "Bad Gateway", logging.WARNING, "fetching updates failed"),
+        (502, "Bad Gateway", logging.WARNING, "fetching updates fails"),
     ],
 )
 async def test_a_failed_poll_is_one_line_saying_why_and_polling_goes_on(
@@ -246,6 +250,10 @@ async def test_a_failed_poll_is_one_line_saying_why_and_polling_goes_on(
     assert [(r.levelno, r.exc_info) for r in failures] == [(level, None)]
     assert says in failures[0].getMessage()
     assert description in failures[0].getMessage()
+    # The admin CLI shows the problem until a poll works again.
+    (platform, problem), *later = core.intake_reports
+    assert platform == "telegram" and problem is not None and description in problem
+    assert ("telegram", None) in later
 
 
 async def test_a_token_revoked_while_running_declares_the_intake_lost(
