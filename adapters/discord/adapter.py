@@ -79,11 +79,14 @@ class _Client(discord.Client):
     async def on_ready(self) -> None:
         self._adapter.on_ready()
 
-    async def on_resumed(self) -> None:
-        self._adapter.on_connected()
-
-    async def on_disconnect(self) -> None:
-        self._adapter.on_disconnected()
+    def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+        # Told at once, not through an `on_disconnect` handler: discord.py would schedule
+        # that as a task even while the client closes, when no loop is left to run it.
+        if event == "disconnect":
+            self._adapter.on_disconnected()
+        elif event == "resumed":
+            self._adapter.on_connected()
+        super().dispatch(event, *args, **kwargs)
 
     async def on_message(self, message: discord.Message) -> None:
         self._adapter.on_message(message)
