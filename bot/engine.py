@@ -76,6 +76,8 @@ class EngineConfig:
     max_tool_rounds: int
     max_message_chars: int = 4000
     max_deferred_messages: int = 10
+    # Seconds a tool round runs before its "working on it" notice (0: at once).
+    tool_notice_delay: float = 0.0
     worker_id: str = "main"
     group_modes: Mapping[str, GroupMode] = field(default_factory=dict)
 
@@ -87,6 +89,7 @@ class EngineConfig:
             max_tool_rounds=settings.max_tool_rounds,
             max_message_chars=settings.max_message_chars,
             max_deferred_messages=settings.max_deferred_messages,
+            tool_notice_delay=settings.tool_notice_delay_seconds,
             worker_id=settings.worker_id,
             group_modes={
                 "telegram": settings.telegram_group_mode,

@@ -25,6 +25,7 @@ from bot.prompt import build_request
 from bot.store import (
     Intake,
     ModelTurn,
+    OutboxItem,
     PlannedCall,
     SessionInfo,
     SessionMovedOn,
@@ -94,7 +95,16 @@ class Reset:
     done: asyncio.Future[None]
 
 
-Event = Taken | Recover | LLMDone | ToolDone | Cancel | Reset
+@dataclass(frozen=True)
+class NoticeDue:
+    """The tool round `round_message_id` names has run TOOL_NOTICE_DELAY_SECONDS: say
+    that the bot works on it, unless the round is over."""
+
+    round_message_id: int
+    text: str
+
+
+Event = Taken | Recover | LLMDone | ToolDone | Cancel | Reset | NoticeDue
 
 
 def sanitize_calls(calls: Sequence[ToolCallRequest]) -> list[ToolCallRequest]:
@@ -126,6 +136,8 @@ class SessionActor:
         # called interrupted. The actor stays until they are stored.
         self._unrecorded: dict[int, ToolOutcome] = {}
         self._cancel_outcome: ToolOutcome | None = None
+        # The pending "working on it" notice of the round that runs (_start_tools).
+        self._notice: asyncio.TimerHandle | None = None
 
     # --- mailbox ---------------------------------------------------------------------------
 
@@ -188,6 +200,7 @@ class SessionActor:
 
     async def stop(self) -> None:
         """Shutdown: work in flight is abandoned, not finished; recovery resumes it."""
+        self._drop_notice()
         self._cancel_outcome = None
         await self._work.cancel_all()
         self._tool_tasks.clear()
@@ -212,6 +225,8 @@ class SessionActor:
             case Reset(done):
                 await self._on_reset()
                 done.set_result(None)
+            case NoticeDue(round_message_id, text):
+                await self._post_notice(round_message_id, text)
 
     # --- turns -----------------------------------------------------------------------------
 
@@ -237,6 +252,9 @@ class SessionActor:
                     extra={"session": self.label, "turn": intake.info.turn},
                 )
             engine.courier.kick(self.session_id, intake.ready)
+            # The instant reply says what the notice would have: the tools still run.
+            if self._drop_notice():
+                engine.typing.stop(self.session_id)
             if any(choice.kind == InterimKind.CANCEL.value for choice in intake.planned):
                 self._cancel_tools(CANCELLED_BY_USER)
         return False
@@ -351,15 +369,22 @@ class SessionActor:
     ) -> None:
         engine = self.engine
         planned = [PlannedCall(c, engine.runner.timeout_for(c.name)) for c in calls]
-        notice = content or engine.book.phrase("working", info.language)
+        # What the model said goes out at once. Otherwise the bot says it is working on it
+        # only once the tools have taken a while: a quick one is answered without it, and
+        # typing goes on meanwhile, as for an answer being written.
+        delay = engine.config.tool_notice_delay
+        working = engine.book.phrase("working", info.language)
+        notice = content or (working if delay <= 0 else None)
         tool_round = await engine.store.record_tool_calls(
             self.session_id, content, planned, notice, completion.usage
         )
         rows = tool_round.calls
-        # "Typing" means a message is being written; while tools run, the notice says
-        # what happens instead. The model's next call shows it again.
-        engine.typing.stop(self.session_id)
-        engine.courier.kick(self.session_id, tool_round.ready)
+        if notice is None:
+            self._notice = asyncio.get_running_loop().call_later(
+                delay, self.post, NoticeDue(tool_round.message_id, working)
+            )
+        else:
+            self._said_working(tool_round.ready)
         log.info(
             "tools started: %s",
             ", ".join(r.name for r in rows),
@@ -371,6 +396,30 @@ class SessionActor:
             await self._take_queued()
 
     # --- tools -----------------------------------------------------------------------------
+
+    def _said_working(self, ready: Sequence[OutboxItem]) -> None:
+        # "Typing" means a message is being written; while tools run, the notice says what
+        # happens instead. The model's next call shows it again.
+        self.engine.typing.stop(self.session_id)
+        self.engine.courier.kick(self.session_id, ready)
+
+    async def _post_notice(self, round_message_id: int, text: str) -> None:
+        self._notice = None
+        if not self._tool_tasks:
+            return  # the round ended as the timer fired
+        ready = await self.engine.store.record_working_notice(
+            self.session_id, round_message_id, text
+        )
+        if ready is not None:
+            self._said_working(ready)
+
+    def _drop_notice(self) -> bool:
+        """Whether a notice was still to come."""
+        if self._notice is None:
+            return False
+        self._notice.cancel()
+        self._notice = None
+        return True
 
     def _spawn_tool(self, call: ToolCallInfo, *, admin: bool) -> None:
         """`admin`: whether the turn is an admin's, which admin-only tools need."""
@@ -413,6 +462,7 @@ class SessionActor:
             del self._unrecorded[tool_call_id]
 
     async def _close_round(self) -> None:
+        self._drop_notice()
         turn = await self.engine.store.close_tool_round(self.session_id)
         if turn is not None:
             self._cancel_outcome = None
@@ -474,6 +524,7 @@ class SessionActor:
         return False
 
     async def _on_reset(self) -> None:
+        self._drop_notice()
         self._cancel_outcome = ToolOutcome(
             ToolStatus.CANCELLED, "cancelled: the conversation was reset"
         )

@@ -142,6 +142,14 @@ class Settings(BaseSettings):
     max_tool_rounds: int = Field(
         8, ge=1, description="Tool rounds per turn before a last call without tools"
     )
+    tool_notice_delay_seconds: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "Seconds tools run before the bot says it is working on it; "
+            "quicker tools get no notice, 0 = at once"
+        ),
+    )
 
     # --- guardrails ---
     admin_users: CsvList = Field(

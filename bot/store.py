@@ -119,11 +119,13 @@ class OutboxItem:
 @dataclass(frozen=True, slots=True)
 class ToolRound:
     """The calls `record_tool_calls` stored, its notice if claimed for sending now, and
-    whether messages came during the model call (they get their instant replies)."""
+    whether messages came during the model call (they get their instant replies);
+    `message_id`: the round's assistant message, which names the round."""
 
     calls: list[ToolCallInfo]
     ready: list[OutboxItem]
     queued: bool
+    message_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,11 +234,20 @@ class Store(Protocol):
         session_id: int,
         content: str | None,
         calls: Sequence[PlannedCall],
-        notice: str,
+        notice: str | None,
         usage: Usage,
     ) -> ToolRound:
         """llm -> tools: the assistant message waits outside the history until every call
-        has its result; `notice` goes to the outbox. Raises SessionMovedOn as above."""
+        has its result; `notice`, if any, goes to the outbox. Raises SessionMovedOn as
+        above."""
+        ...
+
+    async def record_working_notice(
+        self, session_id: int, round_message_id: int, text: str
+    ) -> list[OutboxItem] | None:
+        """tools: the "working on it" notice of the round `round_message_id` names, into
+        the outbox if that round still runs (None if it is over); the row is returned
+        claimed for sending now unless an older reply waits."""
         ...
 
     async def record_llm_failure(

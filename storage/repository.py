@@ -580,7 +580,7 @@ class SqlStore:
         session_id: int,
         content: str | None,
         calls: Sequence[PlannedCall],
-        notice: str,
+        notice: str | None,
         usage: Usage,
     ) -> ToolRound:
         def start_round(conn: Connection) -> ToolRound:
@@ -596,7 +596,7 @@ class SqlStore:
                 raise SessionMovedOn(f"session {session_id} is not waiting for the model")
             after = self._after_model_reply(conn, session_id)
             stamp = now()
-            message_id = conn.scalar(
+            message_id: int = conn.execute(
                 insert(MessageRow).returning(MessageRow.id),
                 {
                     "session_id": session_id,
@@ -607,7 +607,7 @@ class SqlStore:
                     "turn": session.turn,
                     "created_at": stamp,
                 },
-            )
+            ).scalar_one()
             rows = conn.execute(
                 insert(ToolCallRow).returning(*TOOL_CALLS.columns, sort_by_parameter_order=True),
                 [
@@ -628,19 +628,41 @@ class SqlStore:
             )
             stored = [_tool_info(row) for row in rows]
             sql.ADD_LLM_CALL.run(conn, self._llm_call(session, usage))
-            outbox = self._outbox(
-                session,
-                ReplyKind.WORKING,
-                notice,
-                session.reply_to_id,
-                session.reply_to_user_id,
-                self._reply_claim(after.has_unsent),
+            ready = (
+                []
+                if notice is None
+                else self._add_outbox(conn, [self._working(session, notice, after.has_unsent)])
             )
-            return ToolRound(
-                stored, self._add_outbox(conn, [outbox]), queued=bool(after.has_queued)
-            )
+            return ToolRound(stored, ready, queued=bool(after.has_queued), message_id=message_id)
 
         return await self._run(start_round)
+
+    def _working(self, session: Row[Any], text: str, older_unsent: bool) -> dict[str, Any]:
+        return self._outbox(
+            session,
+            ReplyKind.WORKING,
+            text,
+            session.reply_to_id,
+            session.reply_to_user_id,
+            self._reply_claim(older_unsent),
+        )
+
+    async def record_working_notice(
+        self, session_id: int, round_message_id: int, text: str
+    ) -> list[OutboxItem] | None:
+        def notice(conn: Connection) -> list[OutboxItem] | None:
+            session = self._session(conn, session_id, lock=True)
+            if session.state != SessionState.TOOLS:
+                return None
+            round_status = conn.scalar(
+                select(MessageRow.status).where(MessageRow.id == round_message_id)
+            )
+            if round_status != "pending_calls":
+                return None
+            older_unsent = self._after_model_reply(conn, session_id).has_unsent
+            return self._add_outbox(conn, [self._working(session, text, older_unsent)])
+
+        return await self._run(notice)
 
     async def record_llm_failure(
         self, session_id: int, error: str, apology: str, usage: Usage | None = None

@@ -60,6 +60,9 @@ def core_settings(database_url: str, fake: FakeOpenAI, **overrides: Any) -> Sett
         "openai_base_url": fake.base_url,
         "openai_max_retries": 0,
         "tool_modules": ["tests.support.slow_tools"],
+        # At once, so a test's tools are said to be running however quick they are; the
+        # delay has tests of its own.
+        "tool_notice_delay_seconds": 0,
         "_env_file": None,
     }
     values.update(overrides)

@@ -642,3 +642,51 @@ async def test_an_answered_message_costs_three_storage_calls(
     # Storing the message starts the turn and reads the history for the call; recording
     # the answer claims it for sending and sees that nothing came meanwhile.
     assert sorted(called) == sorted(["record_inbound", "record_answer", "mark_delivered"])
+
+
+# --- the "working on it" notice (TOOL_NOTICE_DELAY_SECONDS) ------------------------------
+
+
+async def test_a_tool_quicker_than_the_notice_delay_is_answered_without_a_notice(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 0.1)
+    async with make_core(tool_notice_delay_seconds=30) as (runtime, chat):
+        await chat.say("what time is it?")
+        sent = await chat.wait_for(1)
+        await runtime.engine.wait_idle()
+        outbox = await rows(runtime, OutboxRow)
+    assert kinds(sent) == [ReplyKind.ANSWER]
+    assert [row.kind for row in outbox] == [ReplyKind.ANSWER.value]
+
+
+async def test_a_tool_slower_than_the_notice_delay_gets_its_notice_then_the_answer(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slow_tools, "DELAY", 1.0)
+    async with make_core(tool_notice_delay_seconds=0.1) as (runtime, chat):
+        await chat.say("what time is it?")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER]
+    assert sent[0].message.reply_to_id == sent[1].message.reply_to_id
+
+
+async def test_a_message_before_the_notice_gets_its_instant_reply_instead_of_the_notice(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instant reply already says the tools run: the notice would say it twice."""
+    monkeypatch.setattr(slow_tools, "DELAY", 1.5)
+    async with make_core(tool_notice_delay_seconds=0.5) as (runtime, chat):
+        await chat.say("Dame la hora actual")
+        await asyncio.wait_for(_tool_running(runtime), 10)
+        await chat.say("¿Sigues ahí?")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert kinds(sent) == [ReplyKind.INTERIM, ReplyKind.ANSWER]
+    assert "1 herramienta" in sent[0].message.text
+
+
+async def _tool_running(runtime: Any) -> None:
+    while not [c for c in await rows(runtime, ToolCallRow) if c.status == "running"]:
+        await asyncio.sleep(0.01)

@@ -25,6 +25,7 @@ def bot_environment(database_url: str, **extra: str) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         DATABASE_URL=database_url,
         TOOL_MODULES="tests.support.slow_tools",
+        TOOL_NOTICE_DELAY_SECONDS="0",
         LOG_LEVEL="INFO",
     )
     env.update(extra)

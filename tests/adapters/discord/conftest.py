@@ -61,13 +61,17 @@ class HeldCommandsCore(RecordingCore):
         return answer
 
 
-def discord_settings(fake: FakeDiscord, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "_env_file": None,
+def discord_platform(fake: FakeDiscord) -> dict[str, Any]:
+    """The settings that point the bot at the fake."""
+    return {
         "discord_bot_token": fake.token,
         "discord_api_base_url": fake.api_base_url,
         "discord_gateway_url": fake.gateway_url,
     }
+
+
+def discord_settings(fake: FakeDiscord, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"_env_file": None, **discord_platform(fake)}
     values.update(overrides)
     return Settings(**values)
 

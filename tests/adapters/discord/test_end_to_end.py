@@ -16,7 +16,8 @@ import pytest
 from adapters.discord import DiscordAdapter
 from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
-from tests.adapters.discord.conftest import discord_settings
+from tests.adapters.discord.conftest import discord_platform
+from tests.conftest import core_settings
 from tests.fakes.discord_api import EPHEMERAL, FakeDiscord, FakeUser, Json
 from tests.support import slow_tools
 from tests.support.spanish_time import tells_the_time
@@ -41,15 +42,8 @@ def replied_to(message: Json) -> str | None:
 async def running_bot(
     tmp_path: Path, fake_openai: FakeOpenAI, fake: FakeDiscord, **overrides: Any
 ) -> AsyncIterator[Runtime]:
-    settings = discord_settings(
-        fake,
-        database_url=f"sqlite+aiosqlite:///{tmp_path}/t.db",
-        openai_api_key="test",
-        openai_base_url=fake_openai.base_url,
-        openai_max_retries=0,
-        tool_modules=["tests.support.slow_tools"],
-        **overrides,
-    )
+    values = {**discord_platform(fake), **overrides}
+    settings = core_settings(f"sqlite+aiosqlite:///{tmp_path}/t.db", fake_openai, **values)
     async with Runtime(settings) as runtime:
         adapter = DiscordAdapter(settings, runtime.engine, guild_ready_timeout=0.05)
         await adapter.start()

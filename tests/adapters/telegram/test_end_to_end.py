@@ -14,7 +14,7 @@ import pytest
 from adapters.telegram import TelegramAdapter
 from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
-from bot.settings import Settings
+from tests.conftest import core_settings
 from tests.fakes.telegram_api import FakeTelegram, SentMessage, TgUser
 from tests.support import slow_tools
 from tests.support.spanish_time import tells_the_time
@@ -37,18 +37,9 @@ async def running_bot(
     tmp_path: Path, fake_openai: FakeOpenAI, tg: FakeTelegram, **overrides: Any
 ) -> AsyncIterator[Runtime]:
     """The real core and Telegram adapter against both fakes; `overrides` are settings."""
-    values: dict[str, Any] = {
-        "_env_file": None,
-        "database_url": f"sqlite+aiosqlite:///{tmp_path}/t.db",
-        "openai_api_key": "test",
-        "openai_base_url": fake_openai.base_url,
-        "openai_max_retries": 0,
-        "tool_modules": ["tests.support.slow_tools"],
-        "telegram_bot_token": tg.token,
-        "telegram_base_url": tg.base_url,
-    }
+    values: dict[str, Any] = {"telegram_bot_token": tg.token, "telegram_base_url": tg.base_url}
     values.update(overrides)
-    settings = Settings(**values)
+    settings = core_settings(f"sqlite+aiosqlite:///{tmp_path}/t.db", fake_openai, **values)
     async with Runtime(settings) as runtime:
         adapter = TelegramAdapter(settings, runtime.engine, retry_delays=(0.01,), poll_timeout=1)
         await adapter.start()
