@@ -33,6 +33,7 @@ from bot.session import (
     seconds_since,
 )
 from bot.settings import GroupMode, Settings
+from bot.storable import storable
 from bot.store import (
     Intake,
     InterimContext,
@@ -152,6 +153,14 @@ class Engine:
         extra = {"session": str(message.conversation), "platform": message.conversation.platform}
         if not self._addressed(message):
             return SubmitOutcome.IGNORED
+        # Text no database stores would fail every try to store the message (bot.storable).
+        title = message.chat_title
+        message = replace(
+            message,
+            text=storable(message.text),
+            display_name=storable(message.display_name),
+            chat_title=None if title is None else storable(title),
+        )
         if message.unsupported is not None and not (message.is_private or message.addresses_bot):
             # A group that gets every message answered still shares photos and stickers
             # among its people: only one sent to the bot gets the "text only" notice.

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from bot.interim.classify import InterimKind
 from bot.llm import Completion, LLMError, ToolCallRequest
 from bot.prompt import build_request
+from bot.storable import storable
 from bot.store import (
     Intake,
     ModelTurn,
@@ -99,15 +100,17 @@ Event = Taken | Recover | LLMDone | ToolDone | Cancel | Reset
 
 def sanitize_calls(calls: Sequence[ToolCallRequest]) -> list[ToolCallRequest]:
     """Some OpenAI-compatible servers send ids that OpenAI itself would reject later (too
-    long, empty, repeated) or empty names; fix them before they enter the history."""
+    long, empty, repeated), empty names, or text no database stores; fix them before they
+    enter the history."""
     seen: set[str] = set()
     clean = []
     for call in calls:
-        call_id = call.call_id
+        call_id = storable(call.call_id or "")
         if not call_id or len(call_id) > MAX_CALL_ID or call_id in seen:
             call_id = "call_" + secrets.token_hex(12)
         seen.add(call_id)
-        clean.append(ToolCallRequest(call_id, call.name or "unnamed_tool", call.arguments or ""))
+        name = storable(call.name or "") or "unnamed_tool"
+        clean.append(ToolCallRequest(call_id, name, storable(call.arguments or "")))
     return clean
 
 
@@ -319,7 +322,7 @@ class SessionActor:
             if info.tool_rounds >= engine.config.max_tool_rounds:
                 # tool_choice was "none"; a server that ignores it gets its calls dropped.
                 calls = []
-            content = (result.content or "").strip() or None
+            content = storable(result.content or "").strip() or None
             if calls:
                 await self._start_tools(info, content, calls, result)
                 return
@@ -333,7 +336,7 @@ class SessionActor:
         log.warning("LLM call failed: %s", result, extra={"session": self.label, "turn": info.turn})
         apology = engine.book.phrase("apology", info.language)
         await self._after_turn(
-            await store.record_llm_failure(self.session_id, str(result), apology)
+            await store.record_llm_failure(self.session_id, storable(str(result)), apology)
         )
 
     async def _after_turn(self, end: TurnEnd) -> None:
