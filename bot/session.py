@@ -51,6 +51,8 @@ MAX_RERUNS_AFTER_RESTART = 3
 MAX_STEP_RETRIES = 5
 STEP_RETRY_SECONDS = 2.0
 MAX_CALL_ID = 40
+# OpenAI's limit on a function name; the stored name's column holds 128.
+MAX_TOOL_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,9 @@ Event = Taken | Recover | LLMDone | ToolDone | Cancel | Reset
 
 def sanitize_calls(calls: Sequence[ToolCallRequest]) -> list[ToolCallRequest]:
     """Some OpenAI-compatible servers send ids that OpenAI itself would reject later (too
-    long, empty, repeated), empty names, or text no database stores; fix them before they
-    enter the history."""
+    long, empty, repeated), empty or overlong names, or text no database stores; fix them
+    before they enter the history. A name cut short still names no tool: its result says
+    so."""
     seen: set[str] = set()
     clean = []
     for call in calls:
@@ -109,7 +112,7 @@ def sanitize_calls(calls: Sequence[ToolCallRequest]) -> list[ToolCallRequest]:
         if not call_id or len(call_id) > MAX_CALL_ID or call_id in seen:
             call_id = "call_" + secrets.token_hex(12)
         seen.add(call_id)
-        name = storable(call.name or "") or "unnamed_tool"
+        name = storable(call.name or "")[:MAX_TOOL_NAME] or "unnamed_tool"
         clean.append(ToolCallRequest(call_id, name, storable(call.arguments or "")))
     return clean
 

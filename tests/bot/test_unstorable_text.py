@@ -104,3 +104,21 @@ async def test_a_tool_call_with_unstorable_text_gets_its_result(
     follow_up = requests[1]["messages"]
     assert follow_up[-1] == {"role": "tool", "tool_call_id": calls[0].call_id, "content": result}
     assert validate(follow_up) == []
+
+
+async def test_a_tool_call_with_a_name_too_long_to_store_gets_its_result(
+    make_core: CoreFactory, fake_openai: FakeOpenAI
+) -> None:
+    """A model may call a tool by a made-up name of any length; the names column holds
+    128 characters (enforced on PostgreSQL), OpenAI's function names 64."""
+    fake_openai.script_tool_calls([("x" * 300, {})])
+    fake_openai.script_reply("done")
+    async with make_core() as (runtime, chat):
+        await chat.say("go")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+        calls = await rows(runtime, ToolCallRow)
+    assert [(c.name, c.status) for c in calls] == [("x" * 64, "failed")]
+    assert (calls[0].result or "").startswith("unknown tool 'xxxx")
+    assert [s.message.kind for s in sent] == [ReplyKind.WORKING, ReplyKind.ANSWER]
+    assert len(chat_requests(fake_openai)) == 2
