@@ -160,7 +160,12 @@ class SessionActor:
                 event = await self._mailbox.get()
                 try:
                     await self._handle(event)
-                    self.engine.step_failures.pop(self.session_id, None)
+                    if not isinstance(event, Recover) or self.quiet:
+                        # A Recover that went well only started the work again (in a
+                        # model call's state, a new call whose reply may fail to be
+                        # stored as before): the failures count on until a step after it
+                        # succeeds, so that MAX_STEP_RETRIES bounds the paid calls too.
+                        self.engine.step_failures.pop(self.session_id, None)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -189,6 +194,8 @@ class SessionActor:
             self.engine.step_failures.pop(self.session_id, None)
             # No retry will store them; the operator's repair gives those calls a result.
             self._unrecorded.clear()
+            # Its user writing again carries it on, once the database is back.
+            self.engine.gave_up.add(self.session_id)
             return
         self.engine.recover_later(self.session_id, STEP_RETRY_SECONDS * failures)
 
