@@ -45,6 +45,7 @@ FAULTS: dict[str, Callable[[FakeOpenAI], None]] = {
     "truncated JSON": lambda fake: fake.script_truncated_json(),
     "dropped connection": lambda fake: fake.script_disconnect(),
     "400": lambda fake: fake.script_error(400, "Invalid value for 'model'."),
+    "empty answer": lambda fake: fake.script_reply(" \n "),
 }
 
 
@@ -87,6 +88,38 @@ async def test_fault_after_tools_keeps_the_tool_block_whole(
     assert isinstance(last, list)
     assert [m["role"] for m in last][1:] == ["user", "assistant", "tool", "user"]
     assert validate(last) == []
+    assert fake_openai.rejected == []
+
+
+async def test_tool_call_ids_openai_would_refuse_are_replaced_before_they_are_stored(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some OpenAI-compatible servers send call ids that OpenAI refuses in a later request
+    (repeated within a message, empty, over 40 characters): each call still gets one
+    result, under an id of its own, and every later request is valid."""
+    from bot import offline
+
+    sent_ids = iter(["call_same", "call_same", "", "c" * 41])
+    real_random_id = offline._random_id
+
+    def scripted_ids(prefix: str, length: int) -> str:
+        return next(sent_ids) if prefix == "call_" else real_random_id(prefix, length)
+
+    monkeypatch.setattr(offline, "_random_id", scripted_ids)
+    fake_openai.script_tool_calls([("get_current_time", {"timezone": "UTC"})] * 4)
+    async with make_core() as (runtime, chat):
+        await chat.say("what time is it, four times")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+        async with sessionmaker(runtime.db)() as tx:
+            calls = list(await tx.scalars(select(ToolCallRow).order_by(ToolCallRow.seq)))
+    ids = [c.call_id for c in calls]
+    assert ids[0] == "call_same"
+    assert len(set(ids)) == 4 and all(0 < len(i) <= 40 for i in ids)
+    assert all(c.status == "done" for c in calls)
+    follow_up = chat_requests(fake_openai)[1]["messages"]
+    assert [m["tool_call_id"] for m in follow_up if m["role"] == "tool"] == ids
+    assert validate(follow_up) == []  # type: ignore[arg-type]
     assert fake_openai.rejected == []
 
 
