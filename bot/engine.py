@@ -34,6 +34,7 @@ from bot.session import (
     seconds_since,
 )
 from bot.settings import GroupMode, Settings
+from bot.storable import storable
 from bot.store import (
     Intake,
     InterimContext,
@@ -128,6 +129,9 @@ class Engine:
         self._actors: dict[int, SessionActor] = {}
         # Consecutive failed steps per session, kept here because actors come and go.
         self.step_failures: dict[int, int] = {}
+        # Sessions whose steps failed too often (SessionActor._retry_later): the next
+        # message or cancel for one carries it on (`carry_on_now`).
+        self.gave_up: set[int] = set()
         self._sinks: dict[str, ReplySink] = {}
         # Platform -> (since when, what) keeps its messages from arriving (report_intake).
         self._intake_problems: dict[str, tuple[datetime, str]] = {}
@@ -176,6 +180,14 @@ class Engine:
         extra = {"session": str(message.conversation), "platform": message.conversation.platform}
         if not self._addressed(message):
             return SubmitOutcome.IGNORED
+        # Text no database stores would fail every try to store the message (bot.storable).
+        title = message.chat_title
+        message = replace(
+            message,
+            text=storable(message.text),
+            display_name=storable(message.display_name),
+            chat_title=None if title is None else storable(title),
+        )
         if message.unsupported is not None and not (message.is_private or message.addresses_bot):
             # A group that gets every message answered still shares photos and stickers
             # among its people: only one sent to the bot gets the "text only" notice.
@@ -407,17 +419,21 @@ class Engine:
                 self.recovery_slots.release()
                 continue
             self._awaiting_slot.discard(session_id)
+            self.gave_up.discard(session_id)
             self._actor(session_id).post(Recover(self.recovery_slots))
 
     def carry_on_now(self, session_id: int, *, queued_only: bool = True) -> None:
-        """A message or a cancel came for a session (queued to recover, or any with
-        `queued_only` off): it carries on from its stored state before handling it,
-        without waiting for a slot. The slots keep thousands of recovering sessions from
-        crowding out the living, and this one is living: its tools must run (or be
-        cancelled) as the message expects, not after the sessions queued before it."""
-        if queued_only and session_id not in self._awaiting_slot:
+        """A message or a cancel came for a session (queued to recover, given up after
+        failed steps, or any with `queued_only` off): it carries on from its stored
+        state before handling it, without waiting for a slot. The slots keep thousands
+        of recovering sessions from crowding out the living, and this one is living: its
+        tools must run (or be cancelled) as the message expects, not after the sessions
+        queued before it."""
+        waiting = session_id in self._awaiting_slot or session_id in self.gave_up
+        if queued_only and not waiting:
             return
         self._awaiting_slot.discard(session_id)
+        self.gave_up.discard(session_id)
         self._actor(session_id).post(Recover())
 
     def retire(self, actor: SessionActor) -> None:

@@ -475,11 +475,21 @@ def estimate_tokens(message: Mapping[str, Any]) -> int:
     return size // 4 + 4
 
 
+def starts_turn(messages: Sequence[Mapping[str, Any]], index: int) -> bool:
+    """Whether a request may begin at `messages[index]`: at a user message, but not at one
+    right after a tool result. That one was written while the tools ran and belongs to
+    their turn, whose answer needs the question and the results as much as it."""
+    if messages[index].get("role") != "user":
+        return False
+    return index == 0 or messages[index - 1].get("role") != "tool"
+
+
 def trim(messages: Sequence[Mapping[str, Any]], budget_tokens: int) -> list[dict[str, Any]]:
     """The newest turns that fit `budget_tokens`, after the leading system/developer messages.
 
-    Cuts only right before a user message, so a tool block is never split; keeps at least
-    the last user turn even when that alone is over budget.
+    Cuts only where a turn may begin (`starts_turn`), so a tool block is never split nor
+    parted from what was written while it ran; keeps at least the last turn even when that
+    alone is over budget.
     """
     head = 0
     while head < len(messages) and messages[head].get("role") in _LEADING_ROLES:
@@ -489,7 +499,7 @@ def trim(messages: Sequence[Mapping[str, Any]], budget_tokens: int) -> list[dict
     suffix_cost = [0] * (len(kept) + 1)
     for i in range(len(kept) - 1, head - 1, -1):
         suffix_cost[i] = suffix_cost[i + 1] + estimate_tokens(kept[i])
-    cuts = [i for i in range(head, len(kept)) if kept[i].get("role") == "user"]
+    cuts = [i for i in range(head, len(kept)) if starts_turn(kept, i)]
     if not cuts or cost + suffix_cost[head] <= budget_tokens:
         return kept
     start = next((i for i in cuts if cost + suffix_cost[i] <= budget_tokens), cuts[-1])

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from bot.interim.classify import InterimKind
 from bot.llm import Completion, LLMError, ToolCallRequest
 from bot.prompt import build_request
+from bot.storable import storable
 from bot.store import (
     Intake,
     ModelTurn,
@@ -51,6 +52,8 @@ MAX_RERUNS_AFTER_RESTART = 3
 MAX_STEP_RETRIES = 5
 STEP_RETRY_SECONDS = 2.0
 MAX_CALL_ID = 40
+# OpenAI's limit on a function name; the stored name's column holds 128.
+MAX_TOOL_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -109,15 +112,18 @@ Event = Taken | Recover | LLMDone | ToolDone | Cancel | Reset | NoticeDue
 
 def sanitize_calls(calls: Sequence[ToolCallRequest]) -> list[ToolCallRequest]:
     """Some OpenAI-compatible servers send ids that OpenAI itself would reject later (too
-    long, empty, repeated) or empty names; fix them before they enter the history."""
+    long, empty, repeated), empty or overlong names, or text no database stores; fix them
+    before they enter the history. A name cut short still names no tool: its result says
+    so."""
     seen: set[str] = set()
     clean = []
     for call in calls:
-        call_id = call.call_id
+        call_id = storable(call.call_id or "")
         if not call_id or len(call_id) > MAX_CALL_ID or call_id in seen:
             call_id = "call_" + secrets.token_hex(12)
         seen.add(call_id)
-        clean.append(ToolCallRequest(call_id, call.name or "unnamed_tool", call.arguments or ""))
+        name = storable(call.name or "")[:MAX_TOOL_NAME] or "unnamed_tool"
+        clean.append(ToolCallRequest(call_id, name, storable(call.arguments or "")))
     return clean
 
 
@@ -166,7 +172,12 @@ class SessionActor:
                 event = await self._mailbox.get()
                 try:
                     await self._handle(event)
-                    self.engine.step_failures.pop(self.session_id, None)
+                    if not isinstance(event, Recover) or self.quiet:
+                        # A Recover that went well only started the work again (in a
+                        # model call's state, a new call whose reply may fail to be
+                        # stored as before): the failures count on until a step after it
+                        # succeeds, so that MAX_STEP_RETRIES bounds the paid calls too.
+                        self.engine.step_failures.pop(self.session_id, None)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
@@ -195,6 +206,8 @@ class SessionActor:
             self.engine.step_failures.pop(self.session_id, None)
             # No retry will store them; the operator's repair gives those calls a result.
             self._unrecorded.clear()
+            # Its user writing again carries it on, once the database is back.
+            self.engine.gave_up.add(self.session_id)
             return
         self.engine.recover_later(self.session_id, STEP_RETRY_SECONDS * failures)
 
@@ -337,7 +350,7 @@ class SessionActor:
             if info.tool_rounds >= engine.config.max_tool_rounds:
                 # tool_choice was "none"; a server that ignores it gets its calls dropped.
                 calls = []
-            content = (result.content or "").strip() or None
+            content = storable(result.content or "").strip() or None
             if calls:
                 await self._start_tools(info, content, calls, result)
                 return
@@ -351,7 +364,7 @@ class SessionActor:
         log.warning("LLM call failed: %s", result, extra={"session": self.label, "turn": info.turn})
         apology = engine.book.phrase("apology", info.language)
         await self._after_turn(
-            await store.record_llm_failure(self.session_id, str(result), apology)
+            await store.record_llm_failure(self.session_id, storable(str(result)), apology)
         )
 
     async def _after_turn(self, end: TurnEnd) -> None:

@@ -461,12 +461,13 @@ class SqlStore:
         if len(rows) < limit:
             return [HistoryEntry(*row) for row in rows]
         # Begin where a run of user messages begins: never inside a tool block (its calls
-        # and results belong together) nor inside a run (the prompt summarizes runs).
+        # and results belong together), nor inside a run (the prompt summarizes runs), nor
+        # at the messages written while a round ran (`bot.history.starts_turn`).
         start = next(
             (
                 i
                 for i in range(1, len(rows))
-                if rows[i].role == "user" and rows[i - 1].role != "user"
+                if rows[i].role == "user" and rows[i - 1].role not in ("user", "tool")
             ),
             None,
         )

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bot.storable import storable
 from bot.tools.registry import Registry, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,13 @@ class ToolRunner:
 
     async def run(self, name: str, raw_arguments: str, *, admin: bool) -> ToolOutcome:
         """Runs the call. `admin`: whether the turn is an admin's. Cancelling the awaiting
-        task cancels the tool (the caller decides which cancellation text it records)."""
+        task cancels the tool (the caller decides which cancellation text it records).
+        The result is text a database stores (bot.storable), whatever the tool returned or
+        raised: it could not be recorded otherwise, and the call would have none."""
+        outcome = await self._run(name, raw_arguments, admin=admin)
+        return ToolOutcome(outcome.status, storable(outcome.result))
+
+    async def _run(self, name: str, raw_arguments: str, *, admin: bool) -> ToolOutcome:
         spec = self.registry.get(name)
         if spec is None:
             offered = (s.name for s in self.registry if admin or not s.admin_only)

@@ -690,3 +690,40 @@ async def test_a_message_before_the_notice_gets_its_instant_reply_instead_of_the
 async def _tool_running(runtime: Any) -> None:
     while not [c for c in await rows(runtime, ToolCallRow) if c.status == "running"]:
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("phase", ["idle", "tools", "llm"])
+async def test_messages_submitted_at_once_each_join_the_history_once(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, phase: str
+) -> None:
+    """A group writing at once to one session, whatever it is doing: every message is
+    stored and joins the history exactly once, every request is valid, every reply goes
+    out, and the session ends idle."""
+    monkeypatch.setattr(slow_tools, "DELAY", 0.3)
+    async with make_core(rate_limit_user_per_minute=0, rate_limit_chat_per_minute=0) as (
+        runtime,
+        chat,
+    ):
+        if phase == "tools":
+            await chat.say("what time is it")
+            await chat.wait_for(1)
+        elif phase == "llm":
+            fake_openai.script_delay(0.3)
+            await chat.say("first")
+            while not chat_requests(fake_openai):
+                await asyncio.sleep(0.01)
+        texts = [f"message {n}" for n in range(8)]
+        await asyncio.gather(
+            *(chat.say(text, user=f"u{n}", private=False) for n, text in enumerate(texts))
+        )
+        await runtime.engine.wait_idle()
+        history = await runtime.engine.store.history(1)
+        info = await runtime.engine.store.get_session(1)
+        outbox = await rows(runtime, OutboxRow)
+    joined = [e.content for e in history if e.role == "user"]
+    assert sorted(joined[-len(texts) :]) == texts
+    assert len(joined) == len(texts) + (phase != "idle")
+    assert all(validate(r["messages"]) == [] for r in chat_requests(fake_openai))
+    assert info.state == "idle" and history[-1].role == "assistant"
+    assert all(o.delivered_at is not None for o in outbox) and len(chat.sent) == len(outbox)
+    assert fake_openai.rejected == []

@@ -46,6 +46,7 @@ FAULTS: dict[str, Callable[[FakeOpenAI], None]] = {
     "truncated JSON": lambda fake: fake.script_truncated_json(),
     "dropped connection": lambda fake: fake.script_disconnect(),
     "400": lambda fake: fake.script_error(400, "Invalid value for 'model'."),
+    "empty answer": lambda fake: fake.script_reply(" \n "),
 }
 
 
@@ -103,6 +104,38 @@ async def test_fault_after_tools_keeps_the_tool_block_whole(
     assert isinstance(last, list)
     assert [m["role"] for m in last][1:] == ["user", "assistant", "tool", "user"]
     assert validate(last) == []
+    assert fake_openai.rejected == []
+
+
+async def test_tool_call_ids_openai_would_refuse_are_replaced_before_they_are_stored(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some OpenAI-compatible servers send call ids that OpenAI refuses in a later request
+    (repeated within a message, empty, over 40 characters): each call still gets one
+    result, under an id of its own, and every later request is valid."""
+    from bot import offline
+
+    sent_ids = iter(["call_same", "call_same", "", "c" * 41])
+    real_random_id = offline._random_id
+
+    def scripted_ids(prefix: str, length: int) -> str:
+        return next(sent_ids) if prefix == "call_" else real_random_id(prefix, length)
+
+    monkeypatch.setattr(offline, "_random_id", scripted_ids)
+    fake_openai.script_tool_calls([("get_current_time", {"timezone": "UTC"})] * 4)
+    async with make_core() as (runtime, chat):
+        await chat.say("what time is it, four times")
+        await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+        async with sessionmaker(runtime.db)() as tx:
+            calls = list(await tx.scalars(select(ToolCallRow).order_by(ToolCallRow.seq)))
+    ids = [c.call_id for c in calls]
+    assert ids[0] == "call_same"
+    assert len(set(ids)) == 4 and all(0 < len(i) <= 40 for i in ids)
+    assert all(c.status == "done" for c in calls)
+    follow_up = chat_requests(fake_openai)[1]["messages"]
+    assert [m["tool_call_id"] for m in follow_up if m["role"] == "tool"] == ids
+    assert validate(follow_up) == []  # type: ignore[arg-type]
     assert fake_openai.rejected == []
 
 
@@ -317,3 +350,78 @@ async def test_an_answer_that_comes_after_an_operator_archived_the_session_is_dr
     assert "hello again" in sent[0].message.text and "hello\n" not in sent[0].message.text
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert any("moved on; dropped" in r.getMessage() for r in caplog.records)
+
+
+class _Said(logging.Handler):
+    """Sets `event` once a record starting with `text` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.text):
+            self.event.set()
+
+
+@pytest.mark.parametrize("failing", ["record_answer", "close_tool_round"])
+async def test_a_session_whose_steps_keep_failing_gives_up_then_carries_on_when_written_to(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    failing: str,
+) -> None:
+    """The database refuses a session's step for good: after MAX_STEP_RETRIES retries
+    the session gives up, in the state it was in, with no more model calls (a retry in a
+    model call's state calls the model again). A message its user writes once the
+    database is back is a living user reaching it, as one reaching a session waiting to
+    recover: it carries on from its stored state and answers both messages at once."""
+    from bot import session
+
+    monkeypatch.setattr(session, "STEP_RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(slow_tools, "DELAY", 0.01)
+    if failing == "close_tool_round":
+        fake_openai.script_tool_calls([("get_current_time", {})])
+    gave_up = _Said("session gave up")
+    logging.getLogger(session.__name__).addHandler(gave_up)
+    try:
+        async with make_core() as (runtime, chat):
+            store = runtime.engine.store
+            real = getattr(store, failing)
+            failures = 0
+            once_too_many = asyncio.Event()
+
+            async def down(*args: Any) -> object:
+                nonlocal failures
+                failures += 1
+                if failures > session.MAX_STEP_RETRIES + 1:
+                    once_too_many.set()
+                raise ConnectionError("database down")
+
+            monkeypatch.setattr(store, failing, down)
+            await chat.say("first")
+            ends = [asyncio.create_task(e.wait()) for e in (gave_up.event, once_too_many)]
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            for end in ends:
+                end.cancel()
+            assert gave_up.event.is_set() and not once_too_many.is_set()
+            await runtime.engine.wait_idle()
+            monkeypatch.setattr(store, failing, real)  # the database is back
+            calls_before = len(chat_requests(fake_openai))
+            await chat.say("are you back?")
+            sent = await chat.wait_for(len(chat.sent) + 1)
+            while sent[-1].message.kind is not ReplyKind.ANSWER:
+                sent = await chat.wait_for(len(sent) + 1)
+            await runtime.engine.wait_idle()
+            info = await store.get_session(1)
+    finally:
+        logging.getLogger(session.__name__).removeHandler(gave_up)
+    assert failures == session.MAX_STEP_RETRIES + 1
+    # Recording the answer: each failure and each retry of it followed a model call.
+    assert calls_before == (failures if failing == "record_answer" else 1)
+    assert info.state == "idle"
+    assert [s.message.kind for s in sent].count(ReplyKind.ANSWER) == 1
+    last = chat_requests(fake_openai)[-1]["messages"]
+    assert [m["content"] for m in last if m["role"] == "user"] == ["first", "are you back?"]
+    assert fake_openai.rejected == []

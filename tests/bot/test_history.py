@@ -13,6 +13,7 @@ from bot.history import (
     Violation,
     estimate_tokens,
     repair,
+    starts_turn,
     trim,
     validate,
 )
@@ -377,12 +378,19 @@ def test_trim_drops_the_oldest_turns_and_keeps_the_system_prompt() -> None:
 
 
 def test_trim_keeps_the_last_turn_whole_even_over_budget() -> None:
+    # "later" was written while the tool ran: the answer to its turn needs "q" and the
+    # result as much as it, so the turn is kept from "q", as it is when nobody wrote.
     last = [user("q"), asks("call_a"), tool("call_a", "x" * 5000), user("later")]
     last += [{"role": "assistant", "content": "done"}]
     history = [SYSTEM, *long_turn("a"), *last]
-    assert trim(history, 1) == [SYSTEM, user("later"), {"role": "assistant", "content": "done"}]
+    assert trim(history, 1) == [SYSTEM, *last]
     turn = [user("q"), asks("call_a"), tool("call_a", "x" * 5000)]
     assert trim([SYSTEM, *long_turn("a"), *turn], 1) == [SYSTEM, *turn]
+    assert trim([SYSTEM, *long_turn("a"), *turn, user("later")], 1) == [
+        SYSTEM,
+        *turn,
+        user("later"),
+    ]
 
 
 def test_trim_keeps_a_greeting_before_the_first_user_message_when_it_fits() -> None:
@@ -544,13 +552,14 @@ def test_trim_of_a_valid_history_is_valid_at_every_budget(
     assert kept == history[len(history) - len(kept) :]
     if len(kept) < len(history) - head:
         assert kept[0]["role"] == "user"
-        users = [i for i, m in enumerate(kept) if m["role"] == "user"]
-        if users != [0]:
+        assert starts_turn(history, len(history) - len(kept))
+        turns = [i for i in range(len(kept)) if starts_turn(kept, i)]
+        if turns != [0]:
             # More than the last turn survived only because it fitted.
             assert cost(trimmed) <= budget
-        # Cutting at the previous user message would have gone over budget.
+        # Cutting where the previous turn begins would have gone over budget.
         dropped = history[head : len(history) - len(kept)]
-        previous = max(i for i, m in enumerate(dropped) if m["role"] == "user")
+        previous = max(i for i in range(len(dropped)) if starts_turn(history, head + i))
         assert cost(history[:head] + dropped[previous:] + kept) > budget
     for i, message in enumerate(trimmed):
         if message["role"] == "assistant" and message.get("tool_calls"):
