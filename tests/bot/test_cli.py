@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from bot.offline import FakeOpenAI
+from storage.migrate import current_revision, head_revision, upgrade
 from tests.fakes.telegram_api import FakeTelegram
 from tests.support.process import ROOT, bot_environment, read_until, run_bot, spawn_cli
 
@@ -240,3 +241,35 @@ def test_run_with_a_log_file_that_cannot_be_written_is_one_line_and_exit_2(
     assert run.returncode == 2, run.stderr
     [line] = run.stderr.strip().splitlines()
     assert line.startswith(f"stillhere: setting LOG_FILE: cannot write to {tmp_path}/a-file/")
+
+
+# --- the database at start: behind the schema head --------------
+
+
+@pytest.mark.parametrize("revision", [None, "0001"], ids=["no-schema", "behind-head"])
+async def test_run_without_auto_upgrade_on_a_schema_behind_is_one_line_and_exit_2(
+    tmp_path: Path, revision: str | None
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/bot.db"
+    if revision is not None:
+        await upgrade(url, revision)
+    env = bot_environment(url, DB_AUTO_UPGRADE="false")
+    child = await spawn_cli(tmp_path, env, "run", stdin=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(child.communicate(b"hello\n"), 60)
+    assert child.returncode == 2, err.decode()
+    [line] = err.decode().splitlines()
+    assert line.startswith("stillhere: setting DB_AUTO_UPGRADE: "), line
+    assert f"at revision {revision or 'none'}" in line and f"needs {head_revision()}" in line
+    assert "run `stillhere db upgrade`" in line, line
+    assert "hello" not in out.decode()  # nothing was answered on a schema it cannot use
+    assert await current_revision(url) == revision  # and it migrated nothing
+
+
+async def test_run_without_auto_upgrade_on_a_schema_at_head_runs(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/bot.db"
+    await upgrade(url)
+    env = bot_environment(url, DB_AUTO_UPGRADE="false")
+    child = await spawn_cli(tmp_path, env, "run", stdin=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(child.communicate(b"hello\n"), 60)
+    assert child.returncode == 0, err.decode()
+    assert "hello" in out.decode()  # the offline model echoes what it was told

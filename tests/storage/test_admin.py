@@ -19,17 +19,15 @@ from storage.admin import (
     ALIVE_SECONDS,
     AdminStore,
     Reason,
-    SchemaError,
     SessionSummary,
     StuckRules,
     UnknownSession,
     _history_fix,
     _Item,
-    check_schema,
     sqlite_file_missing,
 )
 from storage.database import create_engine, sessionmaker
-from storage.migrate import upgrade
+from storage.migrate import SchemaError, check_schema, upgrade
 from storage.models import (
     ControlRow,
     LLMCallRow,
