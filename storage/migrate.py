@@ -11,7 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from alembic import command
-from storage.database import create_engine, ensure_sqlite_directory
+from storage.database import connected, create_engine, ensure_sqlite_directory
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 
@@ -64,7 +64,7 @@ async def _revision(connection: AsyncConnection) -> str | None:
 async def current_revision(url: str) -> str | None:
     engine = create_engine(url)
     try:
-        async with engine.connect() as connection:
+        async with connected(engine) as connection:
             return await _revision(connection)
     finally:
         await engine.dispose()
@@ -72,17 +72,17 @@ async def current_revision(url: str) -> str | None:
 
 async def check_schema(engine: AsyncEngine) -> None:
     """Raises SchemaNotAtHead unless the database is at the newest migration (never
-    migrates), SchemaError if it cannot be read at all."""
-    try:
-        async with engine.connect() as connection:
+    migrates), DatabaseUnavailable if it cannot be reached at all."""
+    async with connected(engine) as connection:
+        try:
             current = await _revision(connection)
-    except Exception as exc:
-        # Drivers word this differently; the first line is what an operator needs.
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        password = engine.url.password
-        if password:
-            text = text.replace(str(password), "***")
-        raise SchemaError(f"cannot read the database: {text}") from None
+        except Exception as exc:
+            # Drivers word this differently; the first line is what an operator needs.
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            password = engine.url.password
+            if password:
+                text = text.replace(str(password), "***")
+            raise SchemaError(f"cannot read the database: {text}") from None
     head = head_revision()
     if current != head:
         raise SchemaNotAtHead(current, head)
