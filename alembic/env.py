@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationInfo
 from sqlalchemy.engine import Connection
 
 from alembic import context
-from storage.database import create_engine
+from storage.database import connected, create_engine
 from storage.models import Base
 
 config = context.config
@@ -41,7 +41,8 @@ def _run(connection: Connection) -> None:
 async def _run_async() -> None:
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "")
     try:
-        async with engine.connect() as connection:
+        # Out of reach or not creatable: one line naming DATABASE_URL, not a traceback.
+        async with connected(engine) as connection:
             await connection.run_sync(_run)
             await connection.commit()
     finally:

@@ -611,11 +611,12 @@ COMMANDS: dict[str, Callable[[AdminStore, argparse.Namespace], Any]] = {
 
 async def run_admin(args: argparse.Namespace, settings: Settings) -> int:
     """Runs one `stillhere admin` command; returns the exit code."""
-    # Alembic narrates loading its plugins (as storage.admin imports it) and scripts at
+    # Alembic narrates loading its plugins (as storage.migrate imports it) and scripts at
     # INFO; an admin command only checks the head, and its errors must stay one line.
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from storage.admin import AdminStore, SchemaError, UnknownSession, check_schema
+    from storage.admin import AdminStore, UnknownSession
     from storage.database import create_engine
+    from storage.migrate import SchemaError, check_schema
 
     missing = _missing_database(settings.database_url)
     if missing is not None:

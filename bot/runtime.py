@@ -9,17 +9,19 @@ from __future__ import annotations
 import logging
 from types import TracebackType
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from bot.engine import Engine, EngineConfig
 from bot.guards import AccessGate, build_gates
 from bot.interim.replies import ReplyBook
 from bot.llm import LLMClient
 from bot.offline import OFFLINE_BASE_URL, OfflineTransport
 from bot.prompt import history_rows
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from bot.tools.registry import default_registry
 from bot.tools.runner import ToolRunner
 from storage.database import create_engine
-from storage.migrate import upgrade
+from storage.migrate import SchemaError, SchemaNotAtHead, check_schema, upgrade
 from storage.repository import SqlStore
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,33 @@ def build_llm(settings: Settings) -> LLMClient:
     )
 
 
+async def open_database(settings: Settings) -> AsyncEngine:
+    """The database, migrated to the head (DB_AUTO_UPGRADE) or checked to be at it. One
+    out of reach, or a schema behind, stops the start with one line (a StartupError)
+    before anything runs on it."""
+    url = settings.database_url
+    if settings.db_auto_upgrade:
+        await upgrade(url)
+        return create_engine(url)
+    engine = create_engine(url)
+    try:
+        await check_schema(engine)
+    except SchemaNotAtHead as exc:
+        await engine.dispose()
+        raise SettingsError(
+            "setting DB_AUTO_UPGRADE: false, and the database schema is behind this code "
+            f"(at revision {exc.current or 'none, an empty database'}; it needs {exc.head}): "
+            "run `stillhere db upgrade`, or set DB_AUTO_UPGRADE=true"
+        ) from exc
+    except SchemaError as exc:
+        await engine.dispose()
+        raise SettingsError(f"setting DATABASE_URL: {exc}") from exc
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -68,9 +97,7 @@ class Runtime:
         settings = self.settings
         # First, as it may refuse a setting (TOOL_MODULES): nothing is open yet to close.
         registry = default_registry(settings.tool_modules)
-        if settings.db_auto_upgrade:
-            await upgrade(settings.database_url)
-        self.db = create_engine(settings.database_url)
+        self.db = await open_database(settings)
         store = SqlStore(
             self.db,
             worker=settings.worker_id,

@@ -18,7 +18,6 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,7 +28,6 @@ from bot.prompt import to_openai
 from bot.store import HistoryEntry, SessionState
 from bot.tools.runner import CANCELLED_BY_OPERATOR
 from storage.database import sessionmaker
-from storage.migrate import head_revision
 from storage.models import (
     ControlRow,
     LLMCallRow,
@@ -50,10 +48,6 @@ DROPPED = "dropped"
 ALIVE_SECONDS = 20.0
 
 
-class SchemaError(Exception):
-    """The database is missing or not at the schema this code expects."""
-
-
 class UnknownSession(LookupError):
     pass
 
@@ -67,28 +61,6 @@ def sqlite_file_missing(url: str) -> str | None:
         return None
     path = Path(os.path.abspath(parsed.database or ""))
     return None if path.exists() else str(path)
-
-
-async def check_schema(engine: AsyncEngine) -> None:
-    """Raises SchemaError unless the database is at the newest migration (never migrates)."""
-    try:
-        async with engine.connect() as connection:
-            current = await connection.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_revision()
-            )
-    except Exception as exc:
-        # Drivers word this differently; the first line is what an operator needs.
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        password = engine.url.password
-        if password:
-            text = text.replace(str(password), "***")
-        raise SchemaError(f"cannot read the database: {text}") from None
-    head = head_revision()
-    if current != head:
-        raise SchemaError(
-            f"the database schema is at revision {current or 'none (empty database)'} but this "
-            f"code needs {head}: run `stillhere db upgrade` (the admin commands never migrate)"
-        )
 
 
 # --- records --------------------------------------------------------------------------------

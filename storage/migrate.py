@@ -8,9 +8,10 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from alembic import command
-from storage.database import create_engine, ensure_sqlite_directory
+from storage.database import connected, create_engine, ensure_sqlite_directory
 
 ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 
@@ -37,12 +38,51 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
+class SchemaError(Exception):
+    """The database cannot be read, or is not at the schema this code expects."""
+
+
+class SchemaNotAtHead(SchemaError):
+    """The database's schema is at `current` (None: no schema at all), not at `head`."""
+
+    def __init__(self, current: str | None, head: str | None) -> None:
+        super().__init__(
+            f"the database schema is at revision {current or 'none (empty database)'} but "
+            f"this code needs {head}: run `stillhere db upgrade` (the admin commands never "
+            "migrate)"
+        )
+        self.current = current
+        self.head = head
+
+
+async def _revision(connection: AsyncConnection) -> str | None:
+    return await connection.run_sync(
+        lambda sync: MigrationContext.configure(sync).get_current_revision()
+    )
+
+
 async def current_revision(url: str) -> str | None:
     engine = create_engine(url)
     try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_revision()
-            )
+        async with connected(engine) as connection:
+            return await _revision(connection)
     finally:
         await engine.dispose()
+
+
+async def check_schema(engine: AsyncEngine) -> None:
+    """Raises SchemaNotAtHead unless the database is at the newest migration (never
+    migrates), DatabaseUnavailable if it cannot be reached at all."""
+    async with connected(engine) as connection:
+        try:
+            current = await _revision(connection)
+        except Exception as exc:
+            # Drivers word this differently; the first line is what an operator needs.
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            password = engine.url.password
+            if password:
+                text = text.replace(str(password), "***")
+            raise SchemaError(f"cannot read the database: {text}") from None
+    head = head_revision()
+    if current != head:
+        raise SchemaNotAtHead(current, head)

@@ -223,5 +223,20 @@ class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
         super().__init__(aiosqlite, sqlite3)
 
     def connect(self, *arg: Any, **kw: Any) -> OneTripConnection:
+        kw.setdefault("async_creator_fn", _open)
         adapted = super().connect(*arg, **kw)
         return OneTripConnection(self, adapted._connection)
+
+
+async def _open(*arg: Any, **kw: Any) -> aiosqlite.Connection:
+    """aiosqlite.connect, as SQLAlchemy's adapter calls it, but a file that cannot be
+    opened leaves no thread behind: aiosqlite then stops its thread without waiting for it,
+    and a command that stops on the error would close its event loop first, the thread
+    printing a traceback of its own on stderr after the command's one line."""
+    connection = aiosqlite.connect(*arg, **kw)
+    connection._thread.daemon = True
+    try:
+        return await connection
+    except Exception:
+        await asyncio.to_thread(connection._thread.join)
+        raise

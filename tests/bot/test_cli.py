@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -12,8 +13,11 @@ from pathlib import Path
 
 import openai
 import pytest
+from sqlalchemy.engine import make_url
 
 from bot.offline import FakeOpenAI
+from storage.migrate import current_revision, head_revision, upgrade
+from tests.conftest import POSTGRES_URL_VARIABLE
 from tests.fakes.telegram_api import FakeTelegram
 from tests.support.process import ROOT, bot_environment, read_until, run_bot, spawn_cli
 
@@ -240,3 +244,119 @@ def test_run_with_a_log_file_that_cannot_be_written_is_one_line_and_exit_2(
     assert run.returncode == 2, run.stderr
     [line] = run.stderr.strip().splitlines()
     assert line.startswith(f"stillhere: setting LOG_FILE: cannot write to {tmp_path}/a-file/")
+
+
+# --- the database at start: behind the schema head, out of reach, not creatable --------------
+
+
+@pytest.mark.parametrize("revision", [None, "0001"], ids=["no-schema", "behind-head"])
+async def test_run_without_auto_upgrade_on_a_schema_behind_is_one_line_and_exit_2(
+    tmp_path: Path, revision: str | None
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/bot.db"
+    if revision is not None:
+        await upgrade(url, revision)
+    env = bot_environment(url, DB_AUTO_UPGRADE="false")
+    child = await spawn_cli(tmp_path, env, "run", stdin=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(child.communicate(b"hello\n"), 60)
+    assert child.returncode == 2, err.decode()
+    [line] = err.decode().splitlines()
+    assert line.startswith("stillhere: setting DB_AUTO_UPGRADE: "), line
+    assert f"at revision {revision or 'none'}" in line and f"needs {head_revision()}" in line
+    assert "run `stillhere db upgrade`" in line, line
+    assert "hello" not in out.decode()  # nothing was answered on a schema it cannot use
+    assert await current_revision(url) == revision  # and it migrated nothing
+
+
+async def test_run_without_auto_upgrade_on_a_schema_at_head_runs(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/bot.db"
+    await upgrade(url)
+    env = bot_environment(url, DB_AUTO_UPGRADE="false")
+    child = await spawn_cli(tmp_path, env, "run", stdin=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(child.communicate(b"hello\n"), 60)
+    assert child.returncode == 0, err.decode()
+    assert "hello" in out.decode()  # the offline model echoes what it was told
+
+
+DATABASE_PASSWORD = "hunter2-secret"
+COMMANDS = [["run"], ["db", "upgrade"], ["db", "current"], ["admin", "sessions"]]
+COMMAND_IDS = ["run", "db-upgrade", "db-current", "admin-sessions"]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=COMMAND_IDS)
+def test_a_database_server_down_is_one_line_naming_database_url_without_the_password(
+    tmp_path: Path, command: list[str]
+) -> None:
+    with _refusing_port() as port:
+        url = f"postgresql+asyncpg://bot:{DATABASE_PASSWORD}@127.0.0.1:{port}/bot"
+        done = _stillhere(tmp_path, bot_environment(url), *command)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line == (
+        f"stillhere: setting DATABASE_URL: cannot connect to "
+        f"postgresql+asyncpg://bot:***@127.0.0.1:{port}/bot: connection refused"
+    )
+    assert DATABASE_PASSWORD not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("command", COMMANDS[:3], ids=COMMAND_IDS[:3])
+def test_a_sqlite_folder_that_cannot_be_created_is_one_line_and_exit_2(
+    tmp_path: Path, command: list[str]
+) -> None:
+    (tmp_path / "a-file").write_text("")
+    env = bot_environment(f"sqlite+aiosqlite:///{tmp_path}/a-file/data/bot.db")
+    done = _stillhere(tmp_path, env, *command)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line == (
+        f"stillhere: setting DATABASE_URL: cannot create the folder {tmp_path}/a-file/data "
+        "for the SQLite file: not a directory"
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=COMMAND_IDS)
+def test_a_sqlite_file_that_cannot_be_opened_is_one_line_and_exit_2(
+    tmp_path: Path, command: list[str]
+) -> None:
+    (tmp_path / "bot.db").mkdir()  # a folder where the file should be
+    done = _stillhere(tmp_path, bot_environment(f"sqlite+aiosqlite:///{tmp_path}/bot.db"), *command)
+    assert done.returncode == 2, done.stderr
+    # Nor a traceback of aiosqlite's thread after it, once the event loop has closed.
+    [line] = done.stderr.splitlines()
+    assert line == (
+        f"stillhere: setting DATABASE_URL: cannot open the SQLite file {tmp_path}/bot.db: "
+        "unable to open database file"
+    )
+
+
+def test_a_database_out_of_reach_leaves_its_traceback_in_the_log_file_only(
+    tmp_path: Path,
+) -> None:
+    log_file = tmp_path / "bot.log"
+    with _refusing_port() as port:
+        url = f"postgresql+asyncpg://bot:{DATABASE_PASSWORD}@127.0.0.1:{port}/bot"
+        run = run_bot(tmp_path, bot_environment(url, LOG_FILE=str(log_file)))
+    assert run.returncode == 2, run.stderr
+    [line] = run.stderr.splitlines()
+    logged = log_file.read_text(encoding="utf-8")
+    assert line.removeprefix("stillhere: ") in logged
+    assert "Traceback" in logged and "ConnectionRefusedError" in logged
+    assert DATABASE_PASSWORD not in logged + run.stdout + run.stderr
+
+
+def test_a_postgresql_server_refusing_the_password_is_one_line_without_it(
+    tmp_path: Path,
+) -> None:
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"PostgreSQL not configured: set {POSTGRES_URL_VARIABLE} to run this test")
+    wrong = make_url(url).set(password=DATABASE_PASSWORD)
+    env = bot_environment(wrong.render_as_string(hide_password=False))
+    done = _stillhere(tmp_path, env, "db", "upgrade")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(
+        f"stillhere: setting DATABASE_URL: cannot connect to "
+        f"{wrong.render_as_string(hide_password=True)}: password authentication failed"
+    ), line
+    assert DATABASE_PASSWORD not in done.stdout + done.stderr

@@ -19,17 +19,15 @@ from storage.admin import (
     ALIVE_SECONDS,
     AdminStore,
     Reason,
-    SchemaError,
     SessionSummary,
     StuckRules,
     UnknownSession,
     _history_fix,
     _Item,
-    check_schema,
     sqlite_file_missing,
 )
-from storage.database import create_engine, sessionmaker
-from storage.migrate import upgrade
+from storage.database import DatabaseUnavailable, create_engine, sessionmaker
+from storage.migrate import SchemaError, check_schema, upgrade
 from storage.models import (
     ControlRow,
     LLMCallRow,
@@ -208,7 +206,7 @@ async def test_schema_not_at_head_is_refused(database_url: str) -> None:
 async def test_unreachable_database_is_one_clear_error_without_the_password() -> None:
     engine = create_engine("postgresql+asyncpg://admin:s3cret-pw@127.0.0.1:1/none")
     try:
-        with pytest.raises(SchemaError, match="cannot read the database") as caught:
+        with pytest.raises(DatabaseUnavailable, match="DATABASE_URL: cannot connect") as caught:
             await check_schema(engine)
     finally:
         await engine.dispose()
