@@ -67,6 +67,8 @@ async def open_database(settings: Settings) -> AsyncEngine:
         await check_schema(engine)
     except SchemaNotAtHead as exc:
         await engine.dispose()
+        if exc.newer:
+            raise SettingsError(f"setting DATABASE_URL: {exc}") from exc
         raise SettingsError(
             "setting DB_AUTO_UPGRADE: false, and the database schema is behind this code "
             f"(at revision {exc.current or 'none, an empty database'}; it needs {exc.head}): "

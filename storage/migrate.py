@@ -8,6 +8,7 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from alembic import command
@@ -43,16 +44,34 @@ class SchemaError(Exception):
 
 
 class SchemaNotAtHead(SchemaError):
-    """The database's schema is at `current` (None: no schema at all), not at `head`."""
+    """The database's schema is at `current` (None: no schema at all), not at `head`;
+    `newer`: at a revision this code does not know, which a newer stillhere wrote."""
 
     def __init__(self, current: str | None, head: str | None) -> None:
-        super().__init__(
-            f"the database schema is at revision {current or 'none (empty database)'} but "
-            f"this code needs {head}: run `stillhere db upgrade` (the admin commands never "
-            "migrate)"
-        )
         self.current = current
         self.head = head
+        self.newer = current is not None and not _known(current)
+        if self.newer:
+            super().__init__(
+                f"the database schema is at revision {current}, newer than this code "
+                f"(which knows up to {head}): a newer stillhere migrated it; run that one"
+            )
+        else:
+            super().__init__(
+                f"the database schema is at revision {current or 'none (empty database)'} "
+                f"but this code needs {head}: run `stillhere db upgrade` (the admin "
+                "commands never migrate)"
+            )
+
+
+def _known(revision: str) -> bool:
+    try:
+        return (
+            ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision)
+            is not None
+        )
+    except CommandError:  # no script has that id
+        return False
 
 
 async def _revision(connection: AsyncConnection) -> str | None:

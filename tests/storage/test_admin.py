@@ -27,7 +27,7 @@ from storage.admin import (
     sqlite_file_missing,
 )
 from storage.database import DatabaseUnavailable, create_engine, sessionmaker
-from storage.migrate import SchemaError, check_schema, upgrade
+from storage.migrate import SchemaError, SchemaNotAtHead, check_schema, upgrade
 from storage.models import (
     ControlRow,
     LLMCallRow,
@@ -201,6 +201,22 @@ async def test_schema_not_at_head_is_refused(database_url: str) -> None:
         await check_schema(engine)
     finally:
         await engine.dispose()
+
+
+async def test_a_schema_newer_than_the_code_is_not_called_behind(database_url: str) -> None:
+    """A newer stillhere migrated it: `db upgrade` would not help, running the newer code
+    would."""
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        with pytest.raises(SchemaNotAtHead) as caught:
+            await check_schema(engine)
+    finally:
+        await engine.dispose()
+    assert caught.value.newer
+    assert "newer" in str(caught.value) and "db upgrade" not in str(caught.value)
 
 
 async def test_unreachable_database_is_one_clear_error_without_the_password() -> None:
