@@ -902,6 +902,10 @@ class AdminStore:
                     select(ToolCallRow)
                     .where(ToolCallRow.message_id == message.id)
                     .order_by(ToolCallRow.seq)
+                    # The bot stores a result without the session's lock (finish_tool): on
+                    # PostgreSQL it would land between this read and the repair's cancel,
+                    # and be overwritten while the bot counts it stored.
+                    .with_for_update()
                 )
             )
         positioned = list(

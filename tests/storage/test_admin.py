@@ -3,6 +3,7 @@ PostgreSQL when configured)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from bot.events import DeliveryError, ReplyKind
 from bot.history import INTERRUPTED_RESULT, validate
 from bot.offline import FakeOpenAI
 from bot.settings import Settings
+from bot.tools.runner import ToolOutcome, ToolStatus
 from storage.admin import (
     ALIVE_SECONDS,
     AdminStore,
@@ -511,6 +513,42 @@ async def test_repair_closes_the_round_like_the_engine_and_the_next_core_answers
     assert sent[-1].message.kind is ReplyKind.ANSWER
     assert "cancelled by an operator" in sent[-1].message.text
     assert fake_openai.rejected == []
+
+
+async def test_a_tool_result_stored_during_a_repair_is_not_overwritten_unseen(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    admin: AdminStore,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bot stores a tool's result while the repair, having read the call as running,
+    is about to cancel it: whichever wins, the bot must not believe its result recorded
+    when the repair's cancel is what the row keeps."""
+    await stuck_tool_session(make_core, fake_openai)
+    store = SqlStore(create_engine(database_url))
+    (call,) = await fetch(database_url, ToolCallRow)
+    recorded: list[asyncio.Task[bool]] = []
+    real_apply = AdminStore._apply
+
+    async def apply_while_the_bot_finishes(self: AdminStore, tx: Any, plan: Any, now: Any) -> Any:
+        done = ToolOutcome(ToolStatus.DONE, "the tool's output")
+        recorded.append(asyncio.create_task(store.finish_tool(call.id, done)))
+        # Long enough for the bot's write to land, unless it waits for the repair.
+        await asyncio.wait(recorded, timeout=0.5)
+        return await real_apply(self, tx, plan, now)
+
+    monkeypatch.setattr(AdminStore, "_apply", apply_while_the_bot_finishes)
+    try:
+        await admin.repair(1, StuckRules(), dry_run=False)
+        bot_recorded = await asyncio.wait_for(recorded[0], 10)
+    finally:
+        await store.engine.dispose()
+    (kept,) = await fetch(database_url, ToolCallRow)
+    if bot_recorded:
+        assert kept.result == "the tool's output"
+    else:
+        assert kept.result == "cancelled by an operator"
 
 
 async def test_repair_of_a_corrupted_history_makes_it_valid(
