@@ -126,6 +126,9 @@ def settings_for(db: Path, model: FakeOpenAI, **overrides: Any) -> Settings:
         openai_base_url=model.base_url,
         openai_max_retries=0,
         tool_modules=["bench.long_tools"],
+        # The setup waits, batch after batch, for each session's notice to know its tool
+        # runs: at the default delay that is 2 s a batch, and no measured figure.
+        tool_notice_delay_seconds=0,
         **overrides,
     )
 
