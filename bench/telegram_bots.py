@@ -41,6 +41,7 @@ from adapters.telegram import TelegramAdapter
 from adapters.telegram.transport import ChatActionExemptRateLimiter
 from bench import experiments
 from bench.profiling import Profiles
+from bot import heap
 from bot.offline import FakeOpenAI
 from bot.runtime import Runtime
 from bot.settings import Settings
@@ -90,6 +91,7 @@ async def stillhere(
                 await adapter.start()
                 try:
                     await runtime.engine.start()
+                    heap.settle()  # as `stillhere run` does
                     yield runtime.db
                 finally:
                     await adapter.stop()

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from bot import heap
 from bot.core_api import ChatCore
 from bot.events import ReplySink
 from bot.lost import LostIntake
@@ -85,6 +86,7 @@ async def run(settings: Settings) -> None:
             if console is not None:
                 print(OFFLINE_BANNER if runtime.offline else CONSOLE_BANNER, flush=True)
             await engine.start()
+            heap.settle()
             waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait())]
             waiters += [asyncio.ensure_future(adapter.lost.wait()) for adapter in adapters]
             if console is not None:

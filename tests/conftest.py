@@ -3,8 +3,9 @@ configured), and a running core with the in-memory adapter."""
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,15 @@ from bot.runtime import Runtime
 from bot.settings import Settings
 
 POSTGRES_URL_VARIABLE = "STILLHERE_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(autouse=True)
+def _collect_what_a_bot_froze() -> Iterator[None]:
+    """`stillhere run` freezes the heap once started (bot.heap); in a test process what
+    was alive then would never be collected, however soon it became garbage."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
 
 
 @pytest.fixture

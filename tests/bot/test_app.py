@@ -95,7 +95,7 @@ async def test_a_reply_in_flight_when_run_stops_is_finished_and_recorded(
 
 
 async def test_a_platform_lost_while_running_stops_the_bot_with_one_line(
-    tmp_path: Path, fake_openai: FakeOpenAI
+    tmp_path: Path, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bot that can take no message in any more must not look alive: it stops, its
     replies sent, with the line `stillhere` prints before exiting 2."""
@@ -105,9 +105,12 @@ async def test_a_platform_lost_while_running_stops_the_bot_with_one_line(
         settings = core_settings(
             url, fake_openai, telegram_bot_token=tg.token, telegram_base_url=tg.base_url
         )
+        settled: list[bool] = []
+        monkeypatch.setattr(app.heap, "settle", lambda: settled.append(True))
         running = asyncio.create_task(app.run(settings))
         tg.push_text(ana.id, ana, "hello")
         await tg.wait_for(lambda: bool(tg.sent_messages(ana.id)), timeout=15)
+        assert settled == [True]  # once started, as `bot.heap` asks
         tg.fail_next("getUpdates", 401, "Unauthorized", count=1000)
         with pytest.raises(StartupError, match="TELEGRAM_BOT_TOKEN") as stopped:
             await asyncio.wait_for(running, timeout=30)
