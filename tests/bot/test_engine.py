@@ -647,29 +647,30 @@ async def test_an_answered_message_costs_three_storage_calls(
 # --- the "working on it" notice (TOOL_NOTICE_DELAY_SECONDS) ------------------------------
 
 
-async def test_a_tool_quicker_than_the_notice_delay_is_answered_without_a_notice(
-    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("tool_seconds", "notice_delay", "expected"),
+    [
+        (0.1, 30, [ReplyKind.ANSWER]),  # quicker than the delay: the answer alone
+        (1.0, 0.1, [ReplyKind.WORKING, ReplyKind.ANSWER]),  # slower: the notice, then it
+    ],
+)
+async def test_the_working_notice_comes_only_for_tools_that_outlast_its_delay(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    tool_seconds: float,
+    notice_delay: float,
+    expected: list[ReplyKind],
 ) -> None:
-    monkeypatch.setattr(slow_tools, "DELAY", 0.1)
-    async with make_core(tool_notice_delay_seconds=30) as (runtime, chat):
+    monkeypatch.setattr(slow_tools, "DELAY", tool_seconds)
+    async with make_core(tool_notice_delay_seconds=notice_delay) as (runtime, chat):
         await chat.say("what time is it?")
-        sent = await chat.wait_for(1)
+        sent = await chat.wait_for(len(expected))
         await runtime.engine.wait_idle()
         outbox = await rows(runtime, OutboxRow)
-    assert kinds(sent) == [ReplyKind.ANSWER]
-    assert [row.kind for row in outbox] == [ReplyKind.ANSWER.value]
-
-
-async def test_a_tool_slower_than_the_notice_delay_gets_its_notice_then_the_answer(
-    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(slow_tools, "DELAY", 1.0)
-    async with make_core(tool_notice_delay_seconds=0.1) as (runtime, chat):
-        await chat.say("what time is it?")
-        sent = await chat.wait_for(2)
-        await runtime.engine.wait_idle()
-    assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER]
-    assert sent[0].message.reply_to_id == sent[1].message.reply_to_id
+    assert kinds(sent) == expected
+    assert [row.kind for row in outbox] == [kind.value for kind in expected]
+    assert {s.message.reply_to_id for s in sent} == {sent[0].message.reply_to_id}
 
 
 async def test_a_message_before_the_notice_gets_its_instant_reply_instead_of_the_notice(

@@ -76,6 +76,22 @@ async def test_a_model_answer_with_unstorable_text_is_sent(
     assert len(chat_requests(fake_openai)) == 1  # recorded at once, not asked again
 
 
+async def one_tool_round(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, name: str, arguments: Any
+) -> list[Any]:
+    """A turn whose model calls `name` once and then answers: its stored calls, once the
+    notice and the answer are sent."""
+    fake_openai.script_tool_calls([(name, arguments)])
+    fake_openai.script_reply("done")
+    async with make_core() as (runtime, chat):
+        await chat.say("go")
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+        calls = await rows(runtime, ToolCallRow)
+    assert [s.message.kind for s in sent] == [ReplyKind.WORKING, ReplyKind.ANSWER]
+    return calls
+
+
 @pytest.mark.parametrize(
     ("arguments", "result"),
     [
@@ -90,15 +106,8 @@ async def test_a_model_answer_with_unstorable_text_is_sent(
 async def test_a_tool_call_with_unstorable_text_gets_its_result(
     make_core: CoreFactory, fake_openai: FakeOpenAI, arguments: Any, result: str
 ) -> None:
-    fake_openai.script_tool_calls([("explode", arguments)])
-    fake_openai.script_reply("done")
-    async with make_core() as (runtime, chat):
-        await chat.say("go")
-        sent = await chat.wait_for(2)
-        await runtime.engine.wait_idle()
-        calls = await rows(runtime, ToolCallRow)
+    calls = await one_tool_round(make_core, fake_openai, "explode", arguments)
     assert [(c.status, c.result) for c in calls] == [("failed", result)]
-    assert [s.message.kind for s in sent] == [ReplyKind.WORKING, ReplyKind.ANSWER]
     requests = chat_requests(fake_openai)
     assert len(requests) == 2
     follow_up = requests[1]["messages"]
@@ -111,14 +120,7 @@ async def test_a_tool_call_with_a_name_too_long_to_store_gets_its_result(
 ) -> None:
     """A model may call a tool by a made-up name of any length; the names column holds
     128 characters (enforced on PostgreSQL), OpenAI's function names 64."""
-    fake_openai.script_tool_calls([("x" * 300, {})])
-    fake_openai.script_reply("done")
-    async with make_core() as (runtime, chat):
-        await chat.say("go")
-        sent = await chat.wait_for(2)
-        await runtime.engine.wait_idle()
-        calls = await rows(runtime, ToolCallRow)
+    calls = await one_tool_round(make_core, fake_openai, "x" * 300, {})
     assert [(c.name, c.status) for c in calls] == [("x" * 64, "failed")]
     assert (calls[0].result or "").startswith("unknown tool 'xxxx")
-    assert [s.message.kind for s in sent] == [ReplyKind.WORKING, ReplyKind.ANSWER]
     assert len(chat_requests(fake_openai)) == 2
