@@ -1,8 +1,9 @@
 """Messages/s through the engine, beside a raw baseline that only writes the same rows.
 
-stillhere: the real core (Runtime: storage, sessions, prompt, the openai SDK) driven by the
-in-process adapter, on the built-in offline model (no API key): it answers at once with
-plain text, in process, through the openai SDK (bot.offline.OfflineTransport).
+stillhere: the real core (Runtime: storage, sessions, prompt) driven by the in-process
+adapter, on the built-in offline model (no API key): it answers at once with plain text, in
+process (bot.offline.OfflineModel: OpenAI's checks of the request and the rules, no HTTP
+client; until session 12 it was reached through the openai SDK, bench/RESULTS.md).
 C chats talk at the same time, each sending its next message when its answer arrived.
 
 raw: the rows one answered message leaves behind, written with SQLAlchemy core on the same
@@ -182,7 +183,7 @@ def _inserting(*rows: tuple[Table, JSON]) -> Callable[[Connection], None]:
 
 async def _raw(url: str, size: Size, with_model: bool) -> tuple[int, float]:
     """The rows alone; `with_model`, also the one model call per message any durable
-    OpenAI bot makes (the same built-in model through the same SDK wrapper, same growing
+    OpenAI bot makes (the same built-in model through the same `build_llm`, same growing
     history, same tools offered). Written as stillhere writes: each transaction through
     `storage.transaction` (on SQLite one trip to the driver's thread)."""
     await upgrade(url)

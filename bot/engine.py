@@ -20,7 +20,7 @@ from bot.events import CommandName, CommandRequest, InboundMessage, ReplySink, u
 from bot.guards.access import AccessGate
 from bot.interim.classify import classify, told_language
 from bot.interim.replies import ReplyBook, RunningTool
-from bot.llm import LLMClient
+from bot.llm import ChatModel
 from bot.policies import Gate, Verdict
 from bot.presence import TypingKeeper
 from bot.prompt import PromptStats
@@ -104,7 +104,7 @@ class Engine:
         self,
         *,
         store: Store,
-        llm: LLMClient,
+        llm: ChatModel,
         registry: Registry,
         runner: ToolRunner,
         book: ReplyBook,

@@ -1,8 +1,10 @@
-"""A thin wrapper over the official AsyncOpenAI client.
+"""What the engine asks of a model, and the thin wrapper over the official AsyncOpenAI
+client that answers it in production.
 
-It turns a response into plain data the engine stores, and every failure (after the SDK's
-own retries with backoff) into one `LLMError`, so the engine has a single path for "the
-model could not answer".
+The client turns a response into plain data the engine stores, and every failure (after
+the SDK's own retries with backoff) into one `LLMError`, so the engine has a single path for
+"the model could not answer". The built-in offline model (`bot.offline.OfflineModel`)
+answers the same protocol in process.
 """
 
 from __future__ import annotations
@@ -10,9 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 
@@ -59,7 +60,39 @@ class LLMError(Exception):
         self.detail = detail
 
 
+ToolChoice = Literal["auto", "none"]
+
+
+class ChatModel(Protocol):
+    """A chat completions model: one answer to a request, or an `LLMError`."""
+
+    async def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        tool_choice: ToolChoice = "auto",
+    ) -> Completion: ...
+
+    async def close(self) -> None: ...
+
+
+def chat_request(
+    model: str,
+    messages: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]],
+    tool_choice: ToolChoice,
+) -> dict[str, Any]:
+    """The chat completions request body, as OpenAI's API takes it."""
+    body: dict[str, Any] = {"model": model, "messages": list(messages)}
+    if tools:
+        body["tools"] = list(tools)
+        body["tool_choice"] = tool_choice
+    return body
+
+
 class LLMClient:
+    """OpenAI, or a server that speaks its API, through the official SDK."""
+
     def __init__(
         self,
         *,
@@ -68,20 +101,13 @@ class LLMClient:
         model: str,
         timeout: float,
         max_retries: int,
-        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
-        """`transport`: the network by default; the offline model passes one that answers
-        in process (the SDK's HTTP client keeps its own settings either way)."""
         self.model = model
-        http_client = (
-            None if transport is None else openai.DefaultAsyncHttpxClient(transport=transport)
-        )
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
-            http_client=http_client,
         )
 
     async def close(self) -> None:
@@ -91,12 +117,9 @@ class LLMClient:
         self,
         messages: Sequence[dict[str, Any]],
         tools: Sequence[dict[str, Any]],
-        tool_choice: Literal["auto", "none"] = "auto",
+        tool_choice: ToolChoice = "auto",
     ) -> Completion:
-        body: dict[str, Any] = {"model": self.model, "messages": list(messages)}
-        if tools:
-            body["tools"] = list(tools)
-            body["tool_choice"] = tool_choice
+        body = chat_request(self.model, messages, tools, tool_choice)
         try:
             # Posted as is through the SDK's client (its retries, errors and parsing), not
             # through `chat.completions.create`, which first walks the whole request through

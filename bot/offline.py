@@ -1,15 +1,18 @@
 """The offline model: an OpenAI-compatible chat completions server (the tests' fake, and
-`stillhere fake-openai`) and the same model in process (`OfflineTransport`, the built-in
-model the bot uses when it has no API key).
+`stillhere fake-openai`) and the same model in process (`OfflineModel`, the built-in model
+the bot uses when it has no API key).
 
-The real `openai` SDK reaches both, through `base_url` or as its HTTP transport, so the demo
-and the tests exercise the same client code as production. It is strict on purpose: every
-history is checked with `bot.history.validate` and a broken one gets the 400 OpenAI would
-send, so a bug that only a real OpenAI would reveal shows up offline too.
+The real `openai` SDK reaches the server, so the tests exercise the same client code as
+production. The model in process answers the engine's `ChatModel` protocol directly: a
+model with no think time should cost the engine next to nothing, and the SDK's own work
+(about 1 ms of CPU a call, bench/RESULTS.md) is the network client's, which the server's
+tests measure and check. Both are strict on purpose: every history is checked with
+`bot.history.validate` and a broken one gets the 400 OpenAI would send, so a bug that
+only a real OpenAI would reveal shows up offline too.
 
 Answers come from a small set of deterministic rules (ask for the time or to wait, and it
 calls the matching tool; give it tool results, and it reports them), unless a test queued a
-scripted answer or fault for the next request.
+scripted answer or fault for the next request (server only).
 """
 
 from __future__ import annotations
@@ -28,10 +31,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal
 
-import httpx2
 from aiohttp import web
 
 from bot.history import estimate_tokens, validate
+from bot.llm import (
+    Completion,
+    LLMError,
+    ToolCallRequest,
+    ToolChoice,
+    Usage,
+    chat_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -385,12 +395,17 @@ def _tool_call(name: str, arguments: JSON | str) -> JSON:
     }
 
 
+def _token_counts(message: JSON, request_size: int) -> tuple[int, int]:
+    """The prompt's and the answer's tokens: the request priced from its body's length
+    (about four characters a token, as `estimate_tokens` prices a message) without encoding
+    every message again."""
+    return request_size // 4, estimate_tokens(message)
+
+
 def completion(body: Mapping[str, Any], message: JSON, request_size: int) -> JSON:
-    """A chat.completion object, shaped as the SDK parses it. `request_size`, the request
-    body's length, prices the prompt as `estimate_tokens` prices a message (about four
-    characters a token) without encoding every message again."""
-    prompt_tokens = request_size // 4
-    completion_tokens = estimate_tokens(message)
+    """A chat.completion object, shaped as the SDK parses it. `request_size`: the request
+    body's length in characters."""
+    prompt_tokens, completion_tokens = _token_counts(message, request_size)
     reply = {"content": None, "refusal": None, "annotations": [], **message}
     return {
         "id": _random_id("chatcmpl-", 29),
@@ -478,14 +493,24 @@ def refusal(body: Any, authorization: str | None) -> tuple[int, JSON] | None:
     request it would take."""
     if not (authorization or "").removeprefix("Bearer ").strip():
         # OpenAI's answer to a request without a key: the SDK must always send one.
-        status, error = 401, _unauthorized()
-    else:
-        problem = request_error(body)
-        if problem is None:
-            return None
-        status, error = 400, problem
+        return _logged(401, _unauthorized())
+    return rejection(body)
+
+
+def rejection(body: Any) -> tuple[int, JSON] | None:
+    """The 400 OpenAI would answer this request with, logged; None for one it would take."""
+    problem = request_error(body)
+    return None if problem is None else _logged(400, problem)
+
+
+def _logged(status: int, error: JSON) -> tuple[int, JSON]:
     log.warning("offline model rejected a request: %s", error["error"]["message"])
     return status, error
+
+
+def _encoded_length(body: JSON) -> int:
+    # What the SDK would send, in characters (`refusal`'s server prices the same text).
+    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
 
 
 def _json_body(raw: bytes | str) -> Any:
@@ -495,30 +520,40 @@ def _json_body(raw: bytes | str) -> Any:
         return None
 
 
-# --- in process --------------------------------------------------------------------------------
+# --- in process ------------------------------------------------------------------------------
 
 
-# Where the SDK believes it sends the in-process model's requests; nothing resolves it.
-OFFLINE_BASE_URL = "http://offline-model.invalid/v1"
+class OfflineModel:
+    """The offline model in process: the server's checks and rules, with no HTTP client and
+    no server. It answers at once; the bot's own console chat and the benchmarks use it."""
 
+    def __init__(self, model: str) -> None:
+        self.model = model
 
-class OfflineTransport(httpx2.AsyncBaseTransport):
-    """The offline model as the openai SDK's HTTP transport: the SDK builds, sends, parses
-    and retries as it would against OpenAI, with no socket and no server. The model answers
-    at once; the bot's own console chat and the benchmarks use it."""
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        if request.method != "POST" or not request.url.path.endswith("/chat/completions"):
-            body = _invalid(f"Invalid URL ({request.method} {request.url.path})")
-            return httpx2.Response(404, json=body)
-        # Characters, not bytes: usage prices text at about four characters a token.
-        raw = (await request.aread()).decode("utf-8", errors="replace")
-        body = _json_body(raw)
-        refused = refusal(body, request.headers.get("Authorization"))
+    async def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        tool_choice: ToolChoice = "auto",
+    ) -> Completion:
+        body = chat_request(self.model, messages, tools, tool_choice)
+        refused = rejection(body)
         if refused is not None:
             status, error = refused
-            return httpx2.Response(status, json=error)
-        return httpx2.Response(200, json=completion(body, rules_reply(body), len(raw)))
+            raise LLMError(f"http_{status}", error["error"]["message"])
+        message = rules_reply(body)
+        prompt_tokens, completion_tokens = _token_counts(message, _encoded_length(body))
+        return Completion(
+            content=message.get("content"),
+            tool_calls=tuple(
+                ToolCallRequest(call["id"], call["function"]["name"], call["function"]["arguments"])
+                for call in message.get("tool_calls", ())
+            ),
+            usage=Usage(prompt_tokens, completion_tokens),
+        )
+
+    async def close(self) -> None:
+        """Nothing to close: it holds no connection."""
 
 
 # --- the server ------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.engine import Engine, EngineConfig
 from bot.guards import AccessGate, build_gates
 from bot.interim.replies import ReplyBook
-from bot.llm import LLMClient
-from bot.offline import OFFLINE_BASE_URL, OfflineTransport
+from bot.llm import ChatModel, LLMClient
+from bot.offline import OfflineModel
 from bot.prompt import history_rows
 from bot.settings import Settings, SettingsError
 from bot.tools.registry import default_registry
@@ -32,25 +32,18 @@ log = logging.getLogger(__name__)
 KEYLESS_API_KEY = "no-key"
 
 
-def build_llm(settings: Settings) -> LLMClient:
-    """The model client the settings ask for: OpenAI (or a compatible server), or with no
-    API key and no base URL the built-in offline model, answering in process through the
-    same SDK."""
-    base_url: str | None
+def build_llm(settings: Settings) -> ChatModel:
+    """The model the settings ask for: OpenAI (or a compatible server), or with no API key
+    and no base URL the built-in offline model, answering in process."""
     if settings.uses_offline_model():
-        api_key, base_url = "offline", OFFLINE_BASE_URL
-        transport: OfflineTransport | None = OfflineTransport()
-    else:
-        key = settings.openai_api_key
-        api_key = key.get_secret_value() if key is not None else KEYLESS_API_KEY
-        base_url, transport = settings.openai_base_url, None
+        return OfflineModel(settings.openai_model)
+    key = settings.openai_api_key
     return LLMClient(
-        api_key=api_key,
-        base_url=base_url,
+        api_key=key.get_secret_value() if key is not None else KEYLESS_API_KEY,
+        base_url=settings.openai_base_url,
         model=settings.openai_model,
         timeout=settings.openai_timeout_seconds,
         max_retries=settings.openai_max_retries,
-        transport=transport,
     )
 
 

@@ -15,7 +15,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessageFunctionToolCall
 
-from bot.offline import OFFLINE_BASE_URL, FakeOpenAI, OfflineTransport, serve_forever
+from bot.llm import ChatModel, LLMClient, LLMError
+from bot.offline import FakeOpenAI, OfflineModel, serve_forever
 from bot.runtime import build_llm
 from bot.settings import Settings
 from tests.support.spanish_time import tells_the_time
@@ -597,59 +598,65 @@ async def test_a_request_without_a_bearer_key_is_refused_as_openai_would(
 
 
 @pytest.fixture
-async def in_process() -> AsyncIterator[openai.AsyncOpenAI]:
-    """The SDK with the offline model as its transport: no socket, no server."""
-    http = openai.DefaultAsyncHttpxClient(transport=OfflineTransport())
-    client = openai.AsyncOpenAI(
-        base_url=OFFLINE_BASE_URL, api_key="offline", max_retries=0, http_client=http
+async def both(fake: FakeOpenAI) -> AsyncIterator[tuple[ChatModel, ChatModel]]:
+    """The model in process, and the server through the SDK wrapper the bot uses."""
+    server = LLMClient(
+        api_key="x", base_url=fake.base_url, model="gpt-4o-mini", timeout=10.0, max_retries=0
     )
-    yield client
-    await client.close()
+    yield OfflineModel("gpt-4o-mini"), server
+    await server.close()
 
 
 async def test_the_model_in_process_answers_like_the_server(
-    in_process: openai.AsyncOpenAI, client: openai.AsyncOpenAI
+    both: tuple[ChatModel, ChatModel],
 ) -> None:
     history = [SYSTEM, user("Dame la hora actual")]
-    names = []
-    for model in (in_process, client):
-        calls = (await ask(model, history, tools=TOOLS)).choices[0].message.tool_calls or []
-        names.append([call.function.name for call in calls])  # type: ignore[union-attr]
-    assert names == [["get_current_time"], ["get_current_time"]]
-    assert await answer(in_process, [user("hello there")]) == await answer(
-        client, [user("hello there")]
-    )
+    asked = [await model.complete(history, TOOLS) for model in both]
+    assert [[c.name for c in a.tool_calls] for a in asked] == [["get_current_time"]] * 2
+    assert all(OPENAI_CALL_ID.match(c.call_id) for a in asked for c in a.tool_calls)
+    assert asked[0].tool_calls[0].arguments == asked[1].tool_calls[0].arguments
+    told = [(await model.complete([user("hello there")], [])).content for model in both]
+    assert told[0] is not None and "hello there" in told[0]
+    assert told[0] == told[1]
+    # Offered no tools ("none"), it answers in words as the server does.
+    plain = [(await model.complete(history, TOOLS, tool_choice="none")) for model in both]
+    assert [p.tool_calls for p in plain] == [(), ()]
+    assert plain[0].content == plain[1].content
 
 
 async def test_the_model_in_process_rejects_what_openai_rejects(
-    in_process: openai.AsyncOpenAI,
+    both: tuple[ChatModel, ChatModel], caplog: pytest.LogCaptureFixture
 ) -> None:
     seed = [SYSTEM, user("Dame la hora actual"), asks((SEED_ID, "get_current_time")), user("?")]
-    with pytest.raises(openai.BadRequestError) as caught:
-        await ask(in_process, seed, tools=TOOLS)
-    assert isinstance(caught.value.body, dict)
-    assert caught.value.body["message"].startswith(
+    errors = []
+    for model in both:
+        with pytest.raises(LLMError) as caught:
+            await model.complete(seed, TOOLS)
+        errors.append(caught.value)
+    assert [e.kind for e in errors] == ["http_400", "http_400"]
+    assert errors[0].detail == errors[1].detail
+    assert errors[0].detail.startswith(
         "An assistant message with 'tool_calls' must be followed by tool messages responding to "
         "each 'tool_call_id'."
     )
-    with pytest.raises(openai.NotFoundError):
-        await in_process.models.list()
+    assert "offline model rejected a request" in caplog.text
 
 
 async def test_the_model_in_process_reports_usage_as_the_server_does(
-    in_process: openai.AsyncOpenAI, client: openai.AsyncOpenAI
+    both: tuple[ChatModel, ChatModel],
 ) -> None:
     history = [SYSTEM, user("¿Qué hora es en Tokio? 東京は今何時? " * 40)]
-    usages = [(await ask(model, history)).usage for model in (in_process, client)]
-    assert usages[0] is not None and usages[1] is not None
+    usages = [(await model.complete(history, [])).usage for model in both]
     # Characters, whatever the script: 31 a repeat, 1,240 in all (in bytes, 1,800).
-    assert usages[0].prompt_tokens == usages[1].prompt_tokens
+    assert usages[0] == usages[1]
     assert 310 <= usages[0].prompt_tokens <= 350
+    assert usages[0].completion_tokens > 0
 
 
 async def test_the_bot_without_an_api_key_uses_the_model_in_process() -> None:
     settings = Settings(_env_file=None, openai_max_retries=0)
     llm = build_llm(settings)
+    assert isinstance(llm, OfflineModel)
     try:
         completion = await llm.complete([user("hello there")], [])
     finally:

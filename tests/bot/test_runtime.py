@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.llm import LLMClient
+from bot.llm import ChatModel
 from bot.offline import FakeOpenAI
 from bot.runtime import build_llm
 from bot.settings import Settings
@@ -10,7 +10,7 @@ from bot.settings import Settings
 MESSAGES = [{"role": "user", "content": "hello there"}]
 
 
-async def answer(llm: LLMClient) -> str | None:
+async def answer(llm: ChatModel) -> str | None:
     try:
         completion = await llm.complete(MESSAGES, [])
     finally:
