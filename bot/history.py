@@ -18,6 +18,7 @@ MAX_TOOL_CALL_ID: Final = 40
 INTERRUPTED_RESULT: Final = "no result: the tool call was interrupted"
 
 _LEADING_ROLES: Final = frozenset({"system", "developer"})
+_TEXT_ROLES: Final = frozenset({"system", "developer", "user", "assistant"})
 _PART_TYPES: Final[Mapping[str, frozenset[str]]] = {
     "system": frozenset({"text"}),
     "developer": frozenset({"text"}),
@@ -305,7 +306,8 @@ def validate(messages: Sequence[Mapping[str, Any]]) -> list[Violation]:
     found: list[Violation] = []
     block: _OpenBlock | None = None
     for n, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, Mapping) else None
+        is_dict = type(message) is dict
+        role = message.get("role") if is_dict or isinstance(message, Mapping) else None
         if role == "tool":
             found.extend(_tool_violations(n, message, block))
             continue
@@ -313,6 +315,14 @@ def validate(messages: Sequence[Mapping[str, Any]]) -> list[Violation]:
         if block is not None:
             found.extend(block.missing())
             block = None
+        # Most of every history, checked on every request: text with no calls is valid.
+        if (
+            is_dict
+            and role in _TEXT_ROLES
+            and type(message.get("content")) is str
+            and message.get("tool_calls") is None
+        ):
+            continue
         if not isinstance(message, Mapping):
             found.append(
                 Violation(
@@ -468,10 +478,12 @@ def estimate_tokens(message: Mapping[str, Any]) -> int:
     The characters are the message's compact JSON, counted without encoding its strings
     (most of every history, and every message is estimated on every call); escapes in
     them are not counted, which a guess this rough can spare."""
-    size = 1  # the opening brace; each member adds its separator or the closing one
+    # The braces, and per member its key's quotes, colon and separator.
+    size = 1 + 4 * len(message)
     for key, value in message.items():
-        text = len(value) + 2 if isinstance(value, str) else len(_COMPACT_JSON.encode(value))
-        size += len(key) + 4 + text
+        size += len(key) + (
+            len(value) + 2 if type(value) is str else len(_COMPACT_JSON.encode(value))
+        )
     return size // 4 + 4
 
 
@@ -484,8 +496,9 @@ def starts_turn(messages: Sequence[Mapping[str, Any]], index: int) -> bool:
     return index == 0 or messages[index - 1].get("role") != "tool"
 
 
-def trim(messages: Sequence[Mapping[str, Any]], budget_tokens: int) -> list[dict[str, Any]]:
-    """The newest turns that fit `budget_tokens`, after the leading system/developer messages.
+def trim(messages: Sequence[dict[str, Any]], budget_tokens: int) -> list[dict[str, Any]]:
+    """The newest turns that fit `budget_tokens`, after the leading system/developer messages
+    (the messages themselves, not copies).
 
     Cuts only where a turn may begin (`starts_turn`), so a tool block is never split nor
     parted from what was written while it ran; keeps at least the last turn even when that
@@ -494,13 +507,16 @@ def trim(messages: Sequence[Mapping[str, Any]], budget_tokens: int) -> list[dict
     head = 0
     while head < len(messages) and messages[head].get("role") in _LEADING_ROLES:
         head += 1
-    kept = [dict(m) for m in messages]
-    cost = sum(estimate_tokens(m) for m in kept[:head])
+    kept = list(messages)
+    costs = [estimate_tokens(m) for m in kept]
+    if sum(costs) <= budget_tokens:
+        return kept
+    cost = sum(costs[:head])
     suffix_cost = [0] * (len(kept) + 1)
     for i in range(len(kept) - 1, head - 1, -1):
-        suffix_cost[i] = suffix_cost[i + 1] + estimate_tokens(kept[i])
+        suffix_cost[i] = suffix_cost[i + 1] + costs[i]
     cuts = [i for i in range(head, len(kept)) if starts_turn(kept, i)]
-    if not cuts or cost + suffix_cost[head] <= budget_tokens:
+    if not cuts:
         return kept
     start = next((i for i in cuts if cost + suffix_cost[i] <= budget_tokens), cuts[-1])
     return kept[:head] + kept[start:]

@@ -309,8 +309,9 @@ def _last_index(
 
 
 def _ended_tool_round(messages: Sequence[Mapping[str, Any]]) -> _ToolRound | None:
-    last = _last_index(messages, lambda m: _role(m) == "assistant" and bool(m.get("tool_calls")))
-    if last < 0:
+    # Only the last assistant message can open it: any answer after a round ends it.
+    last = _last_index(messages, lambda m: _role(m) == "assistant")
+    if last < 0 or not messages[last].get("tool_calls"):
         return None
     tail = messages[last + 1 :]
     replies = 0

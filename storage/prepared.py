@@ -93,11 +93,23 @@ class _Plan:
     def rows(self, names: Sequence[str], raw: list[Any]) -> list[AnyRow]:
         if self.make_row is None:
             self.make_row = result_tuple(names)
-        make, results = self.make_row, self.results
-        return [
-            make([value if p is None else p(value) for p, value in zip(results, row, strict=True)])
-            for row in raw
-        ]
+        if len(names) != len(self.results):
+            raise RuntimeError(
+                f"{self.sql!r} returned {len(names)} columns, not {len(self.results)}"
+            )
+        make = self.make_row
+        # Only the columns whose type converts (a few per statement) are touched: a
+        # history read makes hundreds of rows per message.
+        converted = [(i, p) for i, p in enumerate(self.results) if p is not None]
+        if not converted:
+            return [make(row) for row in raw]
+        out = []
+        for row in raw:
+            values = list(row)
+            for i, process in converted:
+                values[i] = process(values[i])
+            out.append(make(values))
+        return out
 
 
 class Prepared:
