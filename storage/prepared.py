@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.engine.result import result_tuple
@@ -28,12 +28,18 @@ from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import Select
 
-from storage.sqlite_driver import OneTripConnection, in_driver_thread, run_statement
+from storage.sqlite_driver import (
+    OneTripConnection,
+    StatementOutcome,
+    in_driver_thread,
+    run_statement,
+)
 
 Params = Mapping[str, Any]
 Processor = Callable[[Any], Any]
 AnyRow = Row[*tuple[Any, ...]]
 Statement = Select[*tuple[Any, ...]] | UpdateBase
+T = TypeVar("T")
 
 
 class Rows:
@@ -93,22 +99,25 @@ class _Plan:
     def rows(self, names: Sequence[str], raw: list[Any]) -> list[AnyRow]:
         if self.make_row is None:
             self.make_row = result_tuple(names)
+        return [self.make_row(values) for values in self.converted(names, raw)]
+
+    def converted(self, names: Sequence[str], raw: list[Any]) -> list[Sequence[Any]]:
+        """The rows' values as the columns' types return them."""
         if len(names) != len(self.results):
             raise RuntimeError(
                 f"{self.sql!r} returned {len(names)} columns, not {len(self.results)}"
             )
-        make = self.make_row
         # Only the columns whose type converts (a few per statement) are touched: a
         # history read makes hundreds of rows per message.
         converted = [(i, p) for i, p in enumerate(self.results) if p is not None]
         if not converted:
-            return [make(row) for row in raw]
-        out = []
+            return raw
+        out: list[Sequence[Any]] = []
         for row in raw:
             values = list(row)
             for i, process in converted:
                 values[i] = process(values[i])
-            out.append(make(values))
+            out.append(values)
         return out
 
 
@@ -149,23 +158,40 @@ class Prepared:
         rows = result.all() if result.returns_rows else []
         return Rows(list(rows), result.rowcount)
 
-    @staticmethod
+    def build(self, conn: Connection, params: Params, make: Callable[..., T]) -> list[T]:
+        """The rows of a query, each as `make(*values)`, with no SQLAlchemy `Row` made in
+        between (a history read returns hundreds of rows per message)."""
+        driver = _direct_driver(conn)
+        plan = None if driver is None else self._plan(conn, frozenset(params))
+        if driver is None or plan is None:
+            return [make(*row) for row in conn.execute(self.statement, params)]
+        outcome, raw = self._execute(conn, driver, plan, params)
+        names = [column[0] for column in outcome.description or ()]
+        return [make(*values) for values in plan.converted(names, raw)]
+
+    @classmethod
     def _direct(
-        conn: Connection, driver: sqlite3.Connection, plan: _Plan, params: Params
+        cls, conn: Connection, driver: sqlite3.Connection, plan: _Plan, params: Params
     ) -> tuple[int, list[AnyRow]]:
+        outcome, raw = cls._execute(conn, driver, plan, params)
+        if outcome.description is None:
+            return outcome.rowcount, []
+        names = [column[0] for column in outcome.description]
+        return outcome.rowcount, plan.rows(names, raw)
+
+    @staticmethod
+    def _execute(
+        conn: Connection, driver: sqlite3.Connection, plan: _Plan, params: Params
+    ) -> tuple[StatementOutcome, list[Any]]:
         values = plan.values(params)
         try:
-            outcome, raw = run_statement(driver, plan.sql, values)
+            return run_statement(driver, plan.sql, values)
         except sqlite3.Error as error:
             # As SQLAlchemy raises it (IntegrityError for a unique key, and so on); the
             # failed statement changed nothing, as SQLite undoes a statement that fails.
             raise DBAPIError.instance(
                 plan.sql, values, error, sqlite3.Error, dialect=conn.dialect
             ) from error
-        if outcome.description is None:
-            return outcome.rowcount, []
-        names = [column[0] for column in outcome.description]
-        return outcome.rowcount, plan.rows(names, raw)
 
     def _plan(self, conn: Connection, names: frozenset[str]) -> _Plan | None:
         if names not in self._plans:

@@ -446,8 +446,7 @@ class SqlStore:
         return await self._read(lambda conn: self._history(conn, session_id))
 
     def _history(self, conn: Connection, session_id: int) -> list[HistoryEntry]:
-        rows = sql.HISTORY.run(conn, {"session_id": session_id})
-        return [HistoryEntry(*row) for row in rows]
+        return sql.HISTORY.build(conn, {"session_id": session_id}, HistoryEntry)
 
     def _model_history(self, conn: Connection, session_id: int) -> list[HistoryEntry]:
         """The history a model call needs: the newest `history_rows` rows, from the first
@@ -456,10 +455,12 @@ class SqlStore:
         limit = self.history_rows
         if limit is None:
             return self._history(conn, session_id)
-        newest = sql.NEWEST_HISTORY.run(conn, {"session_id": session_id, "rows": limit})
-        rows = newest.all()[::-1]
+        newest = sql.NEWEST_HISTORY.build(
+            conn, {"session_id": session_id, "rows": limit}, HistoryEntry
+        )
+        rows = newest[::-1]
         if len(rows) < limit:
-            return [HistoryEntry(*row) for row in rows]
+            return rows
         # Begin where a run of user messages begins: never inside a tool block (its calls
         # and results belong together), nor inside a run (the prompt summarizes runs), nor
         # at the messages written while a round ran (`bot.history.starts_turn`).
@@ -473,7 +474,7 @@ class SqlStore:
         )
         if start is None:  # one turn longer than the window: all of it
             return self._history(conn, session_id)
-        return [HistoryEntry(*row) for row in rows[start:]]
+        return rows[start:]
 
     async def model_turn(self, session_id: int) -> ModelTurn:
         def read(conn: Connection) -> ModelTurn:

@@ -6,6 +6,7 @@ SQLAlchemy. Runs on SQLite and on PostgreSQL (see conftest)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -142,6 +143,37 @@ async def test_values_in_and_out_are_sqlalchemys(
     assert seen["any_flagged"] == seen["any_flagged by sqlalchemy"] == [{"any_flagged": True}]
     directly = engine.dialect.name == "sqlite"
     assert len(direct_runs) == (5 if directly else 0), direct_runs
+
+
+@dataclass
+class Listed:
+    key: str
+    at: datetime | None
+    flag: bool
+    data: Any
+
+
+async def test_built_rows_hold_the_values_run_returns(
+    engine: AsyncEngine, direct_runs: list[str]
+) -> None:
+    """`build` makes each row as the caller's type from the same converted values `run`
+    returns (an aware datetime, a boolean, JSON), in order."""
+
+    def work(conn: Connection) -> tuple[list[Listed], list[Listed]]:
+        ADD.run(conn, FIRST)
+        ADD.run(conn, SECOND)
+        built = LISTED.build(conn, {"least": 0}, Listed)
+        return built, [Listed(*row) for row in LISTED.run(conn, {"least": 0})]
+
+    built, ran = await run_transaction(engine, work)
+    assert built == ran
+    assert [(b.key, b.at, b.flag, b.data) for b in built] == [
+        ("a", STAMP, True, FIRST["data"]),
+        ("b", None, False, None),
+    ]
+    assert built[0].at is not None and built[0].at.tzinfo is UTC
+    directly = engine.dialect.name == "sqlite"
+    assert len(direct_runs) == (4 if directly else 0), direct_runs
 
 
 def dedupe_insert(engine: AsyncEngine) -> Prepared:
