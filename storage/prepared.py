@@ -107,8 +107,9 @@ class _Plan:
             raise RuntimeError(
                 f"{self.sql!r} returned {len(names)} columns, not {len(self.results)}"
             )
-        # Only the columns whose type converts (a few per statement) are touched: a
-        # history read makes hundreds of rows per message.
+        # Only the values whose column's type converts (a few per statement) are touched,
+        # and not NULL, which every type of this schema reads as None: a history read
+        # makes hundreds of rows per message, most with no tool calls.
         converted = [(i, p) for i, p in enumerate(self.results) if p is not None]
         if not converted:
             return raw
@@ -116,7 +117,8 @@ class _Plan:
         for row in raw:
             values = list(row)
             for i, process in converted:
-                values[i] = process(values[i])
+                if values[i] is not None:
+                    values[i] = process(values[i])
             out.append(values)
         return out
 
