@@ -10,9 +10,10 @@ answers the same protocol in process.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -63,19 +64,6 @@ class LLMError(Exception):
 ToolChoice = Literal["auto", "none"]
 
 
-class ChatModel(Protocol):
-    """A chat completions model: one answer to a request, or an `LLMError`."""
-
-    async def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        tools: Sequence[dict[str, Any]],
-        tool_choice: ToolChoice = "auto",
-    ) -> Completion: ...
-
-    async def close(self) -> None: ...
-
-
 def chat_request(
     model: str,
     messages: Sequence[dict[str, Any]],
@@ -90,7 +78,29 @@ def chat_request(
     return body
 
 
-class LLMClient:
+class ChatModel(ABC):
+    """A chat completions model: one answer to a request, or an `LLMError`."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    async def complete(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        tool_choice: ToolChoice = "auto",
+    ) -> Completion:
+        return await self.answer(chat_request(self.model, messages, tools, tool_choice))
+
+    @abstractmethod
+    async def answer(self, body: dict[str, Any]) -> Completion:
+        """The answer to a chat completions request body (`chat_request`)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class LLMClient(ChatModel):
     """OpenAI, or a server that speaks its API, through the official SDK."""
 
     def __init__(
@@ -102,7 +112,7 @@ class LLMClient:
         timeout: float,
         max_retries: int,
     ) -> None:
-        self.model = model
+        super().__init__(model)
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
@@ -113,13 +123,7 @@ class LLMClient:
     async def close(self) -> None:
         await self._client.close()
 
-    async def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        tools: Sequence[dict[str, Any]],
-        tool_choice: ToolChoice = "auto",
-    ) -> Completion:
-        body = chat_request(self.model, messages, tools, tool_choice)
+    async def answer(self, body: dict[str, Any]) -> Completion:
         try:
             # Posted as is through the SDK's client (its retries, errors and parsing), not
             # through `chat.completions.create`, which first walks the whole request through

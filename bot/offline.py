@@ -3,7 +3,7 @@
 the bot uses when it has no API key).
 
 The real `openai` SDK reaches the server, so the tests exercise the same client code as
-production. The model in process answers the engine's `ChatModel` protocol directly: a
+production. The model in process is a `ChatModel` the engine calls directly: a
 model with no think time should cost the engine next to nothing, and the SDK's own work
 (about 1 ms of CPU a call, bench/RESULTS.md) is the network client's, which the server's
 tests measure and check. Both are strict on purpose: every history is checked with
@@ -34,14 +34,7 @@ from typing import Any, Final, Literal
 from aiohttp import web
 
 from bot.history import estimate_tokens, validate
-from bot.llm import (
-    Completion,
-    LLMError,
-    ToolCallRequest,
-    ToolChoice,
-    Usage,
-    chat_request,
-)
+from bot.llm import ChatModel, Completion, LLMError, ToolCallRequest, Usage
 
 log = logging.getLogger(__name__)
 
@@ -524,20 +517,11 @@ def _json_body(raw: bytes | str) -> Any:
 # --- in process ------------------------------------------------------------------------------
 
 
-class OfflineModel:
+class OfflineModel(ChatModel):
     """The offline model in process: the server's checks and rules, with no HTTP client and
     no server. It answers at once; the bot's own console chat and the benchmarks use it."""
 
-    def __init__(self, model: str) -> None:
-        self.model = model
-
-    async def complete(
-        self,
-        messages: Sequence[dict[str, Any]],
-        tools: Sequence[dict[str, Any]],
-        tool_choice: ToolChoice = "auto",
-    ) -> Completion:
-        body = chat_request(self.model, messages, tools, tool_choice)
+    async def answer(self, body: dict[str, Any]) -> Completion:
         refused = rejection(body)
         if refused is not None:
             status, error = refused
