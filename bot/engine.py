@@ -522,9 +522,10 @@ class Engine:
         for task in (self._control_task, self._hand_back_task):
             if task is not None:
                 task.cancel()
-        for actor in list(self._actors.values()):
-            await actor.stop()
+        # At once: each may wait out a tool that ignores its cancel (CANCEL_GRACE_SECONDS).
+        await asyncio.gather(*(actor.stop() for actor in list(self._actors.values())))
         self._actors.clear()
+        await self.runner.stop()
         await self.typing.stop_all()
         await self.courier.stop()
         await self.tasks.cancel_all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -17,12 +18,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from bot.storable import storable
+from bot.tasks import TaskSet
 from bot.tools.registry import Registry, ToolSpec
 
 log = logging.getLogger(__name__)
 
 MAX_RESULT_CHARS = 16_000
 MAX_QUOTED_ARGUMENTS = 200
+# How long a cancelled or timed-out tool gets to end before its call ends without it: a
+# tool that swallows CancelledError would otherwise hold its conversation (and a reset,
+# and a shutdown) forever.
+CANCEL_GRACE_SECONDS = 2.0
 
 
 class ToolStatus(StrEnum):
@@ -98,6 +104,9 @@ class ToolRunner:
     def __init__(self, registry: Registry, default_timeout: float) -> None:
         self.registry = registry
         self.default_timeout = default_timeout
+        # Tools that did not end when cancelled: `stop` cancels them again, and an
+        # exception they end with is logged.
+        self.left_running = TaskSet("left-running")
 
     def timeout_for(self, name: str) -> float:
         spec = self.registry.get(name)
@@ -130,14 +139,14 @@ class ToolRunner:
         if isinstance(arguments, ToolOutcome):
             return arguments
         timeout = self.timeout_for(name)
+        if spec.is_async:
+            call = spec.function(**arguments)
+        else:
+            # A sync tool must not block the loop; the thread cannot be killed on
+            # timeout, but the turn stops waiting for it.
+            call = asyncio.to_thread(spec.function, **arguments)
         try:
-            async with asyncio.timeout(timeout):
-                if spec.is_async:
-                    value = await spec.function(**arguments)
-                else:
-                    # A sync tool must not block the loop; the thread cannot be killed on
-                    # timeout, but the turn stops waiting for it.
-                    value = await asyncio.to_thread(spec.function, **arguments)
+            value = await self._await_tool(name, call, timeout)
         except TimeoutError:
             return ToolOutcome(ToolStatus.TIMED_OUT, f"timed out after {timeout:g} s")
         except asyncio.CancelledError:
@@ -146,3 +155,38 @@ class ToolRunner:
             log.exception("tool %s raised", name, extra={"tool": name})
             return ToolOutcome(ToolStatus.FAILED, f"error: {type(exc).__name__}: {exc}")
         return ToolOutcome(ToolStatus.DONE, _render(value))
+
+    async def _await_tool(self, name: str, call: Coroutine[Any, Any, Any], timeout: float) -> Any:
+        """The tool's value, or TimeoutError. The tool runs in a task of its own so that
+        one that ignores its cancel can be left behind, as a sync tool's thread is."""
+        task = asyncio.create_task(call, name=f"tool-{name}")
+        try:
+            done, _ = await asyncio.wait((task,), timeout=timeout)
+        except asyncio.CancelledError:
+            await self._end(name, task)
+            raise
+        if not done:
+            await self._end(name, task)
+            raise TimeoutError
+        return task.result()
+
+    async def _end(self, name: str, task: asyncio.Task[Any]) -> None:
+        # Owned before it is cancelled: whatever it ends with from now on is logged.
+        self.left_running.adopt(task)
+        task.cancel()
+        try:
+            await asyncio.wait((task,), timeout=CANCEL_GRACE_SECONDS)
+        finally:
+            if not task.done():
+                log.warning(
+                    "tool %s did not end within %g s of being cancelled; left running, "
+                    "its call no longer waits for it",
+                    name,
+                    CANCEL_GRACE_SECONDS,
+                    extra={"tool": name},
+                )
+
+    async def stop(self) -> None:
+        """Shutdown: cancels again the tools left running; one that still does not end is
+        logged and left, as nothing can force it."""
+        await self.left_running.cancel_all(CANCEL_GRACE_SECONDS)

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +24,8 @@ from bot.offline import FakeOpenAI
 from bot.session import SessionActor
 from bot.settings import GroupMode
 from bot.store import ToolCallInfo
-from bot.tools.runner import CANCELLED_BY_USER
+from bot.tools import runner as tool_runner
+from bot.tools.runner import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER
 from storage.admin import AdminStore
 from storage.database import sessionmaker
 from storage.models import MessageRow, OutboxRow, ToolCallRow
@@ -244,6 +249,126 @@ async def test_cancel_command_and_status_command(
         await runtime.engine.wait_idle()
     assert "cancelled by the user" in sent[-1].message.text
     assert fake_openai.rejected == []
+
+
+@asynccontextmanager
+async def a_tool_that_ignores_its_cancel(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """Lets `ignores_cancel` end on leaving, or some seconds on whatever the test waits
+    for, so that its task (which nothing else can end) neither hangs a failing test nor
+    outlives the test's event loop."""
+    monkeypatch.setattr(slow_tools, "let_go", False)
+    monkeypatch.setattr(slow_tools, "stubborn_started", False)
+    monkeypatch.setattr(tool_runner, "CANCEL_GRACE_SECONDS", 0.3)
+    safety = asyncio.get_running_loop().call_later(6, setattr, slow_tools, "let_go", True)
+    try:
+        yield
+    finally:
+        safety.cancel()
+        slow_tools.let_go = True
+        await asyncio.sleep(0.1)
+
+
+async def until_the_stubborn_tool_runs() -> None:
+    async with asyncio.timeout(5):
+        while not slow_tools.stubborn_started:
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("who", ["user", "operator"])
+async def test_a_tool_that_ignores_its_cancel_gets_one_result_and_the_chat_goes_on(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    who: str,
+) -> None:
+    """A tool that swallows CancelledError cannot hold the conversation: after a short
+    grace its call is cancelled, the turn is answered and the next message too. Its task,
+    which no one can end, stays owned (stopped again at shutdown) and is logged."""
+    fake_openai.script_tool_calls([("ignores_cancel", {})])
+    outcome = CANCELLED_BY_USER if who == "user" else CANCELLED_BY_OPERATOR
+    async with make_core() as (runtime, chat), a_tool_that_ignores_its_cancel(monkeypatch):
+        await chat.say("run the stubborn tool")
+        await until_the_stubborn_tool_runs()
+        if who == "user":
+            await asyncio.wait_for(chat.command(CommandName.CANCEL), 2)
+        else:
+            await asyncio.wait_for(runtime.engine.cancel_tools(1, outcome), 2)
+        await chat.wait_for(2, timeout=3)
+        await chat.say("are you back?")
+        sent = await chat.wait_for(3, timeout=3)
+        await runtime.engine.wait_idle(timeout=3)
+        left_running = len(runtime.engine.runner.left_running)
+        calls = await rows(runtime, ToolCallRow)
+    assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER, ReplyKind.ANSWER]
+    assert [(c.status, c.result) for c in calls] == [("cancelled", outcome.result)]
+    assert outcome.result in sent[1].message.text
+    last = chat_requests(fake_openai)[-1]["messages"]
+    assert [m["content"] for m in last if m["role"] == "tool"] == [outcome.result]
+    assert left_running == 1
+    stuck = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ignores_cancel" in r.getMessage() for r in stuck)
+    assert fake_openai.rejected == []
+
+
+async def test_reset_does_not_wait_for_a_tool_that_ignores_its_cancel(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_openai.script_tool_calls([("ignores_cancel", {})])
+    async with make_core() as (runtime, chat), a_tool_that_ignores_its_cancel(monkeypatch):
+        await chat.say("run the stubborn tool")
+        await until_the_stubborn_tool_runs()
+        await asyncio.wait_for(chat.command(CommandName.RESET), 2)
+        await chat.say("fresh start")
+        sent = await chat.wait_for(2, timeout=3)
+        await runtime.engine.wait_idle(timeout=3)
+        calls = await rows(runtime, ToolCallRow)
+    assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER]
+    assert [(c.status, c.result) for c in calls] == [
+        ("cancelled", "cancelled: the conversation was reset")
+    ]
+    assert fake_openai.rejected == []
+
+
+async def test_a_tool_that_ignores_its_timeout_still_times_out(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_openai.script_tool_calls([("ignores_cancel", {})])
+    async with (
+        make_core(tool_timeout_seconds=0.3) as (runtime, chat),
+        a_tool_that_ignores_its_cancel(monkeypatch),
+    ):
+        await chat.say("run the stubborn tool")
+        sent = await chat.wait_for(2, timeout=3)
+        await runtime.engine.wait_idle(timeout=3)
+        calls = await rows(runtime, ToolCallRow)
+    assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER]
+    assert [(c.status, c.result) for c in calls] == [("timed_out", "timed out after 0.3 s")]
+    assert fake_openai.rejected == []
+
+
+async def test_stop_does_not_wait_forever_for_a_tool_that_ignores_its_cancel(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Shutdown abandons work in flight: the call stays running, for recovery to decide
+    after the restart, and the task that would not stop is named in the log."""
+    fake_openai.script_tool_calls([("ignores_cancel", {})])
+    async with make_core() as (runtime, chat), a_tool_that_ignores_its_cancel(monkeypatch):
+        await chat.say("run the stubborn tool")
+        await until_the_stubborn_tool_runs()
+        started = time.monotonic()
+        await runtime.engine.stop()
+        took = time.monotonic() - started
+        left_running = len(runtime.engine.runner.left_running)
+        calls = await rows(runtime, ToolCallRow)
+    assert took < 3
+    assert [c.status for c in calls] == ["running"]
+    assert left_running == 1
+    stuck = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("ignores_cancel" in text for text in stuck)
 
 
 async def test_every_bad_tool_call_gets_exactly_one_result(

@@ -56,3 +56,23 @@ async def slow_once() -> str:
     if _slow_once_calls == 1:
         await asyncio.Event().wait()
     return f"done on call {_slow_once_calls}"
+
+
+# Ends `ignores_cancel`: a test sets it once done, so that the task it left behind ends
+# instead of outliving the test's event loop.
+let_go = False
+# Set once `ignores_cancel` runs: a cancel before that never reaches its code.
+stubborn_started = False
+
+
+@tool
+async def ignores_cancel() -> str:
+    """Swallows every cancellation and keeps running, as a badly written tool may."""
+    global stubborn_started
+    stubborn_started = True
+    while not let_go:
+        try:
+            await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            continue
+    return "let go"
