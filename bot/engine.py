@@ -523,7 +523,16 @@ class Engine:
             if task is not None:
                 task.cancel()
         # At once: each may wait out a tool that ignores its cancel (CANCEL_GRACE_SECONDS).
-        await asyncio.gather(*(actor.stop() for actor in list(self._actors.values())))
+        # Every stop is awaited, and one that fails does not keep the others from ending.
+        actors = list(self._actors.values())
+        outcomes = await asyncio.gather(*(a.stop() for a in actors), return_exceptions=True)
+        for actor, outcome in zip(actors, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.error(
+                    "stopping the session failed",
+                    exc_info=outcome,
+                    extra={"session": actor.label},
+                )
         self._actors.clear()
         await self.runner.stop()
         await self.typing.stop_all()

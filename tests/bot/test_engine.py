@@ -371,6 +371,41 @@ async def test_stop_does_not_wait_forever_for_a_tool_that_ignores_its_cancel(
     assert any("ignores_cancel" in text for text in stuck)
 
 
+async def test_stop_ends_every_session_when_one_fails_to_stop(
+    make_core: CoreFactory,
+    fake_openai: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sessions stop at once; one whose stop raises is logged, and the others (and the
+    rest of the shutdown) still end."""
+    real_stop = SessionActor.stop
+    stopped: list[str] = []
+
+    async def stop(self: SessionActor) -> None:
+        if self.label == first:
+            raise RuntimeError("stop failed")
+        await real_stop(self)
+        stopped.append(self.label)
+
+    fake_openai.script_tool_calls([("wait_seconds", {"seconds": 30})])
+    fake_openai.script_tool_calls([("wait_seconds", {"seconds": 30})])
+    async with make_core() as (runtime, chat):
+        await chat.say("wait please", chat="a")
+        await chat.say("wait please", chat="b")
+        await chat.wait_for(2)
+        labels = sorted(actor.label for actor in runtime.engine._actors.values())
+        first = labels[0]
+        monkeypatch.setattr(SessionActor, "stop", stop)
+        await runtime.engine.stop()
+        left = len(runtime.engine._actors)
+    assert len(labels) == 2
+    assert stopped == labels[1:]
+    assert left == 0
+    failed = [r for r in caplog.records if r.getMessage() == "stopping the session failed"]
+    assert [getattr(r, "session", None) for r in failed] == [first]
+
+
 async def test_every_bad_tool_call_gets_exactly_one_result(
     make_core: CoreFactory, fake_openai: FakeOpenAI
 ) -> None:
