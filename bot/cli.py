@@ -11,13 +11,17 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from bot import logs
 from bot.settings import Settings, StartupError, check_startup, load_settings
 
 # Not __name__: run as `python -m bot.cli` this module is __main__.
 log = logging.getLogger("bot.cli")
+
+# How long the tasks still running once the bot has stopped get to end after their cancel.
+EXIT_GRACE_SECONDS = 5.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,7 +105,7 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "run":
             from bot.app import run
 
-            asyncio.run(run(settings))
+            _run_to_the_end(run(settings))
             return 0
         if args.command == "db":
             return asyncio.run(_db(args.db_command, settings))
@@ -114,6 +118,39 @@ def _command(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     except StartupError as exc:
         return _cannot_start(exc, settings)
+
+
+def _run_to_the_end(main: Coroutine[Any, Any, None]) -> None:
+    """`asyncio.run(main)`, but for its end: asyncio.run waits without limit for every task
+    still running to end once cancelled, and a tool that ignores its cancel never does.
+    Those get EXIT_GRACE_SECONDS, are named in the log and are left to the process's
+    exit, so a stop signal always ends the bot."""
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    finally:
+        try:
+            _end_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _end_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    left = asyncio.all_tasks(loop)
+    if not left:
+        return
+    for task in left:
+        task.cancel()
+    done, pending = loop.run_until_complete(asyncio.wait(left, timeout=EXIT_GRACE_SECONDS))
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+    for task in pending:
+        log.warning("task %s did not end once cancelled; the process exits without it", task)
 
 
 def _cannot_start(error: StartupError, settings: Settings) -> int:

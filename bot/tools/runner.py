@@ -8,9 +8,13 @@ the log, never to the chat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import json
 import logging
-from collections.abc import Coroutine
+import threading
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -107,6 +111,8 @@ class ToolRunner:
         # Tools that did not end when cancelled: `stop` cancels them again, and an
         # exception they end with is logged.
         self.left_running = TaskSet("left-running")
+        # Sync tools' threads while they run (nothing can stop a thread: `stop` names them).
+        self.threads: set[threading.Thread] = set()
 
     def timeout_for(self, name: str) -> float:
         spec = self.registry.get(name)
@@ -144,7 +150,9 @@ class ToolRunner:
         else:
             # A sync tool must not block the loop; the thread cannot be killed on
             # timeout, but the turn stops waiting for it.
-            call = asyncio.to_thread(spec.function, **arguments)
+            call = _in_daemon_thread(
+                name, functools.partial(spec.function, **arguments), self.threads
+            )
         try:
             value = await self._await_tool(name, call, timeout)
         except TimeoutError:
@@ -190,3 +198,46 @@ class ToolRunner:
         """Shutdown: cancels again the tools left running; one that still does not end is
         logged and left, as nothing can force it."""
         await self.left_running.cancel_all(CANCEL_GRACE_SECONDS)
+        for thread in list(self.threads):
+            log.warning(
+                "%s: a sync tool still running in its thread; the process will not wait for it",
+                thread.name,
+            )
+
+
+async def _in_daemon_thread(
+    name: str, function: Callable[[], Any], threads: set[threading.Thread]
+) -> Any:
+    """A sync tool's call, in a daemon thread of its own rather than the loop's default
+    executor: the interpreter joins the executor's threads at exit, so one tool that never
+    returns would keep a stopped bot from exiting. Runs in a copy of the caller's context,
+    as `asyncio.to_thread` does."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if outcome.done():  # the call was cancelled or timed out meanwhile
+            return
+        if error is None:
+            outcome.set_result(value)
+        else:
+            outcome.set_exception(error)
+
+    def work() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = context.run(function)
+        except Exception as exc:
+            error = exc
+        finally:
+            threads.discard(thread)
+        # Closed once the bot stopped: nobody waits for this call any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, value, error)
+
+    thread = threading.Thread(target=work, name=f"tool-{name}", daemon=True)
+    threads.add(thread)
+    thread.start()
+    return await outcome

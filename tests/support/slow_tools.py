@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from bot.tools import tool
 from bot.tools.builtin import get_current_time as real_get_current_time
@@ -25,6 +26,13 @@ async def never_finishes() -> str:
     """A tool that hangs until cancelled or timed out."""
     await asyncio.Event().wait()
     return "unreachable"
+
+
+@tool
+def blocks_its_thread(seconds: float = 3600) -> str:
+    """A sync tool that holds its thread (nothing can cancel a thread)."""
+    time.sleep(seconds)
+    return f"slept {seconds:g} s"
 
 
 @tool
