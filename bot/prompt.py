@@ -115,6 +115,9 @@ def build_request(
     )
     if note:
         messages.append({"role": "system", "content": note})
+    # The request as it goes out is what must be valid: trimmed first, a broken turn too
+    # old to be sent costs nothing, and a cut that broke one would be caught here.
+    messages = history_rules.trim(messages, budget_tokens)
     problems = history_rules.validate(messages)
     if problems:
         stats.repaired_requests += 1
@@ -128,7 +131,7 @@ def build_request(
                 extra={"session": session_label},
             )
         messages = history_rules.repair(messages)
-    return history_rules.trim(messages, budget_tokens)
+    return messages
 
 
 # The fewest tokens any history message is estimated at: a user message with no text.

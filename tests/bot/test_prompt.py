@@ -39,6 +39,33 @@ def test_a_broken_history_is_repaired_logged_and_counted(caplog: pytest.LogCaptu
     assert "invalid history (bug): missing_tool_response" in caplog.text
 
 
+def test_what_is_checked_is_the_request_as_it_goes_out() -> None:
+    """A broken turn too old to fit the budget is not sent, so it is neither repaired nor
+    reported; the newest turns go out as they are."""
+    broken = [
+        HistoryEntry("user", "Dame la hora actual " * 40, "Ana"),
+        HistoryEntry("assistant", None, tool_calls=[CALL]),  # no tool reply: invalid
+    ]
+    recent = [HistoryEntry("user", "hola", "Ana"), HistoryEntry("assistant", "¡Hola!")]
+    stats = PromptStats()
+    messages = build_request(
+        system_prompt="s",
+        entries=[*broken, *recent],
+        name_authors=True,
+        note=None,
+        budget_tokens=40,
+        max_user_run=10,
+        stats=stats,
+        session_label="session-3",
+    )
+    assert messages == [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "Ana: hola"},
+        {"role": "assistant", "content": "¡Hola!"},
+    ]
+    assert stats.repaired_requests == 0 and stats.violations == []
+
+
 def test_a_valid_history_goes_out_unchanged_with_names_and_note() -> None:
     entries = [HistoryEntry("user", "hola", "Ana"), HistoryEntry("assistant", "¡Hola!")]
     stats = PromptStats()
