@@ -4,6 +4,7 @@ counted, and repaired, never sent as it is."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,29 @@ from bot.store import HistoryEntry
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
 
+def request(
+    entries: list[HistoryEntry],
+    stats: PromptStats,
+    *,
+    system_prompt: str = "s",
+    name_authors: bool = True,
+    note: str | None = None,
+    budget_tokens: int = 10_000,
+    max_user_run: int = 10,
+    session_label: str = "session-1",
+) -> list[dict[str, Any]]:
+    return build_request(
+        system_prompt=system_prompt,
+        entries=entries,
+        name_authors=name_authors,
+        note=note,
+        budget_tokens=budget_tokens,
+        max_user_run=max_user_run,
+        stats=stats,
+        session_label=session_label,
+    )
+
+
 def test_a_broken_history_is_repaired_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     entries = [
         HistoryEntry("user", "Dame la hora actual", "Ana"),
@@ -22,16 +46,7 @@ def test_a_broken_history_is_repaired_logged_and_counted(caplog: pytest.LogCaptu
     ]
     stats = PromptStats()
     with caplog.at_level(logging.ERROR, logger="bot.prompt"):
-        messages = build_request(
-            system_prompt="s",
-            entries=entries,
-            name_authors=True,
-            note=None,
-            budget_tokens=10_000,
-            max_user_run=10,
-            stats=stats,
-            session_label="session-7",
-        )
+        messages = request(entries, stats, session_label="session-7")
     assert validate(messages) == []
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "user"]
     assert stats.repaired_requests == 1
@@ -48,16 +63,7 @@ def test_what_is_checked_is_the_request_as_it_goes_out() -> None:
     ]
     recent = [HistoryEntry("user", "hola", "Ana"), HistoryEntry("assistant", "¡Hola!")]
     stats = PromptStats()
-    messages = build_request(
-        system_prompt="s",
-        entries=[*broken, *recent],
-        name_authors=True,
-        note=None,
-        budget_tokens=40,
-        max_user_run=10,
-        stats=stats,
-        session_label="session-3",
-    )
+    messages = request([*broken, *recent], stats, budget_tokens=40)
     assert messages == [
         {"role": "system", "content": "s"},
         {"role": "user", "content": "Ana: hola"},
@@ -69,16 +75,7 @@ def test_what_is_checked_is_the_request_as_it_goes_out() -> None:
 def test_a_valid_history_goes_out_unchanged_with_names_and_note() -> None:
     entries = [HistoryEntry("user", "hola", "Ana"), HistoryEntry("assistant", "¡Hola!")]
     stats = PromptStats()
-    messages = build_request(
-        system_prompt="s",
-        entries=entries,
-        name_authors=True,
-        note="already said: x",
-        budget_tokens=10_000,
-        max_user_run=10,
-        stats=stats,
-        session_label="session-1",
-    )
+    messages = request(entries, stats, note="already said: x")
     assert messages == [
         {"role": "system", "content": "s"},
         {"role": "user", "content": "Ana: hola"},
@@ -122,15 +119,13 @@ def test_collapse_keeps_short_runs_and_summarizes_long_ones() -> None:
 def test_history_rows_hold_more_than_a_request_of_that_budget_can(budget: int) -> None:
     rows = history_rows(budget)
     smallest = [HistoryEntry("user", "", None, None, None)] * rows
-    request = build_request(
+    sent = request(
+        smallest,
+        PromptStats(),
         system_prompt="",
-        entries=smallest,
         name_authors=False,
-        note=None,
         budget_tokens=budget,
         max_user_run=rows + 1,
-        stats=PromptStats(),
-        session_label="s",
     )
     # Trimming dropped some: every row the request could use was among those read.
-    assert 1 < len(request) - 1 < rows
+    assert 1 < len(sent) - 1 < rows
