@@ -35,6 +35,10 @@ MAX_QUOTED_ARGUMENTS = 200
 CANCEL_GRACE_SECONDS = 2.0
 
 
+class _CancelledItself(Exception):
+    """A tool ended cancelled though nobody cancelled it."""
+
+
 class ToolStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
@@ -157,6 +161,11 @@ class ToolRunner:
             value = await self._await_tool(name, call, timeout)
         except TimeoutError:
             return ToolOutcome(ToolStatus.TIMED_OUT, f"timed out after {timeout:g} s")
+        except _CancelledItself:
+            log.error("tool %s raised CancelledError of its own", name, extra={"tool": name})
+            return ToolOutcome(
+                ToolStatus.FAILED, "error: the tool was cancelled by its own code, not by anyone"
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -176,6 +185,11 @@ class ToolRunner:
         if not done:
             await self._end(name, task)
             raise TimeoutError
+        if task.cancelled():
+            # Not by this call's cancel, which lands in the wait above: the tool's own
+            # code let a CancelledError out. Raised on, it would end the session's work
+            # as if it were stopped, and leave the call without a result.
+            raise _CancelledItself
         return task.result()
 
     async def _end(self, name: str, task: asyncio.Task[Any]) -> None:

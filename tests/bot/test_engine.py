@@ -416,6 +416,7 @@ async def test_every_bad_tool_call_gets_exactly_one_result(
             ("get_current_time", {"timezone": 5, "extra": 1}),
             ("explode", {"reason": "boom"}),
             ("never_finishes", {}),
+            ("cancels_itself", {}),
         ]
     )
     fake_openai.script_reply("done")
@@ -425,15 +426,19 @@ async def test_every_bad_tool_call_gets_exactly_one_result(
         await runtime.engine.wait_idle()
         calls = await rows(runtime, ToolCallRow)
     results = {c.name + ":" + c.arguments[:5]: (c.status, c.result or "") for c in calls}
-    assert len(calls) == 5
+    assert len(calls) == 6
     assert results["no_such_tool:{}"][0] == "failed"
     assert "unknown tool" in results["no_such_tool:{}"][1]
     assert "not valid JSON" in results["get_current_time:{not "][1]
     assert "invalid arguments" in results['get_current_time:{"tim'][1]
     assert results['explode:{"rea'] == ("failed", "error: RuntimeError: boom")
     assert results["never_finishes:{}"] == ("timed_out", "timed out after 0.3 s")
+    assert results["cancels_itself:{}"] == (
+        "failed",
+        "error: the tool was cancelled by its own code, not by anyone",
+    )
     second = chat_requests(fake_openai)[1]["messages"]
-    assert [m["role"] for m in second[-5:]] == ["tool"] * 5
+    assert [m["role"] for m in second[-6:]] == ["tool"] * 6
     assert validate(second) == []
     assert fake_openai.rejected == []
 

@@ -29,6 +29,13 @@ async def never_finishes() -> str:
 
 
 @tool
+async def cancels_itself() -> str:
+    """Raises CancelledError though nobody cancelled it, as a tool may by mistake (a
+    cancellation of its own inner work let through)."""
+    raise asyncio.CancelledError
+
+
+@tool
 def blocks_its_thread(seconds: float = 3600) -> str:
     """A sync tool that holds its thread (nothing can cancel a thread)."""
     time.sleep(seconds)
