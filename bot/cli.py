@@ -16,6 +16,7 @@ from typing import Any
 
 from bot import logs
 from bot.settings import Settings, StartupError, check_startup, load_settings
+from bot.tasks import cancel_and_wait
 
 # Not __name__: run as `python -m bot.cli` this module is __main__.
 log = logging.getLogger("bot.cli")
@@ -140,17 +141,10 @@ def _run_to_the_end(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _end_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    left = asyncio.all_tasks(loop)
-    if not left:
-        return
-    for task in left:
-        task.cancel()
-    done, pending = loop.run_until_complete(asyncio.wait(left, timeout=EXIT_GRACE_SECONDS))
-    for task in done:
+    ended = loop.run_until_complete(cancel_and_wait(asyncio.all_tasks(loop), EXIT_GRACE_SECONDS))
+    for task in ended:
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
-    for task in pending:
-        log.warning("task %s did not end once cancelled; the process exits without it", task)
 
 
 def _cannot_start(error: StartupError, settings: Settings) -> int:

@@ -64,20 +64,6 @@ class LLMError(Exception):
 ToolChoice = Literal["auto", "none"]
 
 
-def chat_request(
-    model: str,
-    messages: Sequence[dict[str, Any]],
-    tools: Sequence[dict[str, Any]],
-    tool_choice: ToolChoice,
-) -> dict[str, Any]:
-    """The chat completions request body, as OpenAI's API takes it."""
-    body: dict[str, Any] = {"model": model, "messages": list(messages)}
-    if tools:
-        body["tools"] = list(tools)
-        body["tool_choice"] = tool_choice
-    return body
-
-
 class ChatModel(ABC):
     """A chat completions model: one answer to a request, or an `LLMError`."""
 
@@ -90,11 +76,15 @@ class ChatModel(ABC):
         tools: Sequence[dict[str, Any]],
         tool_choice: ToolChoice = "auto",
     ) -> Completion:
-        return await self.answer(chat_request(self.model, messages, tools, tool_choice))
+        body: dict[str, Any] = {"model": self.model, "messages": list(messages)}
+        if tools:
+            body["tools"] = list(tools)
+            body["tool_choice"] = tool_choice
+        return await self.answer(body)
 
     @abstractmethod
     async def answer(self, body: dict[str, Any]) -> Completion:
-        """The answer to a chat completions request body (`chat_request`)."""
+        """The answer to a chat completions request body, as OpenAI's API takes it."""
 
     @abstractmethod
     async def close(self) -> None: ...

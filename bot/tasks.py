@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,26 @@ class TaskSet:
         return len(self._tasks)
 
     async def cancel_all(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            # Nothing can force it to end; it stays in the set, so that its end (and any
-            # exception) is still seen if it ever comes.
-            log.warning(
-                "task %s did not stop within %g s of being cancelled; left running",
-                task.get_name(),
-                grace,
-            )
+        # One that does not stop stays in the set, so that its end (and any exception)
+        # is still seen if it ever comes.
+        await cancel_and_wait(list(self._tasks), grace)
+
+
+async def cancel_and_wait(
+    tasks: Collection[asyncio.Task[Any]], grace: float
+) -> set[asyncio.Task[Any]]:
+    """Cancels `tasks` and waits at most `grace` seconds for them; the ones that ended.
+    One still running (it swallows its CancelledError) is logged and left: nothing can
+    force it to end."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return set()
+    ended, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        log.warning(
+            "task %s did not stop within %g s of being cancelled; left running",
+            task.get_name(),
+            grace,
+        )
+    return ended
