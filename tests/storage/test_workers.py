@@ -123,7 +123,11 @@ async def test_a_worker_started_mid_tool_interrupts_it_and_the_turn_ends_with_on
     another runs a tool takes the call for one a crash left behind and closes it (this
     tool is not rerun-safe). The turn still ends with one answer; the first run's result
     is lost."""
-    monkeypatch.setattr(slow_tools, "DELAY", 0.5)
+    release = asyncio.Event()
+    monkeypatch.setattr(slow_tools, "DELAY", 0)
+    # Held until the second worker has started: on a slow machine a fixed delay could end
+    # the first run before the second worker's recovery looks.
+    monkeypatch.setattr(slow_tools, "release", release)
     settings = core_settings(database_url, fake_openai, worker_id="one")
     other = core_settings(database_url, fake_openai, worker_id="two")
     async with Runtime(settings) as one:
@@ -136,7 +140,7 @@ async def test_a_worker_started_mid_tool_interrupts_it_and_the_turn_ends_with_on
             second = MemoryAdapter(two.engine)
             await second.start()
             await two.engine.start()
-            await asyncio.sleep(slow_tools.DELAY + 0.2)  # the first run ends meanwhile
+            release.set()  # the first run ends now, after the second worker closed its call
             for _ in range(3):
                 await one.engine.wait_idle()
                 await two.engine.wait_idle()

@@ -11,12 +11,17 @@ from bot.tools.builtin import get_current_time as real_get_current_time
 
 # Subprocess tests set the delay through the environment.
 DELAY = float(os.environ.get("STILLHERE_TEST_TOOL_DELAY", "0.5"))
+# When set, the time tool also waits for it after its delay: a test that must order the
+# tool's end after something else of its own holds it here instead of guessing a delay.
+release: asyncio.Event | None = None
 
 
 @tool(rerun_safe=False, labels={"en": "checking the time", "es": "consultar la hora"})
 async def get_current_time(timezone: str = "UTC") -> str:
     """Returns the current date and time in an IANA time zone such as "Europe/Madrid"."""
     await asyncio.sleep(DELAY)
+    if release is not None:
+        await release.wait()
     result: str = await real_get_current_time(timezone)
     return result
 
