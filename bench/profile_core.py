@@ -9,10 +9,11 @@ answer   N messages over 20 chats, each chat sending its next one when its answe
          (the path of bench.core_throughput): the offline model answers at once.
 
 Both run the real core on a SQLite file (bench.scale's settings, rate limits off) with the
-in-process adapter. It prints the figures of the run and writes the profiles (text) of
-the event loop's thread and of aiosqlite's thread, where storage transactions run, to
-FILE (bench.profiling). Profiling slows the run: its figures are only for comparing two
-profiles.
+in-process adapter; `answer --postgres` runs on a fresh database of the server that
+STILLHERE_BENCH_POSTGRES_URL names instead. It prints the figures of the run and writes
+the profiles (text) of the event loop's thread and of aiosqlite's thread, where storage
+transactions run on SQLite, to FILE (bench.profiling). Profiling slows the run: its
+figures are only for comparing two profiles.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.common import latency_summary
+from bench.common import (
+    drop_postgres_database,
+    fresh_postgres_database,
+    latency_summary,
+    postgres_url,
+    skip_reason_postgres,
+)
 from bench.core_throughput import Size, run_stillhere
 from bench.memory_chat import running_core
 from bench.profiling import Profiles
@@ -36,6 +43,7 @@ PATHS = ("instant", "answer")
 BUSY_SESSIONS = 10
 ANSWER_CHATS = 20
 REPLY_TIMEOUT = 10.0
+PROFILE_DATABASE = "bench_profile_core"
 
 
 async def profile_instant(db: Path, messages: int) -> tuple[str, str]:
@@ -72,8 +80,13 @@ async def profile_instant(db: Path, messages: int) -> tuple[str, str]:
     return report, figures
 
 
-async def profile_answer(db: Path, messages: int) -> tuple[str, str]:
+async def profile_answer(db: Path, messages: int, postgres: bool = False) -> tuple[str, str]:
+    server = postgres_url() if postgres else None
+    if postgres and server is None:
+        raise SystemExit(skip_reason_postgres())
     url = f"sqlite+aiosqlite:///{db}"
+    if server is not None:
+        url = await fresh_postgres_database(server, PROFILE_DATABASE)
     await upgrade(url)
     profiles = Profiles()
     cpu = time.process_time()
@@ -81,6 +94,8 @@ async def profile_answer(db: Path, messages: int) -> tuple[str, str]:
         url, Size(ANSWER_CHATS, messages, trials=1), profiles=profiles
     )
     cpu = time.process_time() - cpu
+    if server is not None:
+        await drop_postgres_database(server, PROFILE_DATABASE)
     figures = (
         f"{answered} of {messages} answered: {answered / seconds:.1f} msg/s, "
         f"{1000 * cpu / max(1, answered):.2f} ms CPU each (profiled)"
@@ -97,10 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("path", choices=PATHS)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="profile text file")
+    parser.add_argument("--postgres", action="store_true", help="answer: on PostgreSQL (see above)")
     args = parser.parse_args(argv)
-    run = profile_instant if args.path == "instant" else profile_answer
     with tempfile.TemporaryDirectory(prefix="stillhere-profile-") as tmp:
-        report, figures = asyncio.run(run(Path(tmp) / "bot.db", args.messages))
+        db = Path(tmp) / "bot.db"
+        run = (
+            profile_instant(db, args.messages)
+            if args.path == "instant"
+            else profile_answer(db, args.messages, args.postgres)
+        )
+        report, figures = asyncio.run(run)
     out = args.out or Path(f"profile-{args.path}.txt")
     out.write_text(f"{figures}\n\n{report}", encoding="utf-8")
     print(figures)
