@@ -1,18 +1,22 @@
-"""The statements every message runs, prepared once and, on SQLite, run on sqlite3 itself.
+"""The statements every message runs, prepared once and run on the driver itself.
 
 Why: SQLAlchemy's execution of a statement (binding its parameters, its execution
 context, building its result) cost 50-80 µs where SQLite itself took 15-50, measured in
 the storage thread (bench/RESULTS.md, session 8), and an instant reply's intake runs nine
-statements. A `Prepared` statement is compiled by SQLAlchemy once per set of parameter
-names, with the bind and result processors of its column types; running it inside a
-one-trip transaction on SQLite (`storage.transaction`, where the storage thread owns the
-sqlite3 connection) is one parameter tuple, one `execute` and SQLAlchemy's own `Row`s.
-Same SQL, same values in and out, same exceptions.
+statements; on PostgreSQL it cost about twice asyncpg's own (session 13). A `Prepared`
+statement is compiled by SQLAlchemy once per dialect and set of parameter names, with
+the bind and result processors of its column types, and run as one parameter tuple and
+one `execute`: on SQLite inside a one-trip transaction (`storage.transaction`, where the
+storage thread owns the sqlite3 connection), on PostgreSQL as asyncpg's prepared
+statement inside SQLAlchemy's transaction (`storage.postgres_driver`). Same SQL, same
+values in and out, same exceptions.
 
-Everywhere else `run` is `Connection.execute`: on PostgreSQL, outside the driver's
-thread, and on a connection that someone watches (cursor-event listeners, echo), so that
-they see every statement. A statement that needs what only SQLAlchemy's execution does
-(an expanding IN list, a column default computed by a function) always goes that way.
+SQLAlchemy's `Connection.execute` runs it instead wherever that is not possible (SQLite
+outside the driver's thread, another driver) and on a connection that someone watches
+(cursor-event listeners, echo), so that they see every statement. A statement that needs
+what only SQLAlchemy's execution does (an expanding IN list, a column default computed
+by a function) always goes that way, and so does a batch of parameter sets on PostgreSQL,
+which SQLAlchemy sends in one round trip.
 """
 
 from __future__ import annotations
@@ -22,24 +26,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.engine.result import result_tuple
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import Select
+from sqlalchemy.types import TypeEngine
 
-from storage.sqlite_driver import (
-    OneTripConnection,
-    StatementOutcome,
-    in_driver_thread,
-    run_statement,
-)
+from storage.postgres_driver import Columns, asyncpg_adapter, run_on_asyncpg
+from storage.sqlite_driver import OneTripConnection, in_driver_thread, run_statement
 
 Params = Mapping[str, Any]
 Processor = Callable[[Any], Any]
 AnyRow = Row[*tuple[Any, ...]]
 Statement = Select[*tuple[Any, ...]] | UpdateBase
 T = TypeVar("T")
+# One statement run on the driver itself: (SQL, values) -> its columns, the number of
+# rows it changed, its rows as the driver returns them.
+Direct = Callable[[str, Sequence[Any]], tuple[Columns, int, list[Any]]]
 
 
 class Rows:
@@ -79,14 +83,17 @@ _FROM_PARAMS = object()
 
 @dataclass
 class _Plan:
-    """One statement compiled for one set of parameter names."""
+    """One statement compiled for one dialect and one set of parameter names."""
 
     sql: str
+    dialect: Dialect
     # Per positional parameter: its name, where its value comes from (_FROM_PARAMS, or
     # the statement's literal or the column's default) and its type's bind processor.
     binds: tuple[tuple[str, Any, Processor | None], ...]
-    results: tuple[Processor | None, ...]
-    # Made from the cursor's column names the first time the statement returns rows.
+    # The types of the columns it returns. Their processors are made from the driver's
+    # type codes, which the first run tells (asyncpg's numeric processor needs its own).
+    types: tuple[TypeEngine[Any], ...]
+    results: tuple[Processor | None, ...] | None = field(default=None)
     make_row: Callable[[Sequence[Any]], AnyRow] | None = field(default=None)
 
     def values(self, params: Params) -> list[Any]:
@@ -96,16 +103,27 @@ class _Plan:
             out.append(value if process is None else process(value))
         return out
 
-    def rows(self, names: Sequence[str], raw: list[Any]) -> list[AnyRow]:
+    def rows(self, columns: Columns, raw: list[Any]) -> list[AnyRow]:
+        # No columns asked for, but maybe some returned: on PostgreSQL SQLAlchemy has an
+        # INSERT return its primary key for itself (`inserted_primary_key`).
+        if not columns or not self.types:
+            return []
         if self.make_row is None:
-            self.make_row = result_tuple(names)
-        return [self.make_row(values) for values in self.converted(names, raw)]
+            self.make_row = result_tuple([name for name, _ in columns])
+        return [self.make_row(values) for values in self.converted(columns, raw)]
 
-    def converted(self, names: Sequence[str], raw: list[Any]) -> list[Sequence[Any]]:
+    def converted(self, columns: Columns, raw: list[Any]) -> list[Sequence[Any]]:
         """The rows' values as the columns' types return them."""
-        if len(names) != len(self.results):
+        columns = columns or []
+        if len(columns) != len(self.types):
             raise RuntimeError(
-                f"{self.sql!r} returned {len(names)} columns, not {len(self.results)}"
+                f"{self.sql!r} returned {len(columns)} columns, not {len(self.types)}"
+            )
+        if self.results is None:
+            dialect = self.dialect
+            self.results = tuple(
+                kind.dialect_impl(dialect).result_processor(dialect, code)
+                for kind, (_, code) in zip(self.types, columns, strict=True)
             )
         # Only the values whose column's type converts (a few per statement) are touched,
         # and not NULL, which every type of this schema reads as None: a history read
@@ -128,27 +146,31 @@ class Prepared:
 
     def __init__(self, statement: Statement) -> None:
         self.statement = statement
-        # Per set of parameter names: the plan, or None where only SQLAlchemy can run it.
-        # Plans are SQLite's only (the one dialect run directly), so one set serves every
-        # engine; two threads compiling the same plan at once would each get a good one.
-        self._plans: dict[frozenset[str], _Plan | None] = {}
+        # Per dialect and set of parameter names: the plan, or None where only SQLAlchemy
+        # can run it. Two threads compiling the same plan at once would each get a good one.
+        self._plans: dict[tuple[str, frozenset[str]], _Plan | None] = {}
 
     def run(self, conn: Connection, params: Params | Sequence[Params] | None = None) -> Rows:
         """The statement executed with `params` (a list: once per set, in order)."""
-        driver = _direct_driver(conn)
-        if driver is None:
+        direct = _direct(conn)
+        if direct is None:
             return self._through_sqlalchemy(conn, params)
         sets = [params or {}] if params is None or isinstance(params, Mapping) else params
         names = frozenset(sets[0]) if sets else frozenset()
         plan = self._plan(conn, names) if sets else None
-        # A batch whose sets name different parameters is SQLAlchemy's to refuse.
-        if plan is None or any(frozenset(values) != names for values in sets[1:]):
+        # A batch whose sets name different parameters is SQLAlchemy's to refuse; on
+        # PostgreSQL SQLAlchemy sends a batch in one round trip, here each set is one.
+        if (
+            plan is None
+            or any(frozenset(values) != names for values in sets[1:])
+            or (len(sets) > 1 and conn.dialect.name != "sqlite")
+        ):
             return self._through_sqlalchemy(conn, params)
         rows: list[AnyRow] = []
         counts = []
         for values in sets:
-            rowcount, more = self._direct(conn, driver, plan, values)
-            rows += more
+            columns, rowcount, raw = direct(plan.sql, plan.values(values))
+            rows += plan.rows(columns, raw)
             counts.append(rowcount)
         # As sqlite3 counts a batch: the sum of what each set changed.
         return Rows(rows, counts[0] if len(counts) == 1 else sum(max(c, 0) for c in counts))
@@ -163,45 +185,20 @@ class Prepared:
     def build(self, conn: Connection, params: Params, make: Callable[..., T]) -> list[T]:
         """The rows of a query, each as `make(*values)`, with no SQLAlchemy `Row` made in
         between (a history read returns hundreds of rows per message)."""
-        driver = _direct_driver(conn)
-        plan = None if driver is None else self._plan(conn, frozenset(params))
-        if driver is None or plan is None:
+        direct = _direct(conn)
+        plan = None if direct is None else self._plan(conn, frozenset(params))
+        if direct is None or plan is None:
             return [make(*row) for row in conn.execute(self.statement, params)]
-        outcome, raw = self._execute(conn, driver, plan, params)
-        names = [column[0] for column in outcome.description or ()]
-        return [make(*values) for values in plan.converted(names, raw)]
-
-    @classmethod
-    def _direct(
-        cls, conn: Connection, driver: sqlite3.Connection, plan: _Plan, params: Params
-    ) -> tuple[int, list[AnyRow]]:
-        outcome, raw = cls._execute(conn, driver, plan, params)
-        if outcome.description is None:
-            return outcome.rowcount, []
-        names = [column[0] for column in outcome.description]
-        return outcome.rowcount, plan.rows(names, raw)
-
-    @staticmethod
-    def _execute(
-        conn: Connection, driver: sqlite3.Connection, plan: _Plan, params: Params
-    ) -> tuple[StatementOutcome, list[Any]]:
-        values = plan.values(params)
-        try:
-            return run_statement(driver, plan.sql, values)
-        except sqlite3.Error as error:
-            # As SQLAlchemy raises it (IntegrityError for a unique key, and so on); the
-            # failed statement changed nothing, as SQLite undoes a statement that fails.
-            raise DBAPIError.instance(
-                plan.sql, values, error, sqlite3.Error, dialect=conn.dialect
-            ) from error
+        columns, _, raw = direct(plan.sql, plan.values(params))
+        return [make(*values) for values in plan.converted(columns, raw)]
 
     def _plan(self, conn: Connection, names: frozenset[str]) -> _Plan | None:
-        if names not in self._plans:
-            self._plans[names] = self._compile(conn, names)
-        return self._plans[names]
+        key = (conn.dialect.name, names)
+        if key not in self._plans:
+            self._plans[key] = self._compile(conn.dialect, names)
+        return self._plans[key]
 
-    def _compile(self, conn: Connection, names: frozenset[str]) -> _Plan | None:
-        dialect = conn.dialect
+    def _compile(self, dialect: Dialect, names: frozenset[str]) -> _Plan | None:
         compiled: Any = self.statement.compile(dialect=dialect, column_keys=sorted(names))
         if compiled.positiontup is None or compiled.update_prefetch:
             return None
@@ -221,11 +218,8 @@ class Prepared:
             else:
                 source = bind.effective_value
             binds.append((name, source, bind.type.dialect_impl(dialect).bind_processor(dialect)))
-        results = tuple(
-            column.type.dialect_impl(dialect).result_processor(dialect, None)
-            for column in _returned_columns(self.statement)
-        )
-        return _Plan(str(compiled), tuple(binds), results)
+        types = tuple(column.type for column in _returned_columns(self.statement))
+        return _Plan(str(compiled), dialect, tuple(binds), types)
 
 
 BEGIN_IMMEDIATE = "BEGIN IMMEDIATE"
@@ -240,13 +234,8 @@ def begin_immediate(conn: Connection) -> None:
     driver = _direct_driver(conn)
     if driver is None:
         conn.exec_driver_sql(BEGIN_IMMEDIATE)
-        return
-    try:
-        driver.execute(BEGIN_IMMEDIATE).close()
-    except sqlite3.Error as error:
-        raise DBAPIError.instance(
-            BEGIN_IMMEDIATE, (), error, sqlite3.Error, dialect=conn.dialect
-        ) from error
+    else:
+        _on_sqlite(conn, driver, BEGIN_IMMEDIATE, ())
 
 
 def _returned_columns(statement: Statement) -> list[Any]:
@@ -260,11 +249,47 @@ def _returned_columns(statement: Statement) -> list[Any]:
 def _direct_driver(conn: Connection) -> sqlite3.Connection | None:
     """The sqlite3 connection to run on directly, when this is a one-trip transaction on
     SQLite that nobody watches; None to go through SQLAlchemy."""
-    if not in_driver_thread() or conn.engine.echo:
-        return None
-    if conn.dispatch.before_cursor_execute or conn.dispatch.after_cursor_execute:
+    if not in_driver_thread() or _watched(conn):
         return None
     driver = conn.connection.dbapi_connection
     if not isinstance(driver, OneTripConnection):
         return None
     return driver.sqlite_connection
+
+
+def _watched(conn: Connection) -> bool:
+    return bool(
+        conn.engine.echo
+        or conn.dispatch.before_cursor_execute
+        or conn.dispatch.after_cursor_execute
+    )
+
+
+def _direct(conn: Connection) -> Direct | None:
+    """How to run a statement on the driver itself here (see the module's docstring);
+    None to go through SQLAlchemy."""
+    sqlite = _direct_driver(conn)
+    if sqlite is not None:
+        return lambda sql, values: _on_sqlite(conn, sqlite, sql, values)
+    if _watched(conn):
+        return None
+    adapter = asyncpg_adapter(conn)
+    if adapter is None:
+        return None
+    return lambda sql, values: run_on_asyncpg(conn, adapter, sql, values)
+
+
+def _on_sqlite(
+    conn: Connection, driver: sqlite3.Connection, sql: str, values: Sequence[Any]
+) -> tuple[Columns, int, list[Any]]:
+    try:
+        outcome, rows = run_statement(driver, sql, values)
+    except sqlite3.Error as error:
+        # As SQLAlchemy raises it (IntegrityError for a unique key, and so on); the
+        # failed statement changed nothing, as SQLite undoes a statement that fails.
+        raise DBAPIError.instance(
+            sql, values, error, sqlite3.Error, dialect=conn.dialect
+        ) from error
+    if outcome.description is None:
+        return None, outcome.rowcount, []
+    return [(column[0], column[1]) for column in outcome.description], outcome.rowcount, rows

@@ -1,7 +1,7 @@
-"""Prepared statements: on SQLite, inside a one-trip transaction, run on sqlite3 directly,
-with the same values in and out as SQLAlchemy's execution, its defaults and its
-exceptions; everywhere else, and whenever someone watches the connection, through
-SQLAlchemy. Runs on SQLite and on PostgreSQL (see conftest)."""
+"""Prepared statements: run on the driver itself (on SQLite inside a one-trip transaction,
+on sqlite3; on PostgreSQL on asyncpg), with the same values in and out as SQLAlchemy's
+execution, its defaults and its exceptions; everywhere else, and whenever someone watches
+the connection, through SQLAlchemy. Runs on SQLite and on PostgreSQL (see conftest)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import (
     JSON,
@@ -29,12 +30,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import storage.prepared
 from storage.models import UTCDateTime
-from storage.prepared import Prepared, Rows
+from storage.prepared import BEGIN_IMMEDIATE, Prepared, Rows
 from storage.transaction import run_transaction
 from tests.support.tables import engine_with
 
@@ -78,15 +79,19 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 def direct_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The statements run on sqlite3 directly from now on."""
+    """The statements run on the driver itself (sqlite3 or asyncpg) from now on."""
     runs: list[str] = []
-    run_statement = storage.prepared.run_statement
+    for name in ("run_statement", "run_on_asyncpg"):
+        run = getattr(storage.prepared, name)
 
-    def counted(connection: Any, operation: str, parameters: Any) -> Any:
-        runs.append(operation)
-        return run_statement(connection, operation, parameters)
+        def counted(*args: Any, run: Any = run) -> Any:
+            # Both take (..., operation, parameters). SQLite's writing transactions begin
+            # with BEGIN IMMEDIATE the same way, but it is not a statement of the test's.
+            if args[-2] != BEGIN_IMMEDIATE:
+                runs.append(args[-2])
+            return run(*args)
 
-    monkeypatch.setattr(storage.prepared, "run_statement", counted)
+        monkeypatch.setattr(storage.prepared, name, counted)
     return runs
 
 
@@ -141,8 +146,7 @@ async def test_values_in_and_out_are_sqlalchemys(
     assert seen["bumped"] == [{"count": 1, "at": STAMP}]
     assert seen["bumped by sqlalchemy"] == [{"count": 2, "at": STAMP}]
     assert seen["any_flagged"] == seen["any_flagged by sqlalchemy"] == [{"any_flagged": True}]
-    directly = engine.dialect.name == "sqlite"
-    assert len(direct_runs) == (5 if directly else 0), direct_runs
+    assert len(direct_runs) == 5, direct_runs
 
 
 @dataclass
@@ -172,8 +176,7 @@ async def test_built_rows_hold_the_values_run_returns(
         ("b", None, False, None),
     ]
     assert built[0].at is not None and built[0].at.tzinfo is UTC
-    directly = engine.dialect.name == "sqlite"
-    assert len(direct_runs) == (4 if directly else 0), direct_runs
+    assert len(direct_runs) == 4, direct_runs
 
 
 def dedupe_insert(engine: AsyncEngine) -> Prepared:
@@ -212,20 +215,28 @@ async def test_a_failing_statement_raises_as_sqlalchemy_and_changes_nothing(
 async def test_what_only_sqlalchemy_can_run_goes_through_it(
     engine: AsyncEngine, direct_runs: list[str]
 ) -> None:
-    """An expanding IN list; and a connection outside the driver's thread (here: the
-    greenlet of `run_sync`), where sqlite3 is not this code's to use."""
+    """An expanding IN list; on PostgreSQL a batch of parameter sets (SQLAlchemy sends it
+    in one round trip); on SQLite a connection outside the driver's thread (here: the
+    greenlet of `run_sync`), where sqlite3 is not this code's to use. On PostgreSQL that
+    greenlet is where every transaction runs, and asyncpg is used directly there."""
+    postgres = engine.dialect.name == "postgresql"
     await run_transaction(
         engine, lambda conn: ADD_QUIETLY.run(conn, [FIRST, {**FIRST, "key": "b"}])
     )
+    batch, in_list = list(direct_runs), []
     direct_runs.clear()
     keys = await run_transaction(
         engine, lambda conn: [r.key for r in BY_KEYS.run(conn, {"keys": ["b", "a", "zz"]})]
     )
+    in_list, outside = list(direct_runs), direct_runs
+    direct_runs.clear()
     async with engine.connect() as conn:
         listed = await conn.run_sync(lambda sync: table(LISTED.run(sync, {"least": 0})))
     assert keys == ["a", "b"]
     assert [row["key"] for row in listed] == ["a", "b"]
-    assert direct_runs == []
+    assert in_list == []
+    assert len(batch) == (0 if postgres else 2)
+    assert len(outside) == (1 if postgres else 0)
 
 
 async def test_a_watched_connection_sees_every_statement(
@@ -243,3 +254,25 @@ async def test_a_watched_connection_sees_every_statement(
     begin = ["BEGIN"] if engine.dialect.name == "sqlite" else []
     assert [statement.split()[0] for statement in heard] == [*begin, "INSERT"]
     assert direct_runs == []
+
+
+async def test_a_connection_the_server_dropped_is_not_pooled_again(engine: AsyncEngine) -> None:
+    """As SQLAlchemy's execution does: the error says the connection was invalidated, and
+    the next transaction gets a new one instead of failing on the dead one."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a server's connection: SQLite has none")
+    pid = await run_transaction(
+        engine, lambda conn: conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    )
+    # From outside the pool, whose one idle connection is the one to drop.
+    server = await asyncpg.connect(
+        engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        await server.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await server.close()
+    with pytest.raises(DBAPIError) as raised:
+        await run_transaction(engine, lambda conn: LISTED.run(conn, {"least": 0}).all())
+    assert raised.value.connection_invalidated
+    assert await run_transaction(engine, lambda conn: LISTED.run(conn, {"least": 0}).all()) == []
