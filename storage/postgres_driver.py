@@ -26,9 +26,9 @@ from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.engine import Connection
 from sqlalchemy.util import await_
 
-# (name, type code) per column, as the DBAPI cursor's description gives them; None for a
-# statement that returns no rows.
-Columns = list[tuple[str, Any]] | None
+# Per column, its name and its type code first, as in a DBAPI cursor's description; None
+# for a statement that returns no rows.
+Columns = Sequence[tuple[Any, ...]] | None
 
 _ADAPTER_PARTS = ("_prepare", "_start_transaction", "_transaction", "_execute_mutex")
 # The command tag's count: "INSERT 0 1", "UPDATE 3", "SELECT 5" (as the adapter reads it).

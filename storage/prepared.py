@@ -109,7 +109,7 @@ class _Plan:
         if not columns or not self.types:
             return []
         if self.make_row is None:
-            self.make_row = result_tuple([name for name, _ in columns])
+            self.make_row = result_tuple([column[0] for column in columns])
         return [self.make_row(values) for values in self.converted(columns, raw)]
 
     def converted(self, columns: Columns, raw: list[Any]) -> list[Sequence[Any]]:
@@ -122,8 +122,8 @@ class _Plan:
         if self.results is None:
             dialect = self.dialect
             self.results = tuple(
-                kind.dialect_impl(dialect).result_processor(dialect, code)
-                for kind, (_, code) in zip(self.types, columns, strict=True)
+                kind.dialect_impl(dialect).result_processor(dialect, column[1])
+                for kind, column in zip(self.types, columns, strict=True)
             )
         # Only the values whose column's type converts (a few per statement) are touched,
         # and not NULL, which every type of this schema reads as None: a history read
@@ -290,6 +290,5 @@ def _on_sqlite(
         raise DBAPIError.instance(
             sql, values, error, sqlite3.Error, dialect=conn.dialect
         ) from error
-    if outcome.description is None:
-        return None, outcome.rowcount, []
-    return [(column[0], column[1]) for column in outcome.description], outcome.rowcount, rows
+    # sqlite3's description: (name, None, ...) per column, as Columns reads it.
+    return outcome.description, outcome.rowcount, rows
