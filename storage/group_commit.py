@@ -9,10 +9,16 @@ its unit is committed: durability per message is unchanged, and an idle bot pays
 
 No task of its own: the caller whose unit opens an empty queue leads, commits one batch,
 and hands the lead to the first unit still waiting, whose caller then commits the next.
-So nothing is left running on shutdown. A caller cancelled while its unit waits drops
-it; once its batch has begun, the batch runs to its end (on SQLite the driver's thread
-finishes it anyway: storage.transaction) and the caller hears of the cancellation then,
-its unit committed or not, like any storage call cancelled mid-way.
+So nothing is left running on shutdown. Up to `in_flight` batches commit at once, each
+on a connection of its own: one on SQLite, which has one writer; on PostgreSQL more, so
+that the server runs one batch's statements while the bot works on another's (every
+statement is a round trip there). Two batches that lock the same rows in opposite orders
+deadlock; PostgreSQL fails one, whose units then run again alone (below).
+
+A caller cancelled while its unit waits drops it; once its batch has begun, the batch
+runs to its end (on SQLite the driver's thread finishes it anyway: storage.transaction)
+and the caller hears of the cancellation then, its unit committed or not, like any
+storage call cancelled mid-way.
 
 A batch is bounded twice: by `MAX_BATCH`, and by each unit's own bound, for a unit whose
 caller is waiting to answer someone. Every unit of a batch waits for the whole batch, so a
@@ -38,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from storage.transaction import Cancellations, Work, transaction
@@ -69,11 +75,14 @@ class _Unit(Generic[T]):
 
 
 class GroupCommit:
-    def __init__(self, engine: AsyncEngine, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, engine: AsyncEngine, max_batch: int = MAX_BATCH, in_flight: int = 1) -> None:
         self._engine = engine
         self._max_batch = max_batch
+        self._in_flight = max(1, in_flight)
+        # Units in order of arrival; those woken to lead a batch stay here until they do.
         self._waiting: deque[_Unit[Any]] = deque()
-        self._leading = False
+        # Callers leading a batch, or woken to lead one: never more than `in_flight`.
+        self._leaders = 0
         # Figures for tests and benchmarks: transactions begun, units committed.
         self.transactions = 0
         self.units = 0
@@ -90,8 +99,8 @@ class GroupCommit:
         bound = self._max_batch if max_batch is None else max(1, min(max_batch, self._max_batch))
         unit: _Unit[T] = _Unit(in_context, bound)
         self._waiting.append(unit)
-        if not self._leading:
-            self._leading = True
+        if self._leaders < self._in_flight:
+            self._leaders += 1
             unit.wake.set_result(None)
         try:
             await unit.wake
@@ -100,7 +109,7 @@ class GroupCommit:
             raise
         if not unit.done:
             try:
-                await self._lead()
+                await self._lead(unit)
             except asyncio.CancelledError:
                 if unit.error is not None:
                     log.warning(
@@ -123,20 +132,26 @@ class GroupCommit:
             self._pass_lead()
 
     def _pass_lead(self) -> None:
-        if self._waiting:
-            self._waiting[0].wake.set_result(None)
-        else:
-            self._leading = False
+        for unit in self._waiting:
+            if not unit.wake.done():
+                unit.wake.set_result(None)
+                return
+        self._leaders -= 1
 
-    async def _lead(self) -> None:
-        """Commits the first units waiting, the leader's first among them, and settles
+    async def _lead(self, leader: _Unit[Any]) -> None:
+        """Commits the leader's unit and the first units waiting after it, and settles
         each (a leader cancelled meanwhile is told once they are settled)."""
-        batch = [self._waiting.popleft()]
-        bound = batch[0].max_batch
-        # In order, as they queued: a unit that allows fewer units than the batch would
-        # then hold waits for the next one.
-        while self._waiting and len(batch) < min(bound, self._waiting[0].max_batch):
-            unit = self._waiting.popleft()
+        self._waiting.remove(leader)
+        batch = [leader]
+        bound = leader.max_batch
+        # In order, as they queued, but not those woken to lead batches of their own: a
+        # unit that allows fewer units than the batch would then hold waits for the next.
+        for unit in list(self._waiting):
+            if unit.wake.done():
+                continue
+            if len(batch) >= min(bound, unit.max_batch):
+                break
+            self._waiting.remove(unit)
             batch.append(unit)
             bound = min(bound, unit.max_batch)
         cancellations = Cancellations()
@@ -185,18 +200,27 @@ class GroupCommit:
         return results
 
     async def _alone(self, unit: _Unit[Any], cancellations: Cancellations) -> None:
-        """One unit in its own transaction. A unique-key conflict is retried once: another
-        worker created the same row first (two workers creating one conversation's
-        session), and the retry finds it."""
+        """One unit in its own transaction. Retried once: a unique-key conflict (another
+        worker created the same row first, such as two workers creating one
+        conversation's session: the retry finds it), and a transaction the server rolled
+        back (a deadlock with another batch or writer, a serialization failure: the retry
+        runs once the other has committed)."""
         for _attempt in range(2):
             try:
                 (unit.result,) = await self._transaction([unit], cancellations)
-            except IntegrityError as exc:
+            except (IntegrityError, DBAPIError) as exc:
                 unit.error = exc
-                continue
+                if isinstance(exc, IntegrityError) or _rolled_back_by_server(exc):
+                    continue
             except Exception as exc:  # handed to the unit's caller
                 unit.error = exc
             else:
                 unit.error = None
             break
         unit.done = True
+
+
+def _rolled_back_by_server(error: DBAPIError) -> bool:
+    """PostgreSQL's class 40, transaction rollback: 40P01 a deadlock, 40001 a
+    serialization failure. Nothing of the transaction was kept; running it again is safe."""
+    return str(getattr(error.orig, "sqlstate", None) or "").startswith("40")

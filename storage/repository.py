@@ -78,6 +78,10 @@ REPAIR_BATCH = 500
 # answered at p50 in half the time with 4 as with 64 (bench/RESULTS.md); other writes,
 # which no reply waits on as closely, still share transactions of up to 64.
 INTAKE_BATCH = 4
+# Group-commit batches committing at once on PostgreSQL (SQLite: one, its one writer).
+# With one, the bot waited for the server's round trips one statement at a time: two
+# raised core_throughput's answered messages/s by half (bench/RESULTS.md, session 13).
+POSTGRES_BATCHES_IN_FLIGHT = 2
 
 
 def now() -> datetime:
@@ -160,13 +164,14 @@ class SqlStore:
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.history_rows = history_rows
+        postgres = engine.dialect.name == "postgresql"
         # The dedupe insert, built once (storage.statements says why): the dialect's own
         # INSERT ... ON CONFLICT DO NOTHING.
-        dialect_insert = postgresql_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        dialect_insert = postgresql_insert if postgres else sqlite_insert
         self._note_seen = Prepared(dialect_insert(ProcessedUpdateRow).on_conflict_do_nothing())
         # The writes every message makes (its intake, its turn's answer, the delivery of
         # its replies) commit together with other sessions' under a burst.
-        self._group = GroupCommit(engine)
+        self._group = GroupCommit(engine, in_flight=POSTGRES_BATCHES_IN_FLIGHT if postgres else 1)
 
     # --- helpers -------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -240,3 +240,111 @@ async def test_a_caller_cancelled_while_its_unit_runs_in_a_batch_led_by_another(
     # Its unit was already in the transaction: it committed, its caller just never heard.
     assert await stored(engine) == ["first", "leads the second batch", "riding"]
     assert await group.run(add("later")) == "later"
+
+
+def two_connections(engine: AsyncEngine) -> None:
+    if engine.dialect.name == "sqlite":
+        pytest.skip("one SQLite connection: a second batch would wait for it")
+
+
+async def test_with_two_in_flight_a_batch_commits_while_another_is_open(
+    engine: AsyncEngine,
+) -> None:
+    """The next units do not wait for a batch held open: they lead one of their own, on
+    another connection, and a unit that came meanwhile joins whichever batch is next."""
+    two_connections(engine)
+    group = GroupCommit(engine, in_flight=2)
+    held = HeldOpen("held")
+    first = asyncio.create_task(group.run(held))
+    await held.inside()
+    assert await asyncio.wait_for(group.run(add("meanwhile")), 5) == "meanwhile"
+    assert await stored(engine) == ["meanwhile"]  # "held" is not committed yet
+    held.release()
+    assert await first == "held"
+    assert (group.transactions, group.units) == (2, 2)
+    assert sorted(await stored(engine)) == ["held", "meanwhile"]
+
+
+async def test_no_more_batches_than_in_flight_run_at_once(engine: AsyncEngine) -> None:
+    two_connections(engine)
+    group = GroupCommit(engine, in_flight=2)
+    held = [HeldOpen("one"), HeldOpen("two")]
+    leaders = [asyncio.create_task(group.run(h)) for h in held]
+    for h in held:
+        await h.inside()
+    waiting = [asyncio.create_task(group.run(add(name))) for name in ("a", "b", "c")]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in waiting)  # both connections are taken
+    held[1].release()
+    # The next batch takes every unit that waited, in the order they came.
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 5) == ["a", "b", "c"]
+    assert not leaders[0].done()
+    held[0].release()
+    assert await asyncio.gather(*leaders) == ["one", "two"]
+    assert (group.transactions, group.units) == (3, 5)
+    # Idle again: the next unit leads at once.
+    assert await group.run(add("later")) == "later"
+    assert sorted(await stored(engine)) == ["a", "b", "c", "later", "one", "two"]
+
+
+async def test_a_unit_woken_to_lead_and_cancelled_passes_the_lead_on(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two in flight, the lead passes to a waiting unit while another batch is still
+    open; if that unit's caller is gone before it leads, the next unit leads instead."""
+    two_connections(engine)
+    group = GroupCommit(engine, in_flight=2)
+    held = [HeldOpen("one"), HeldOpen("two")]
+    leaders = [asyncio.create_task(group.run(h)) for h in held]
+    for h in held:
+        await h.inside()
+    gone = asyncio.create_task(group.run(add("gone")))
+    kept = asyncio.create_task(group.run(add("kept"), max_batch=1))  # not in gone's batch
+    await asyncio.sleep(0.01)
+    pass_lead = group._pass_lead
+
+    def and_cancel_the_new_leader() -> None:
+        pass_lead()  # to "gone": it leads when its caller runs next
+        monkeypatch.setattr(group, "_pass_lead", pass_lead)
+        gone.cancel()  # before that
+
+    monkeypatch.setattr(group, "_pass_lead", and_cancel_the_new_leader)
+    held[1].release()
+    assert await asyncio.wait_for(kept, 5) == "kept"
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    held[0].release()
+    assert await asyncio.gather(*leaders) == ["one", "two"]
+    assert sorted(await stored(engine)) == ["kept", "one", "two"]
+    assert await group.run(add("later")) == "later"
+
+
+async def test_two_batches_that_deadlock_both_commit(engine: AsyncEngine) -> None:
+    """Batches in flight at once may lock the same rows in opposite orders. PostgreSQL
+    fails one of them (after its deadlock_timeout, a second by default); its units run
+    again, and every caller gets its result, not the deadlock."""
+    two_connections(engine)
+    await run_transaction(
+        engine, lambda conn: conn.execute(insert(ITEMS), [{"name": "x"}, {"name": "y"}])
+    )
+    group = GroupCommit(engine, in_flight=2)
+
+    def locking(first: str, then: str, hold: Hold) -> Callable[[Connection], str]:
+        def work(conn: Connection) -> str:
+            for name in (first, then):
+                conn.execute(update(ITEMS).where(ITEMS.c.name == name).values(name=name))
+                if name == first:
+                    hold.hold()  # until the other batch holds its first row too
+            return f"{first} then {then}"
+
+        return work
+
+    holds = [Hold(), Hold()]
+    x_first = asyncio.create_task(group.run(locking("x", "y", holds[0])))
+    await holds[0].inside.wait()
+    y_first = asyncio.create_task(group.run(locking("y", "x", holds[1])))
+    await holds[1].inside.wait()
+    for hold in holds:
+        hold.release()
+    done = await asyncio.wait_for(asyncio.gather(x_first, y_first), 10)
+    assert done == ["x then y", "y then x"]
