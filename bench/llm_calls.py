@@ -60,10 +60,6 @@ class Outcome:
         )
 
 
-def _chat_requests(model: FakeOpenAI) -> list[JSON]:
-    return [r for r in model.requests if "messages" in r]
-
-
 def _after_tool_result(request: JSON, texts: Sequence[str]) -> bool:
     """The deferred messages follow the tool result in the call that ends the tool round."""
     messages: list[dict[str, Any]] = request["messages"]
@@ -79,7 +75,7 @@ async def run_scenario(
 ) -> Outcome:
     chat_id = f"scenario-{name}-{repeat}"
     gate = gated_tools.hold()
-    calls_before = len(_chat_requests(model))
+    calls_before = len(model.chat_requests)
     rejected_before = len(model.rejected)
     sent_before = len(chat.sent)
     await chat.say(START, chat=chat_id, user=f"user-{chat_id}")
@@ -90,7 +86,7 @@ async def run_scenario(
     gate.set()
     await runtime.engine.wait_idle(timeout=STEP_TIMEOUT)
     mine = [s.message for s in chat.sent[sent_before:] if s.message.conversation.chat_id == chat_id]
-    requests = _chat_requests(model)[calls_before:]
+    requests = model.chat_requests[calls_before:]
     return Outcome(
         scenario=name,
         repeat=repeat,

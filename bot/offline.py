@@ -562,6 +562,12 @@ class FakeOpenAI:
 
     # lifecycle
 
+    @property
+    def chat_requests(self) -> list[JSON]:
+        """The requests recorded that carry a conversation (not those whose body was not
+        JSON)."""
+        return [r for r in self.requests if "messages" in r]
+
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         if self._runner is not None:
             raise RuntimeError("the fake OpenAI server is already running")

@@ -12,7 +12,6 @@ from bot.events import ReplyKind
 from bot.history import validate
 from bot.offline import FakeOpenAI
 from bot.prompt import history_rows
-from tests.bot.test_engine import chat_requests
 from tests.conftest import CoreFactory
 from tests.support import slow_tools
 
@@ -49,7 +48,7 @@ async def test_the_answer_after_a_big_round_still_sees_the_question_and_results(
             await chat.wait_for(2)
         sent = await chat.wait_for(3 if message_meanwhile else 2)
         await runtime.engine.wait_idle()
-    follow_up = chat_requests(fake_openai)[1]["messages"]
+    follow_up = fake_openai.chat_requests[1]["messages"]
     users = [m["content"] for m in follow_up if m["role"] == "user"]
     tools = [m for m in follow_up if m["role"] == "tool"]
     assert users == ([QUESTION, "are you there?"] if message_meanwhile else [QUESTION])

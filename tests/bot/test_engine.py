@@ -34,10 +34,6 @@ from tests.support import slow_tools
 from tests.support.spanish_time import tells_the_time
 
 
-def chat_requests(fake: FakeOpenAI) -> list[dict[str, Any]]:
-    return [r for r in fake.requests if "messages" in r]
-
-
 def kinds(sent: list[Any]) -> list[ReplyKind]:
     return [s.message.kind for s in sent]
 
@@ -78,7 +74,7 @@ async def test_scenario_1_status_while_tool_runs(
     assert final.reply_to_id == first
     assert tells_the_time(final.text)
     assert fake_openai.rejected == []
-    requests = chat_requests(fake_openai)
+    requests = fake_openai.chat_requests
     assert len(requests) == 2
     # The deferred message joins the history after the tool result, never before it.
     roles = [m["role"] for m in requests[1]["messages"]]
@@ -123,7 +119,7 @@ async def test_scenario_3_four_instant_replies_no_llm_call(
         for text in ["¿Sigues ahí?", "Hola", "¿Qué tal?", "Ok"]:
             await chat.say(text)
         await chat.wait_for(5)
-        calls_during_tool = len(chat_requests(fake_openai))
+        calls_during_tool = len(fake_openai.chat_requests)
         sent = await chat.wait_for(6)
         await runtime.engine.wait_idle()
         interims = await rows(runtime, MessageRow, status="interim")
@@ -131,7 +127,7 @@ async def test_scenario_3_four_instant_replies_no_llm_call(
     assert [m.kind for m in interims] == ["status", "greeting", "question", "default"]
     texts = [s.message.text for s in sent if s.message.kind is ReplyKind.INTERIM]
     assert len(texts) == 4 and len(set(texts)) == 4
-    assert len(chat_requests(fake_openai)) == 2
+    assert len(fake_openai.chat_requests) == 2
     assert fake_openai.rejected == []
 
 
@@ -183,7 +179,7 @@ async def test_messages_during_llm_call_become_one_follow_up_turn(
         await chat.say("third thing")
         sent = await chat.wait_for(2)
         await runtime.engine.wait_idle()
-    requests = chat_requests(fake_openai)
+    requests = fake_openai.chat_requests
     assert len(requests) == 2
     last_users = [m["content"] for m in requests[1]["messages"] if m["role"] == "user"]
     assert last_users[-2:] == ["second thing", "third thing"]
@@ -303,7 +299,7 @@ async def test_a_tool_that_ignores_its_cancel_gets_one_result_and_the_chat_goes_
     assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER, ReplyKind.ANSWER]
     assert [(c.status, c.result) for c in calls] == [("cancelled", outcome.result)]
     assert outcome.result in sent[1].message.text
-    last = chat_requests(fake_openai)[-1]["messages"]
+    last = fake_openai.chat_requests[-1]["messages"]
     assert [m["content"] for m in last if m["role"] == "tool"] == [outcome.result]
     assert left_running == 1
     stuck = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -437,7 +433,7 @@ async def test_every_bad_tool_call_gets_exactly_one_result(
         "failed",
         "error: the tool was cancelled by its own code, not by anyone",
     )
-    second = chat_requests(fake_openai)[1]["messages"]
+    second = fake_openai.chat_requests[1]["messages"]
     assert [m["role"] for m in second[-6:]] == ["tool"] * 6
     assert validate(second) == []
     assert fake_openai.rejected == []
@@ -460,7 +456,7 @@ async def test_bad_tool_arguments_never_reach_a_later_request_but_stay_on_record
         await runtime.engine.wait_idle()
         admin = AdminStore(runtime.db, "s")
         (view,) = [c for m in (await admin.transcript(1)).messages for c in m.calls]
-    later = chat_requests(fake_openai)[1:]
+    later = fake_openai.chat_requests[1:]
     assert len(later) == 2
     sent = [
         call["function"]["arguments"]
@@ -491,9 +487,7 @@ async def test_llm_failure_apologizes_keeps_message_and_recovers(
         sent = await chat.wait_for(2)
         await runtime.engine.wait_idle()
     assert sent[1].message.kind is ReplyKind.ANSWER
-    users = [
-        m["content"] for m in chat_requests(fake_openai)[-1]["messages"] if m["role"] == "user"
-    ]
+    users = [m["content"] for m in fake_openai.chat_requests[-1]["messages"] if m["role"] == "user"]
     assert users == ["first question", "second question"]
 
 
@@ -506,7 +500,7 @@ async def test_max_tool_rounds_then_a_last_call_without_tools(
         await chat.say("loop please")
         sent = await chat.wait_for(2)
         await runtime.engine.wait_idle()
-    requests = chat_requests(fake_openai)
+    requests = fake_openai.chat_requests
     assert len(requests) == 2
     assert requests[1]["tool_choice"] == "none"
     assert sent[-1].message.kind in (ReplyKind.ANSWER, ReplyKind.ERROR)
@@ -533,7 +527,7 @@ async def test_duplicate_and_unaddressed_and_non_text(
     )
     assert sticker is SubmitOutcome.IGNORED and group_sticker is SubmitOutcome.IGNORED
     assert sorted(k.value for k in kinds(chat.sent)) == ["answer", "notice"]
-    assert len(chat_requests(fake_openai)) == 1
+    assert len(fake_openai.chat_requests) == 1
 
 
 async def test_a_group_answering_everything_ignores_its_photos_unless_they_ask_the_bot(
@@ -562,9 +556,7 @@ async def test_group_messages_carry_author_names(
         await chat.say("y yo", private=False, name="Luis", user="u2", chat="g")
         await chat.wait_for(2)
         await runtime.engine.wait_idle()
-    users = [
-        m["content"] for m in chat_requests(fake_openai)[-1]["messages"] if m["role"] == "user"
-    ]
+    users = [m["content"] for m in fake_openai.chat_requests[-1]["messages"] if m["role"] == "user"]
     assert users == ["Ana: hola a todos", "Luis: y yo"]
 
 
@@ -594,7 +586,7 @@ async def test_reset_starts_a_new_conversation_and_keeps_the_old(
         await chat.wait_for(2)
         await runtime.engine.wait_idle()
         old = await runtime.engine.store.history(1)
-    last = chat_requests(fake_openai)[-1]["messages"]
+    last = fake_openai.chat_requests[-1]["messages"]
     assert [m["content"] for m in last if m["role"] == "user"] == ["fresh start"]
     assert [e.role for e in old] == ["user", "assistant", "tool"]
     assert fake_openai.rejected == []
@@ -749,7 +741,7 @@ async def test_a_message_whose_instant_reply_cannot_be_chosen_is_kept_for_the_an
     # No instant reply; the message stays queued and, once the tool's turn is answered,
     # starts the next turn.
     assert kinds(sent) == [ReplyKind.WORKING, ReplyKind.ANSWER, ReplyKind.ANSWER]
-    last_request = chat_requests(fake_openai)[-1]["messages"]
+    last_request = fake_openai.chat_requests[-1]["messages"]
     assert last_request[-1]["role"] == "user" and "¿Sigues ahí?" in last_request[-1]["content"]
     assert "no instant reply" in caplog.text
 
@@ -876,7 +868,7 @@ async def test_messages_submitted_at_once_each_join_the_history_once(
         elif phase == "llm":
             fake_openai.script_delay(0.3)
             await chat.say("first")
-            while not chat_requests(fake_openai):
+            while not fake_openai.chat_requests:
                 await asyncio.sleep(0.01)
         texts = [f"message {n}" for n in range(8)]
         await asyncio.gather(
@@ -889,7 +881,7 @@ async def test_messages_submitted_at_once_each_join_the_history_once(
     joined = [e.content for e in history if e.role == "user"]
     assert sorted(joined[-len(texts) :]) == texts
     assert len(joined) == len(texts) + (phase != "idle")
-    assert all(validate(r["messages"]) == [] for r in chat_requests(fake_openai))
+    assert all(validate(r["messages"]) == [] for r in fake_openai.chat_requests)
     assert info.state == "idle" and history[-1].role == "assistant"
     assert all(o.delivered_at is not None for o in outbox) and len(chat.sent) == len(outbox)
     assert fake_openai.rejected == []

@@ -24,10 +24,6 @@ from tests.conftest import CoreFactory
 from tests.support import slow_tools
 
 
-def chat_requests(fake: FakeOpenAI) -> list[dict[str, object]]:
-    return [r for r in fake.requests if "messages" in r]
-
-
 async def test_429_with_retry_after_is_retried_by_the_sdk(
     make_core: CoreFactory, fake_openai: FakeOpenAI
 ) -> None:
@@ -37,7 +33,7 @@ async def test_429_with_retry_after_is_retried_by_the_sdk(
         sent = await chat.wait_for(1)
         await runtime.engine.wait_idle()
     assert sent[0].message.kind is ReplyKind.ANSWER
-    assert len(chat_requests(fake_openai)) == 2
+    assert len(fake_openai.chat_requests) == 2
 
 
 FAULTS: dict[str, Callable[[FakeOpenAI], None]] = {
@@ -66,7 +62,7 @@ async def test_fault_ends_with_apology_and_valid_history(
         sent = await chat.wait_for(2)
         await runtime.engine.wait_idle()
     assert sent[1].message.kind is ReplyKind.ANSWER
-    last = chat_requests(fake_openai)[-1]["messages"]
+    last = fake_openai.chat_requests[-1]["messages"]
     assert isinstance(last, list)
     assert [m["content"] for m in last if m["role"] == "user"] == ["first", "second"]
     assert validate(last) == []
@@ -100,7 +96,7 @@ async def test_fault_after_tools_keeps_the_tool_block_whole(
         await chat.say("try again please")
         await chat.wait_for(3)
         await runtime.engine.wait_idle()
-    last = chat_requests(fake_openai)[-1]["messages"]
+    last = fake_openai.chat_requests[-1]["messages"]
     assert isinstance(last, list)
     assert [m["role"] for m in last][1:] == ["user", "assistant", "tool", "user"]
     assert validate(last) == []
@@ -133,7 +129,7 @@ async def test_tool_call_ids_openai_would_refuse_are_replaced_before_they_are_st
     assert ids[0] == "call_same"
     assert len(set(ids)) == 4 and all(0 < len(i) <= 40 for i in ids)
     assert all(c.status == "done" for c in calls)
-    follow_up = chat_requests(fake_openai)[1]["messages"]
+    follow_up = fake_openai.chat_requests[1]["messages"]
     assert [m["tool_call_id"] for m in follow_up if m["role"] == "tool"] == ids
     assert validate(follow_up) == []  # type: ignore[arg-type]
     assert fake_openai.rejected == []
@@ -147,7 +143,7 @@ async def test_invalid_tool_arguments_reach_the_model_as_a_validation_error(
         await chat.say("wait a bit")
         await chat.wait_for(2)
         await runtime.engine.wait_idle()
-    tool_message = chat_requests(fake_openai)[1]["messages"][-1]  # type: ignore[index]
+    tool_message = fake_openai.chat_requests[1]["messages"][-1]  # type: ignore[index]
     assert tool_message["role"] == "tool"
     assert "invalid arguments" in tool_message["content"]
 
@@ -319,7 +315,7 @@ async def test_a_tool_result_whose_recording_failed_is_recorded_by_the_retry(
     assert next(failures, None) is None  # the failure did happen
     assert [(c.status, c.attempts) for c in calls] == [("done", 1)]
     assert real_result in (calls[0].result or "")
-    follow_up = chat_requests(fake_openai)[1]["messages"]
+    follow_up = fake_openai.chat_requests[1]["messages"]
     results = [m for m in follow_up if m["role"] == "tool"]  # type: ignore[index]
     assert [m["content"] for m in results] == [calls[0].result]  # type: ignore[index]
     assert [s.message.kind for s in sent] == [ReplyKind.WORKING, ReplyKind.ANSWER]
@@ -335,7 +331,7 @@ async def test_an_answer_that_comes_after_an_operator_archived_the_session_is_dr
     fake_openai.script_delay(0.5)
     async with make_core() as (runtime, chat):
         await chat.say("hello")
-        while not chat_requests(fake_openai):
+        while not fake_openai.chat_requests:
             await asyncio.sleep(0.01)
         admin = AdminStore(runtime.engine.store.engine, "s")  # type: ignore[attr-defined]
         assert await admin.archive(1)  # as `stillhere admin archive 1` would
@@ -408,7 +404,7 @@ async def test_a_session_whose_steps_keep_failing_gives_up_then_carries_on_when_
             assert gave_up.event.is_set() and not once_too_many.is_set()
             await runtime.engine.wait_idle()
             monkeypatch.setattr(store, failing, real)  # the database is back
-            calls_before = len(chat_requests(fake_openai))
+            calls_before = len(fake_openai.chat_requests)
             await chat.say("are you back?")
             sent = await chat.wait_for(len(chat.sent) + 1)
             while sent[-1].message.kind is not ReplyKind.ANSWER:
@@ -422,6 +418,6 @@ async def test_a_session_whose_steps_keep_failing_gives_up_then_carries_on_when_
     assert calls_before == (failures if failing == "record_answer" else 1)
     assert info.state == "idle"
     assert [s.message.kind for s in sent].count(ReplyKind.ANSWER) == 1
-    last = chat_requests(fake_openai)[-1]["messages"]
+    last = fake_openai.chat_requests[-1]["messages"]
     assert [m["content"] for m in last if m["role"] == "user"] == ["first", "are you back?"]
     assert fake_openai.rejected == []

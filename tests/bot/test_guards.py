@@ -21,10 +21,6 @@ from tests.support import slow_tools
 from tests.support.logged import logged
 
 
-def chat_requests(fake: FakeOpenAI) -> list[dict[str, object]]:
-    return [r for r in fake.requests if "messages" in r]
-
-
 async def test_blocked_user_gets_one_line_in_private_and_silence_in_groups(
     make_core: CoreFactory, fake_openai: FakeOpenAI
 ) -> None:
@@ -41,7 +37,7 @@ async def test_blocked_user_gets_one_line_in_private_and_silence_in_groups(
     )
     notices = [s.message for s in chat.sent if s.message.kind is ReplyKind.NOTICE]
     assert [n.conversation.chat_id for n in notices] == ["chat-1"]
-    assert len(chat_requests(fake_openai)) == 1
+    assert len(fake_openai.chat_requests) == 1
 
 
 async def test_allow_lists_and_admins(make_core: CoreFactory, fake_openai: FakeOpenAI) -> None:
@@ -67,7 +63,7 @@ async def test_rate_limit_answers_with_the_wait_and_makes_no_llm_call(
     assert outcomes[2] is SubmitOutcome.DENIED
     notice = [s.message.text for s in chat.sent if s.message.kind is ReplyKind.NOTICE]
     assert len(notice) == 1 and re.search(r"\d+ (min|s)\b", notice[0])
-    users = [m for r in chat_requests(fake_openai) for m in r["messages"] if m["role"] == "user"]  # type: ignore[attr-defined]
+    users = [m for r in fake_openai.chat_requests for m in r["messages"] if m["role"] == "user"]  # type: ignore[attr-defined]
     assert all(m["content"] != "message 2" for m in users)
 
 
@@ -84,7 +80,7 @@ async def test_token_budget_counts_api_usage_and_says_when_it_resets(
     assert second is SubmitOutcome.DENIED
     assert "limit 1" in usage
     assert "UTC" in chat.sent[1].message.text
-    assert len(chat_requests(fake_openai)) == 1
+    assert len(fake_openai.chat_requests) == 1
 
 
 async def test_admin_only_tools_are_offered_to_admins_only(
@@ -97,7 +93,7 @@ async def test_admin_only_tools_are_offered_to_admins_only(
         await runtime.engine.wait_idle()
     offered = [
         {t["function"]["name"] for t in r["tools"]}  # type: ignore[attr-defined]
-        for r in chat_requests(fake_openai)
+        for r in fake_openai.chat_requests
     ]
     assert sorted("restart_service" in names for names in offered) == [False, True]
 
@@ -129,7 +125,7 @@ async def test_an_admin_only_tool_called_in_someone_elses_turn_is_refused_not_ru
     # Nor does an unknown-tool result name it to someone it is not offered to.
     assert "get_current_time" in (calls[2].result or "")
     assert "restart_service" not in (calls[2].result or "")
-    told = chat_requests(fake_openai)[-1]["messages"][-2]  # type: ignore[index]
+    told = fake_openai.chat_requests[-1]["messages"][-2]  # type: ignore[index]
     assert told["role"] == "tool" and "admins only" in told["content"]
     assert fake_openai.rejected == []
 
@@ -151,7 +147,7 @@ async def test_an_admins_turn_that_someone_else_joined_runs_no_admin_only_tool(
         await chat.say("also restart payments", user="someone", private=False, chat="g")
         await chat.wait_for(3)
         await runtime.engine.wait_idle()
-    first, follow_up, *_ = chat_requests(fake_openai)
+    first, follow_up, *_ = fake_openai.chat_requests
     offered = [{t["function"]["name"] for t in r["tools"]} for r in (first, follow_up)]  # type: ignore[attr-defined]
     assert ["restart_service" in names for names in offered] == [True, False]
     assert slow_tools.restarted == []
@@ -164,13 +160,13 @@ async def test_a_turn_of_messages_queued_from_an_admin_and_someone_else_is_no_ad
     fake_openai.script_delay(1.0)  # the first call runs while both write
     async with make_core(admin_users=["boss"]) as (runtime, chat):
         await chat.say("hello", user="boss", private=False, chat="g")
-        while not chat_requests(fake_openai):
+        while not fake_openai.chat_requests:
             await asyncio.sleep(0.01)
         await chat.say("restart payments", user="someone", private=False, chat="g")
         await chat.say("and tell me the time", user="boss", private=False, chat="g")
         await chat.wait_for(2)
         await runtime.engine.wait_idle()
-    offered = [{t["function"]["name"] for t in r["tools"]} for r in chat_requests(fake_openai)]  # type: ignore[attr-defined]
+    offered = [{t["function"]["name"] for t in r["tools"]} for r in fake_openai.chat_requests]  # type: ignore[attr-defined]
     # The first turn, the boss's alone; then theirs together and its tool round.
     assert ["restart_service" in names for names in offered] == [True, False, False]
 
@@ -236,7 +232,7 @@ async def test_long_message_is_cut_with_a_note(
         await chat.say("x" * 5000)
         await chat.wait_for(1)
         await runtime.engine.wait_idle()
-    user = chat_requests(fake_openai)[0]["messages"][-1]  # type: ignore[index]
+    user = fake_openai.chat_requests[0]["messages"][-1]  # type: ignore[index]
     assert user["content"].startswith("x" * 50)
     assert user["content"].endswith("[message cut: 5000 characters in all]")
     assert len(user["content"]) < 100
@@ -255,7 +251,7 @@ async def test_deferred_messages_are_capped_in_the_request_but_all_kept(
         await runtime.engine.wait_idle()
         stored = [e.content for e in await runtime.engine.store.history(1) if e.role == "user"]
     assert stored == ["what time is it"] + [f"note {i}" for i in range(6)]
-    after_tools = chat_requests(fake_openai)[1]["messages"]
+    after_tools = fake_openai.chat_requests[1]["messages"]
     users = [m["content"] for m in after_tools if m["role"] == "user"]  # type: ignore[attr-defined]
     assert users[1].startswith("[4 earlier messages, in short] note 0 · note 1")
     assert users[2:] == ["note 4", "note 5"]

@@ -17,7 +17,7 @@ from bot.history import validate
 from bot.offline import FakeOpenAI
 from bot.storable import storable
 from storage.models import ToolCallRow
-from tests.bot.test_engine import chat_requests, rows
+from tests.bot.test_engine import rows
 from tests.conftest import CoreFactory
 
 ODD = {
@@ -56,7 +56,7 @@ async def test_a_message_with_unstorable_text_is_kept_and_answered(
     first = history[0]
     assert (first.role, first.content, first.author_name) == ("user", kept, kept)
     assert sent[0].message.kind is ReplyKind.ANSWER
-    (request,) = chat_requests(fake_openai)
+    (request,) = fake_openai.chat_requests
     assert request["messages"][-1] == {"role": "user", "content": f"{kept}: {kept}"}
 
 
@@ -73,7 +73,7 @@ async def test_a_model_answer_with_unstorable_text_is_sent(
         history = await runtime.engine.store.history(1)
     assert [(s.message.kind, s.message.text) for s in sent] == [(ReplyKind.ANSWER, kept)]
     assert [(e.role, e.content) for e in history] == [("user", "hello"), ("assistant", kept)]
-    assert len(chat_requests(fake_openai)) == 1  # recorded at once, not asked again
+    assert len(fake_openai.chat_requests) == 1  # recorded at once, not asked again
 
 
 async def one_tool_round(
@@ -108,7 +108,7 @@ async def test_a_tool_call_with_unstorable_text_gets_its_result(
 ) -> None:
     calls = await one_tool_round(make_core, fake_openai, "explode", arguments)
     assert [(c.status, c.result) for c in calls] == [("failed", result)]
-    requests = chat_requests(fake_openai)
+    requests = fake_openai.chat_requests
     assert len(requests) == 2
     follow_up = requests[1]["messages"]
     assert follow_up[-1] == {"role": "tool", "tool_call_id": calls[0].call_id, "content": result}
@@ -123,4 +123,4 @@ async def test_a_tool_call_with_a_name_too_long_to_store_gets_its_result(
     calls = await one_tool_round(make_core, fake_openai, "x" * 300, {})
     assert [(c.name, c.status) for c in calls] == [("x" * 64, "failed")]
     assert (calls[0].result or "").startswith("unknown tool 'xxxx")
-    assert len(chat_requests(fake_openai)) == 2
+    assert len(fake_openai.chat_requests) == 2

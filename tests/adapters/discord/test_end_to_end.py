@@ -25,10 +25,6 @@ from tests.support.spanish_time import tells_the_time
 POST = "POST /channels/{channel_id}/messages"
 
 
-def chat_requests(fake: FakeOpenAI) -> list[dict[str, Any]]:
-    return [r for r in fake.requests if "messages" in r]
-
-
 def request_text(request: dict[str, Any]) -> str:
     return "\n".join(str(m.get("content") or "") for m in request["messages"])
 
@@ -156,7 +152,7 @@ async def test_scenario_3_four_instant_replies_and_two_llm_calls(
     instant = [m for m in posted if replied_to(m) in asked]
     assert len(instant) == 4
     assert len({m["content"] for m in instant}) == 4
-    assert len(chat_requests(fake_openai)) == 2
+    assert len(fake_openai.chat_requests) == 2
     assert fake_openai.rejected == []
 
 
@@ -180,7 +176,7 @@ async def test_server_answers_mentions_and_replies_but_not_chatter(
         await fake.wait_for(lambda: len(fake.posted_messages(channel)) == 2, timeout=10)
         await runtime.engine.wait_idle(timeout=10)
     assert [replied_to(m) for m in fake.posted_messages(channel)] == [mention["id"], replied["id"]]
-    requests = chat_requests(fake_openai)
+    requests = fake_openai.chat_requests
     users = [m["content"] for m in requests[-1]["messages"] if m["role"] == "user"]
     # One shared session with each speaker named, the mention stripped, no chatter.
     assert [u for u in users if "hello there" in u or "and you?" in u] == [
@@ -209,7 +205,7 @@ async def test_a_thread_is_its_own_session(
         await runtime.engine.wait_idle(timeout=10)
     assert replied_to(fake.posted_messages(fake.general_id)[0]) == in_channel["id"]
     assert replied_to(fake.posted_messages(fake.thread_id)[-1]) == in_thread["id"]
-    in_thread_requests = [r for r in chat_requests(fake_openai) if "what time" in request_text(r)]
+    in_thread_requests = [r for r in fake_openai.chat_requests if "what time" in request_text(r)]
     assert in_thread_requests
     assert all("BANANA" not in request_text(r) for r in in_thread_requests)
     assert fake_openai.rejected == []
@@ -244,7 +240,7 @@ async def test_status_and_cancel_as_slash_commands_during_a_tool(
     assert "consultar la hora" in status["content"]
     assert "cancel" in fake.posted_messages(fake.general_id)[-1]["content"].lower()
     # Commands answer the one who ran them; the model never sees them.
-    assert all("/status" not in request_text(r) for r in chat_requests(fake_openai))
+    assert all("/status" not in request_text(r) for r in fake_openai.chat_requests)
     assert fake_openai.rejected == []
 
 
@@ -334,5 +330,5 @@ async def test_the_socket_closing_mid_turn_loses_and_doubles_nothing(
     assert tells_the_time(posted[-1]["content"]) and "Hola" in posted[-1]["content"]
     assert len(fake.resume_payloads) == 1 and len(fake.identify_payloads) == 1
     assert f"duplicate message {first['id']} ignored" in caplog.text  # it was replayed
-    assert len(chat_requests(fake_openai)) == 2
+    assert len(fake_openai.chat_requests) == 2
     assert fake_openai.rejected == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.offline import FakeOpenAI
-from tests.adapters.discord.test_end_to_end import POST, chat_requests, running_bot
+from tests.adapters.discord.test_end_to_end import POST, running_bot
 from tests.fakes.discord_api import FakeDiscord
 
 
@@ -30,7 +30,7 @@ async def test_only_allowed_roles_talk_in_servers_but_dms_stay_open(
         await fake.wait_for(lambda: len(fake.posted_messages(dm)) >= 1, timeout=10)
     [answer] = fake.posted_messages(fake.general_id)
     assert answer["message_reference"]["message_id"] == mod["id"]
-    assert len(chat_requests(fake_openai)) == 2
+    assert len(fake_openai.chat_requests) == 2
 
 
 async def test_blocked_user_and_foreign_guild_get_silence_in_servers(
@@ -48,4 +48,4 @@ async def test_blocked_user_and_foreign_guild_get_silence_in_servers(
     assert fake.posted_messages(fake.general_id) == []  # bob blocked, alice's guild not allowed
     [notice] = fake.posted_messages(dm)
     assert "sorry" in notice["content"].lower()
-    assert chat_requests(fake_openai) == []
+    assert fake_openai.chat_requests == []

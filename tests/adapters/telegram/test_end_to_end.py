@@ -24,10 +24,6 @@ BEN = TgUser(1002, "Ben")
 GROUP = -100900
 
 
-def chat_requests(fake: FakeOpenAI) -> list[dict[str, Any]]:
-    return [r for r in fake.requests if "messages" in r]
-
-
 def request_text(request: dict[str, Any]) -> str:
     return "\n".join(str(m.get("content") or "") for m in request["messages"])
 
@@ -111,7 +107,7 @@ async def test_scenario_3_four_instant_replies_and_two_llm_calls(
     instant = [m for m in sent if m.reply_to in asked]
     assert len(instant) == 4
     assert len({m.plain_text for m in instant}) == 4
-    assert len(chat_requests(fake_openai)) == 2
+    assert len(fake_openai.chat_requests) == 2
     assert fake_openai.rejected == []
 
 
@@ -135,7 +131,7 @@ async def test_group_answers_mentions_replies_and_ask_but_not_chatter(
         await runtime.engine.wait_idle(timeout=10)
     sent = tg.sent_messages(GROUP)
     assert [m.reply_to for m in sent] == [mention, replied, asked]
-    requests = chat_requests(fake_openai)
+    requests = fake_openai.chat_requests
     # One shared session: the last request holds every addressed message, each speaker
     # named, the mention stripped, and none of the chatter.
     users = [m["content"] for m in requests[-1]["messages"] if m["role"] == "user"]
@@ -170,7 +166,7 @@ async def test_forum_topic_replies_in_its_topic_with_its_own_session(
         await runtime.engine.wait_idle(timeout=10)
     assert tg.sent_messages(GROUP, thread_id=11)[0].reply_to == first
     assert tg.sent_messages(GROUP, thread_id=12)[-1].reply_to == second
-    topic_12 = [r for r in chat_requests(fake_openai) if "what time is it?" in request_text(r)]
+    topic_12 = [r for r in fake_openai.chat_requests if "what time is it?" in request_text(r)]
     assert topic_12 and all("BANANA" not in request_text(r) for r in topic_12)
     assert fake_openai.rejected == []
 
@@ -211,7 +207,7 @@ async def test_status_during_a_tool(
     assert "consultar la hora" in answer.plain_text
     assert tells_the_time(tg.sent_messages(ANA.id)[-1].plain_text)
     # A command is not part of the conversation the model sees.
-    assert all("/status" not in request_text(r) for r in chat_requests(fake_openai))
+    assert all("/status" not in request_text(r) for r in fake_openai.chat_requests)
 
 
 # --- delivery ------------------------------------------------------------------------------
@@ -287,7 +283,7 @@ async def test_sticker_gets_a_text_only_notice_in_private_and_silence_in_a_group
     assert notice.plain_text
     assert [m.reply_to for m in tg.sent_messages(GROUP)] == [addressed]
     # Only the addressed text reached the model; the stickers never did.
-    assert len(chat_requests(fake_openai)) == 1
+    assert len(fake_openai.chat_requests) == 1
 
 
 async def test_malformed_update_does_not_stop_the_app(
@@ -312,7 +308,7 @@ async def test_edited_message_is_ignored(
         await sent_count(tg, ANA.id, 2)
         await runtime.engine.wait_idle(timeout=10)
     assert [m.reply_to for m in tg.sent_messages(ANA.id)] == [first, second]
-    assert all("EDITADO" not in request_text(r) for r in chat_requests(fake_openai))
+    assert all("EDITADO" not in request_text(r) for r in fake_openai.chat_requests)
 
 
 async def test_redelivered_update_is_handled_once(
@@ -329,5 +325,5 @@ async def test_redelivered_update_is_handled_once(
         await sent_count(tg, ANA.id, 2)
         await runtime.engine.wait_idle(timeout=10)
     assert [m.reply_to for m in tg.sent_messages(ANA.id)] == [first, later]
-    assert len(chat_requests(fake_openai)) == 2
+    assert len(fake_openai.chat_requests) == 2
     assert f"duplicate message {first} ignored" in caplog.text
