@@ -265,13 +265,21 @@ async def test_with_two_in_flight_a_batch_commits_while_another_is_open(
     assert sorted(await stored(engine)) == ["held", "meanwhile"]
 
 
-async def test_no_more_batches_than_in_flight_run_at_once(engine: AsyncEngine) -> None:
+async def two_batches_held(
+    engine: AsyncEngine,
+) -> tuple[GroupCommit, list[HeldOpen], list[asyncio.Task[str]]]:
+    """A group with two in flight, both taken by batches held open ("one", "two")."""
     two_connections(engine)
     group = GroupCommit(engine, in_flight=2)
     held = [HeldOpen("one"), HeldOpen("two")]
     leaders = [asyncio.create_task(group.run(h)) for h in held]
     for h in held:
         await h.inside()
+    return group, held, leaders
+
+
+async def test_no_more_batches_than_in_flight_run_at_once(engine: AsyncEngine) -> None:
+    group, held, leaders = await two_batches_held(engine)
     waiting = [asyncio.create_task(group.run(add(name))) for name in ("a", "b", "c")]
     await asyncio.sleep(0.05)
     assert not any(task.done() for task in waiting)  # both connections are taken
@@ -292,12 +300,7 @@ async def test_a_unit_woken_to_lead_and_cancelled_passes_the_lead_on(
 ) -> None:
     """With two in flight, the lead passes to a waiting unit while another batch is still
     open; if that unit's caller is gone before it leads, the next unit leads instead."""
-    two_connections(engine)
-    group = GroupCommit(engine, in_flight=2)
-    held = [HeldOpen("one"), HeldOpen("two")]
-    leaders = [asyncio.create_task(group.run(h)) for h in held]
-    for h in held:
-        await h.inside()
+    group, held, leaders = await two_batches_held(engine)
     gone = asyncio.create_task(group.run(add("gone")))
     kept = asyncio.create_task(group.run(add("kept"), max_batch=1))  # not in gone's batch
     await asyncio.sleep(0.01)
