@@ -144,16 +144,21 @@ class GroupCommit:
         self._waiting.remove(leader)
         batch = [leader]
         bound = leader.max_batch
-        # In order, as they queued, but not those woken to lead batches of their own: a
-        # unit that allows fewer units than the batch would then hold waits for the next.
-        for unit in list(self._waiting):
+        # In order, as they queued, but not those woken to lead batches of their own (at
+        # most `in_flight - 1`, set aside and put back): a unit that allows fewer units
+        # than the batch would then hold waits for the next. Taken from the front, so a
+        # burst of thousands queued costs each batch only its own units.
+        leading_elsewhere = []
+        while self._waiting:
+            unit = self._waiting[0]
             if unit.wake.done():
+                leading_elsewhere.append(self._waiting.popleft())
                 continue
             if len(batch) >= min(bound, unit.max_batch):
                 break
-            self._waiting.remove(unit)
-            batch.append(unit)
+            batch.append(self._waiting.popleft())
             bound = min(bound, unit.max_batch)
+        self._waiting.extendleft(reversed(leading_elsewhere))
         cancellations = Cancellations()
         try:
             await self._commit(batch, cancellations)
