@@ -28,7 +28,7 @@ from bot.tools import runner as tool_runner
 from bot.tools.runner import CANCELLED_BY_OPERATOR, CANCELLED_BY_USER
 from storage.admin import AdminStore
 from storage.database import sessionmaker
-from storage.models import MessageRow, OutboxRow, ToolCallRow
+from storage.models import MessageRow, OutboxRow, SessionRow, ToolCallRow
 from tests.conftest import CoreFactory
 from tests.support import slow_tools
 from tests.support.spanish_time import tells_the_time
@@ -875,8 +875,11 @@ async def test_messages_submitted_at_once_each_join_the_history_once(
             *(chat.say(text, user=f"u{n}", private=False) for n, text in enumerate(texts))
         )
         await runtime.engine.wait_idle()
-        history = await runtime.engine.store.history(1)
-        info = await runtime.engine.store.get_session(1)
+        # Racing first messages each try to create the session: on PostgreSQL the losers'
+        # inserts still draw ids from the sequence, so the one session need not be 1.
+        (session,) = await rows(runtime, SessionRow)
+        history = await runtime.engine.store.history(session.id)
+        info = await runtime.engine.store.get_session(session.id)
         outbox = await rows(runtime, OutboxRow)
     joined = [e.content for e in history if e.role == "user"]
     assert sorted(joined[-len(texts) :]) == texts
