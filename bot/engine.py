@@ -440,10 +440,6 @@ class Engine:
         if self._actors.get(actor.session_id) is actor:
             del self._actors[actor.session_id]
 
-    @property
-    def active_sessions(self) -> int:
-        return len(self._actors)
-
     # --- life cycle -------------------------------------------------------------------------
 
     async def prepare(self) -> None:

@@ -225,11 +225,6 @@ class FakeDiscord:
         ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
         return str((ms << 22) | (next(self._ids) & 0x3FFFFF))
 
-    def add_user(self, username: str, *, bot: bool = False) -> FakeUser:
-        user = FakeUser(self.snowflake(), username, bot=bot)
-        self.users[user.id] = user
-        return user
-
     def dm_channel(self, user: FakeUser) -> str:
         """The id of the DM channel between `user` and the bot (created on first use)."""
         for channel_id, recipient in self._dm_channels.items():
