@@ -389,17 +389,22 @@ def _tool_call(name: str, arguments: JSON | str) -> JSON:
     }
 
 
-def _token_counts(message: JSON, request_size: int) -> tuple[int, int]:
-    """The prompt's and the answer's tokens: the request priced from its body's length
-    (about four characters a token, as `estimate_tokens` prices a message) without encoding
-    every message again."""
-    return request_size // 4, estimate_tokens(message)
+def _token_counts(body: Mapping[str, Any], message: JSON) -> tuple[int, int]:
+    """The prompt's and the answer's tokens, for a request already accepted: each message
+    priced as the engine's `trim` prices it (`estimate_tokens`, about four characters a
+    token) and the tools' schemas at four characters a token. Encoding the whole body to
+    measure it cost more than the rest of an answer; the server and the model in process
+    count alike, on the same body."""
+    prompt_tokens = sum(estimate_tokens(m) for m in body["messages"])
+    tools = body.get("tools")
+    if tools:
+        prompt_tokens += len(json.dumps(tools, ensure_ascii=False, separators=(",", ":"))) // 4
+    return prompt_tokens, estimate_tokens(message)
 
 
-def completion(body: Mapping[str, Any], message: JSON, request_size: int) -> JSON:
-    """A chat.completion object, shaped as the SDK parses it. `request_size`: the request
-    body's length in characters."""
-    prompt_tokens, completion_tokens = _token_counts(message, request_size)
+def completion(body: Mapping[str, Any], message: JSON) -> JSON:
+    """A chat.completion object, shaped as the SDK parses it."""
+    prompt_tokens, completion_tokens = _token_counts(body, message)
     reply = {"content": None, "refusal": None, "annotations": [], **message}
     return {
         "id": _random_id("chatcmpl-", 29),
@@ -502,11 +507,6 @@ def _logged(status: int, error: JSON) -> tuple[int, JSON]:
     return status, error
 
 
-def _encoded_length(body: JSON) -> int:
-    # What the SDK would send, in characters (`refusal`'s server prices the same text).
-    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
-
-
 def _json_body(raw: bytes | str) -> Any:
     try:
         return json.loads(raw)
@@ -527,7 +527,7 @@ class OfflineModel(ChatModel):
             status, error = refused
             raise LLMError(f"http_{status}", error["error"]["message"])
         message = rules_reply(body)
-        prompt_tokens, completion_tokens = _token_counts(message, _encoded_length(body))
+        prompt_tokens, completion_tokens = _token_counts(body, message)
         return Completion(
             content=message.get("content"),
             tool_calls=tuple(
@@ -681,7 +681,7 @@ class FakeOpenAI:
             # Nothing reaches the client any more; returning keeps aiohttp's log quiet.
             return web.Response()
         if isinstance(step, _Truncated):
-            text = json.dumps(completion(body, rules_reply(body), len(raw)))
+            text = json.dumps(completion(body, rules_reply(body)))
             return web.Response(
                 text=text[: len(text) // 2], content_type="application/json", status=200
             )
@@ -694,7 +694,7 @@ class FakeOpenAI:
             await self._pause(step.seconds if isinstance(step, _Delay) else 0.0)
             await self._pause(self.think_seconds)
             message = rules_reply(body)
-        return web.json_response(completion(body, message, len(raw)))
+        return web.json_response(completion(body, message))
 
     async def _pause(self, seconds: float) -> None:
         if seconds > 0:
