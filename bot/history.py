@@ -472,12 +472,21 @@ def repair(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
 
 
+# {"role":"","content":""}: what a text message adds to its role and its text.
+_TEXT_MESSAGE_CHARS: Final = 24
+
+
 def estimate_tokens(message: Mapping[str, Any]) -> int:
     """A cheap guess (about 4 characters a token, plus the per-message overhead).
 
     The characters are the message's compact JSON, counted without encoding its strings
     (most of every history, and every message is estimated on every call); escapes in
     them are not counted, which a guess this rough can spare."""
+    content = message.get("content")
+    if len(message) == 2 and type(content) is str:
+        role = message.get("role")
+        if type(role) is str:  # {"role": …, "content": …}: most of every history
+            return (_TEXT_MESSAGE_CHARS + len(role) + len(content)) // 4 + 4
     # The braces, and per member its key's quotes, colon and separator.
     size = 1 + 4 * len(message)
     for key, value in message.items():

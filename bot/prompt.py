@@ -71,6 +71,13 @@ def collapse_user_runs(messages: list[dict[str, Any]], cap: int) -> list[dict[st
     """A run of more than `cap` user messages in a row (a crowd writing while tools ran)
     keeps its newest `cap - 1` messages and one line summarizing the older ones. Only the
     request is shortened; the stored transcript keeps every message."""
+    run_length = 0
+    for message in messages:
+        run_length = run_length + 1 if message.get("role") == "user" else 0
+        if run_length > cap:
+            break
+    else:
+        return messages  # no run to shorten, as in most requests: nothing to copy
     out: list[dict[str, Any]] = []
     run: list[dict[str, Any]] = []
 
