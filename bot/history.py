@@ -472,6 +472,11 @@ def repair(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
 
 
+def compact_json_chars(value: Any) -> int:
+    """The length of `value` as compact JSON, in characters (what a request prices)."""
+    return len(_COMPACT_JSON.encode(value))
+
+
 # {"role":"","content":""}: what a text message adds to its role and its text.
 _TEXT_MESSAGE_CHARS: Final = 24
 
@@ -490,9 +495,7 @@ def estimate_tokens(message: Mapping[str, Any]) -> int:
     # The braces, and per member its key's quotes, colon and separator.
     size = 1 + 4 * len(message)
     for key, value in message.items():
-        size += len(key) + (
-            len(value) + 2 if type(value) is str else len(_COMPACT_JSON.encode(value))
-        )
+        size += len(key) + (len(value) + 2 if type(value) is str else compact_json_chars(value))
     return size // 4 + 4
 
 

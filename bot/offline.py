@@ -33,7 +33,7 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
-from bot.history import estimate_tokens, validate
+from bot.history import compact_json_chars, estimate_tokens, validate
 from bot.llm import ChatModel, Completion, LLMError, ToolCallRequest, Usage
 
 log = logging.getLogger(__name__)
@@ -398,7 +398,7 @@ def _token_counts(body: Mapping[str, Any], message: JSON) -> tuple[int, int]:
     prompt_tokens = sum(estimate_tokens(m) for m in body["messages"])
     tools = body.get("tools")
     if tools:
-        prompt_tokens += len(json.dumps(tools, ensure_ascii=False, separators=(",", ":"))) // 4
+        prompt_tokens += compact_json_chars(tools) // 4
     return prompt_tokens, estimate_tokens(message)
 
 
