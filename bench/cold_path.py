@@ -12,10 +12,10 @@ what that costs on this machine, beside the same work run back to back:
             alternated round by round.
   timeline  the instant reply in process (bench.profile_core's instant path: 10 sessions
             each running an hour-long tool, the in-process adapter, a SQLite file), one
-            message at a time, sent as soon as the last reply came ("hot") or after a
-            pause ("cold"), alternated block by block: the median time from the submit
-            at which each step of the path began or ended, found by wrapping the
-            functions named.
+            message at a time, sent as soon as the last reply was sent and recorded
+            ("hot") or after a pause ("cold"), alternated block by block: the median
+            time from the submit at which each step of the path began or ended, found
+            by wrapping the functions named.
 
 No figure here has a goal; it explains the paced and 10-chat figures (bench/RESULTS.md).
 """
