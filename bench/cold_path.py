@@ -35,14 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.busy_core import BUSY_SESSIONS, ask, busy_core
 from bench.common import JSON, make_parser, ratio, table, write_result
-from bench.memory_chat import TimedChat, running_core
-from bench.scale import CountingModel, settings_for, start_tools
+from bench.memory_chat import TimedChat
 from bot.runtime import Runtime
 
 NAME = "cold_path"
-BUSY_SESSIONS = 10
-REPLY_TIMEOUT = 10.0
 DELIVERY_POLL_SECONDS = 0.0005
 
 
@@ -181,42 +179,28 @@ class Timeline:
 async def _timeline(directory: Path, size: Size) -> JSON:
     samples: dict[str, list[dict[str, float]]] = {"hot": [], "cold": []}
     timeline = Timeline()
-    async with CountingModel() as model:
-        settings = settings_for(
-            directory / "bot.db",
-            model,
-            rate_limit_user_per_minute=0,
-            rate_limit_chat_per_minute=0,
-        )
-        async with running_core(settings) as (runtime, chat):
-            await start_tools(chat, 0, BUSY_SESSIONS, BUSY_SESSIONS)
-            with timeline.installed():
-                block = max(1, size.messages // 10)
-                for number in range(2 * size.messages):
-                    mode = "cold" if (number // block) % 2 else "hot"
-                    if mode == "cold":
-                        await asyncio.sleep(size.pause_ms / 1000)
-                    samples[mode].append(await _one_message(runtime, chat, timeline, number))
+    async with busy_core(directory / "bot.db") as (runtime, chat):
+        with timeline.installed():
+            block = max(1, size.messages // 10)
+            for number in range(2 * size.messages):
+                mode = "cold" if (number // block) % 2 else "hot"
+                if mode == "cold":
+                    await asyncio.sleep(size.pause_ms / 1000)
+                samples[mode].append(await _one_message(runtime, chat, timeline, number))
     return {mode: _medians(rows) for mode, rows in samples.items()}
 
 
 async def _one_message(
     runtime: Runtime, chat: TimedChat, timeline: Timeline, number: int
 ) -> dict[str, float]:
-    index = number % BUSY_SESSIONS
-    message_id = f"c-{number}"
-    expected = len(chat.sent) + 1
     timeline.begin()
-    await chat.submit(
-        "¿Sigues ahí?", chat=f"chat-{index}", user=f"user-{index}", message_id=message_id
-    )
-    await chat.wait_for(expected, timeout=REPLY_TIMEOUT)
+    sent_at = await ask(chat, number, "c")
     # The delivery is recorded in a transaction of its own after the send: let it end
     # before the next message, so only the reply's path is timed. Polled often: a long
     # sleep would make "hot" cold.
     while runtime.engine.courier.busy:
         await asyncio.sleep(DELIVERY_POLL_SECONDS)
-    return {**timeline.noted, "reply sent": chat.replied_at[message_id] - timeline.start}
+    return {**timeline.noted, "reply sent": sent_at - timeline.start}
 
 
 def _medians(rows: Sequence[dict[str, float]]) -> dict[str, float]:

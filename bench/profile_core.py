@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.busy_core import ask, busy_core
 from bench.common import (
     drop_postgres_database,
     fresh_postgres_database,
@@ -34,44 +35,25 @@ from bench.common import (
     skip_reason_postgres,
 )
 from bench.core_throughput import Size, run_stillhere
-from bench.memory_chat import running_core
 from bench.profiling import Profiles
-from bench.scale import CountingModel, settings_for, start_tools
 from storage.migrate import upgrade
 
 PATHS = ("instant", "answer")
-BUSY_SESSIONS = 10
 ANSWER_CHATS = 20
-REPLY_TIMEOUT = 10.0
 PROFILE_DATABASE = "bench_profile_core"
 
 
 async def profile_instant(db: Path, messages: int) -> tuple[str, str]:
-    async with CountingModel() as model:
-        settings = settings_for(
-            db, model, rate_limit_user_per_minute=0, rate_limit_chat_per_minute=0
-        )
-        async with running_core(settings) as (runtime, chat):
-            await start_tools(chat, 0, BUSY_SESSIONS, BUSY_SESSIONS)
-            profiles = Profiles()
-            latencies = []
-            await profiles.start(runtime.db)
-            cpu = time.process_time()
-            for number in range(messages):
-                message_id = f"p-{number}"
-                expected = len(chat.sent) + 1
-                sent = time.perf_counter()
-                index = number % BUSY_SESSIONS
-                await chat.submit(
-                    "¿Sigues ahí?",
-                    chat=f"chat-{index}",
-                    user=f"user-{index}",
-                    message_id=message_id,
-                )
-                await chat.wait_for(expected, timeout=REPLY_TIMEOUT)
-                latencies.append(chat.replied_at[message_id] - sent)
-            cpu = time.process_time() - cpu
-            report = await profiles.stop()
+    async with busy_core(db) as (runtime, chat):
+        profiles = Profiles()
+        latencies = []
+        await profiles.start(runtime.db)
+        cpu = time.process_time()
+        for number in range(messages):
+            sent = time.perf_counter()
+            latencies.append(await ask(chat, number, "p") - sent)
+        cpu = time.process_time() - cpu
+        report = await profiles.stop()
     summary = latency_summary(latencies)
     figures = (
         f"{messages} instant replies: p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms, "
