@@ -3,7 +3,10 @@
 A row is marked delivered the moment the platform accepts it, before the next row is sent,
 so a restart re-sends only what never got through (Discord also dedupes on the row id as
 nonce); a delivery the database would not record is recorded at the next look at the
-session, not sent again. Failures are retried with backoff; permanent ones (chat gone,
+session, not sent again. The record of a drain's last row, which no reply waits on, may
+wait a moment to share the next write's transaction (`Store.mark_delivered`): under load
+that saves a transaction per reply, for a window of milliseconds in which a crash would
+post that one reply again. Failures are retried with backoff; permanent ones (chat gone,
 bot blocked) are recorded and left for the operator.
 """
 
@@ -41,6 +44,9 @@ class Courier:
         self._tasks = TaskSet("courier")
         self._running: dict[int, asyncio.Task[None]] = {}
         self._again: set[int] = set()
+        # Rows a writer claimed for this worker while the session's drain ran (`kick`):
+        # sent next by that drain, with no transaction to read them.
+        self._handed: dict[int, list[OutboxItem]] = {}
         self._looking_again: set[int] = set()
         # Replies this process sent (outbox id -> when), oldest first. A writer claims its
         # reply for this worker and then hands it over; a drain of the session that ran in
@@ -67,9 +73,13 @@ class Courier:
         the writer already claimed for this worker with nothing older waiting: they are
         sent without another transaction to claim them."""
         if session_id in self._running:
-            # The running drain reads the outbox again when it is done, rows claimed for
-            # this worker included.
-            self._again.add(session_id)
+            if ready and session_id not in self._again:
+                # Claimed with nothing older unsent: next after what the drain holds.
+                self._handed.setdefault(session_id, []).extend(ready)
+            else:
+                # The running drain reads the outbox again when it is done, rows claimed
+                # for this worker included.
+                self._again.add(session_id)
             return
         task = self._tasks.spawn(self._drain(session_id, ready), f"session-{session_id}")
         self._running[session_id] = task
@@ -83,20 +93,25 @@ class Courier:
                     items, ready = ready, ()
                 else:
                     self._again.discard(session_id)
+                    self._handed.pop(session_id, None)  # the read finds them too
                     items = await self._claim(session_id)
-                for item in items:
+                for index, item in enumerate(items):
                     if item.id in self._unrecorded:
                         if not await self._record(item, self._unrecorded[item.id]):
                             return
                         continue
                     if self._sent_before(item):
                         continue
-                    if self._closing.is_set() or not await self._deliver(item):
+                    last = index == len(items) - 1
+                    if self._closing.is_set() or not await self._deliver(item, last):
                         return
                 if session_id not in self._again:
-                    return
+                    ready = self._handed.pop(session_id, ())
+                    if not ready:
+                        return
         finally:
             self._running.pop(session_id, None)
+            self._handed.pop(session_id, None)
 
     def _sent_before(self, item: OutboxItem) -> bool:
         return item.id in self._sent
@@ -113,11 +128,21 @@ class Courier:
                 break
             self._sent.popitem(last=False)
 
-    async def _record(self, item: OutboxItem, platform_id: str | None) -> bool:
+    async def _record(
+        self, item: OutboxItem, platform_id: str | None, *, nothing_waits: bool = False
+    ) -> bool:
         """Records a sent row's delivery; False (the session's later rows wait) when the
-        database refuses, the row then being recorded at the next look at the session."""
+        database refuses, the row then being recorded at the next look at the session.
+        `nothing_waits`: no later row of the session is known, so the record may join
+        the next write's transaction."""
         try:
-            await self.store.mark_delivered(item.id, platform_id)
+            await self.store.mark_delivered(
+                item.id,
+                platform_id,
+                join_next_write=nothing_waits
+                and item.session_id not in self._again
+                and item.session_id not in self._handed,
+            )
         except Exception as exc:
             self._unrecorded[item.id] = platform_id
             log.warning(
@@ -154,8 +179,9 @@ class Courier:
         if not self._closing.is_set():
             self.kick(session_id)
 
-    async def _deliver(self, item: OutboxItem) -> bool:
-        """Sends one row; False when the session's later rows must wait (order matters)."""
+    async def _deliver(self, item: OutboxItem, last: bool) -> bool:
+        """Sends one row; False when the session's later rows must wait (order matters).
+        `last`: the drain has no later row of the session in hand."""
         sink = self.sinks.get(item.key.platform)
         if sink is None:
             log.warning("no adapter for %s; reply %d waits", item.key.platform, item.id)
@@ -186,7 +212,7 @@ class Courier:
                 error, permanent, retry_after = f"{type(exc).__name__}: {exc}", False, None
             else:
                 self._note_sent(item)
-                return await self._record(item, platform_id)
+                return await self._record(item, platform_id, nothing_waits=last)
             attempts += 1
             claimed = False  # a failed send releases the claim
             give_up = permanent or attempts >= MAX_ATTEMPTS

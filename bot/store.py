@@ -293,7 +293,12 @@ class Store(Protocol):
         """Takes the row for sending; False while another worker holds it."""
         ...
 
-    async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None: ...
+    async def mark_delivered(
+        self, outbox_id: int, platform_message_id: str | None, *, join_next_write: bool = False
+    ) -> None:
+        """Records the row delivered. `join_next_write`: no later reply waits on this, so
+        the record may wait a moment to share the next write's transaction."""
+        ...
 
     async def mark_delivery_failed(self, outbox_id: int, error: str, permanent: bool) -> None: ...
 

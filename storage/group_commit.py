@@ -27,6 +27,12 @@ instant replies could go out, while the event loop that sends them sat idle; in 
 of a few, the loop sends one batch's replies while the next commits. Each unit costs
 several times what its share of a commit saves, so a small batch gives up little.
 
+A unit whose caller is in no hurry (recording that a reply was delivered: nobody waits on
+it but the next reply of the same chat) may wait a moment to join a batch another unit
+begins (`join_within`) rather than begin a transaction of its own: such units ride along
+with the next batch, outside its bound, and only one whose wait ends alone commits by
+itself. A busy bot then pays no transaction for them at all.
+
 Units are `storage.transaction` work: sync functions of a connection, the whole batch
 run in one trip to SQLite's thread. A unit that raises rolls its batch back; the batch's
 units are then run once more, each in a transaction of its own, so a failure (a bug, a
@@ -69,6 +75,8 @@ class _Unit(Generic[T]):
     # Resolved when the unit's transaction committed (or it failed alone), or when the
     # lead passes to its caller: `result` is set in the first case only.
     wake: asyncio.Future[None] = field(default_factory=_future)
+    # A unit waiting to join another's batch (`join_within`): when it stops waiting.
+    alone_at: asyncio.TimerHandle | None = None
     done: bool = False
     result: Any = None
     error: BaseException | None = None
@@ -81,16 +89,20 @@ class GroupCommit:
         self._in_flight = max(1, in_flight)
         # Units in order of arrival; those woken to lead a batch stay here until they do.
         self._waiting: deque[_Unit[Any]] = deque()
+        # Units waiting to join the next batch (`join_within`), in order of arrival.
+        self._riders: deque[_Unit[Any]] = deque()
         # Callers leading a batch, or woken to lead one: never more than `in_flight`.
         self._leaders = 0
         # Figures for tests and benchmarks: transactions begun, units committed.
         self.transactions = 0
         self.units = 0
 
-    async def run(self, work: Work[T], max_batch: int | None = None) -> T:
+    async def run(self, work: Work[T], max_batch: int | None = None, join_within: float = 0.0) -> T:
         """`work` done and committed, in a transaction it may share with other callers'
         (in the caller's context, whoever leads the transaction); with at most
-        `max_batch` units in all, when given and below the group's own bound."""
+        `max_batch` units in all, when given and below the group's own bound. With
+        `join_within` (seconds), the unit joins the next batch another unit begins
+        within that time, and only then begins one of its own."""
         context = contextvars.copy_context()
 
         def in_context(connection: Connection) -> T:
@@ -98,10 +110,13 @@ class GroupCommit:
 
         bound = self._max_batch if max_batch is None else max(1, min(max_batch, self._max_batch))
         unit: _Unit[T] = _Unit(in_context, bound)
-        self._waiting.append(unit)
-        if self._leaders < self._in_flight:
-            self._leaders += 1
-            unit.wake.set_result(None)
+        if join_within > 0:
+            self._riders.append(unit)
+            unit.alone_at = asyncio.get_running_loop().call_later(
+                join_within, self._stop_riding, unit
+            )
+        else:
+            self._enqueue(unit)
         try:
             await unit.wake
         except asyncio.CancelledError:
@@ -121,10 +136,39 @@ class GroupCommit:
         result: T = unit.result
         return result
 
+    def _enqueue(self, unit: _Unit[Any]) -> None:
+        self._waiting.append(unit)
+        if self._leaders < self._in_flight:
+            self._leaders += 1
+            unit.wake.set_result(None)
+
+    def _stop_riding(self, unit: _Unit[Any]) -> None:
+        """A rider's wait ended with no batch begun: it queues as any unit does."""
+        unit.alone_at = None
+        self._riders.remove(unit)
+        self._enqueue(unit)
+
+    def _with_riders(self, batch: list[_Unit[Any]]) -> list[_Unit[Any]]:
+        """The riders first: they came before, and a later unit may read what they
+        write (a reply recorded delivered lets the next one be claimed at once)."""
+        riders: list[_Unit[Any]] = []
+        while self._riders and len(riders) + len(batch) < self._max_batch:
+            rider = self._riders.popleft()
+            if rider.alone_at is not None:
+                rider.alone_at.cancel()
+                rider.alone_at = None
+            riders.append(rider)
+        return riders + batch
+
     def _forget(self, unit: _Unit[Any]) -> None:
         """A caller cancelled: a unit still waiting is dropped, and if the lead had just
         passed to it, it passes on. A unit already in another caller's transaction is
         left to it (it commits or rolls back with its batch; nobody hears the result)."""
+        if unit.alone_at is not None:  # still riding
+            unit.alone_at.cancel()
+            unit.alone_at = None
+            self._riders.remove(unit)
+            return
         if unit not in self._waiting:
             return
         self._waiting.remove(unit)
@@ -159,6 +203,7 @@ class GroupCommit:
             batch.append(self._waiting.popleft())
             bound = min(bound, unit.max_batch)
         self._waiting.extendleft(reversed(leading_elsewhere))
+        batch = self._with_riders(batch)
         cancellations = Cancellations()
         try:
             await self._commit(batch, cancellations)

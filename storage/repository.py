@@ -78,6 +78,10 @@ REPAIR_BATCH = 500
 # answered at p50 in half the time with 4 as with 64 (bench/RESULTS.md); other writes,
 # which no reply waits on as closely, still share transactions of up to 64.
 INTAKE_BATCH = 4
+# How long a delivery record may wait to share another write's transaction
+# (`mark_delivered(join_next_write=True)`). A busy bot writes far sooner and pays no
+# transaction for it; the price is a window this long in which a crash re-posts the reply.
+DELIVERY_JOIN_SECONDS = 0.05
 # Group-commit batches committing at once on PostgreSQL (SQLite: one, its one writer).
 # With one, the bot waited for the server's round trips one statement at a time: two
 # raised core_throughput's answered messages/s by half (bench/RESULTS.md, session 13).
@@ -1075,13 +1079,15 @@ class SqlStore:
 
         return await self._run(claim)
 
-    async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None:
+    async def mark_delivered(
+        self, outbox_id: int, platform_message_id: str | None, *, join_next_write: bool = False
+    ) -> None:
         values = {"outbox_id": outbox_id, "stamp": now(), "sent_id": platform_message_id}
 
         def mark(conn: Connection) -> None:
             sql.MARK_DELIVERED.run(conn, values)
 
-        await self._group.run(mark)
+        await self._group.run(mark, join_within=DELIVERY_JOIN_SECONDS if join_next_write else 0.0)
 
     async def mark_delivery_failed(self, outbox_id: int, error: str, permanent: bool) -> None:
         def mark(conn: Connection) -> None:

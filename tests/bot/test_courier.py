@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import select
@@ -44,11 +44,15 @@ class MarkFailsOnce(SqlStore):
 
     failed = False
 
-    async def mark_delivered(self, outbox_id: int, platform_message_id: str | None) -> None:
+    async def mark_delivered(
+        self, outbox_id: int, platform_message_id: str | None, *, join_next_write: bool = False
+    ) -> None:
         if not self.failed:
             self.failed = True
             raise OSError("database is locked")
-        await super().mark_delivered(outbox_id, platform_message_id)
+        await super().mark_delivered(
+            outbox_id, platform_message_id, join_next_write=join_next_write
+        )
 
 
 @asynccontextmanager
@@ -92,6 +96,44 @@ async def drained(courier: Courier) -> None:
 def message(number: int) -> InboundMessage:
     conversation = ConversationKey("memory", "chat-1", "")
     return InboundMessage(conversation, "u1", "Ana", "?", f"m{number}", True, True)
+
+
+class RecordsHow(SqlStore):
+    """A store noting, per delivery recorded, whether it was let join the next write."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.joined: list[bool] = []
+
+    async def mark_delivered(
+        self, outbox_id: int, platform_message_id: str | None, *, join_next_write: bool = False
+    ) -> None:
+        self.joined.append(join_next_write)
+        await super().mark_delivered(
+            outbox_id, platform_message_id, join_next_write=join_next_write
+        )
+
+
+async def test_only_the_last_reply_of_a_drain_waits_to_join_the_next_write(
+    database_url: str,
+) -> None:
+    """The record of a reply with another after it is committed before that one is sent;
+    the last one's may ride on the next write, and is recorded all the same."""
+    async with worker_one(database_url) as (store, _, sink):
+        noting = RecordsHow(store.engine)
+        courier = Courier(noting, "one")
+        courier.attach(sink)
+        try:
+            for number in range(3):
+                session_id = await store.record_notice(message(number), f"reply {number}")
+            assert session_id is not None
+            courier.kick(session_id)
+            await sink.wait_for(3)
+            await drained(courier)
+        finally:
+            await courier.stop()
+        assert noting.joined == [False, False, True]
+        assert await delivered(store) == [(f"reply {n}", True) for n in range(3)]
 
 
 async def test_rows_after_one_held_by_another_worker_go_out_once_it_is_sent(

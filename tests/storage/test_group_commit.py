@@ -139,6 +139,49 @@ async def test_a_unit_shares_its_transaction_with_no_more_units_than_it_allows(
     assert await stored(engine) == ["first", *bounds]
 
 
+async def test_a_rider_waits_for_the_next_batch_another_unit_begins(
+    engine: AsyncEngine,
+) -> None:
+    group = GroupCommit(engine)
+    rider = asyncio.create_task(group.run(add("rider"), join_within=10.0))
+    await asyncio.sleep(0.05)
+    assert not rider.done()
+    assert group.transactions == 0  # it began none of its own
+    assert await group.run(add("next")) == "next"
+    assert await asyncio.wait_for(rider, 5) == "rider"
+    assert (group.transactions, group.units) == (1, 2)
+    assert await stored(engine) == ["rider", "next"]  # it came first, it goes first
+
+
+async def test_a_rider_alone_commits_by_itself_once_its_wait_ends(engine: AsyncEngine) -> None:
+    group = GroupCommit(engine)
+    assert await asyncio.wait_for(group.run(add("alone"), join_within=0.05), 5) == "alone"
+    assert (group.transactions, group.units) == (1, 1)
+    assert await stored(engine) == ["alone"]
+
+
+async def test_riders_join_a_batch_outside_its_bound(engine: AsyncEngine) -> None:
+    group = GroupCommit(engine)
+    riders = [asyncio.create_task(group.run(add(name), join_within=10.0)) for name in ("r1", "r2")]
+    await asyncio.sleep(0.01)
+    assert await group.run(add("bounded"), max_batch=1) == "bounded"
+    assert await asyncio.wait_for(asyncio.gather(*riders), 5) == ["r1", "r2"]
+    assert (group.transactions, group.units) == (1, 3)
+    assert await stored(engine) == ["r1", "r2", "bounded"]
+
+
+async def test_a_rider_cancelled_before_any_batch_is_dropped(engine: AsyncEngine) -> None:
+    group = GroupCommit(engine)
+    rider = asyncio.create_task(group.run(add("dropped"), join_within=10.0))
+    await asyncio.sleep(0.01)
+    rider.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rider
+    assert await group.run(add("later")) == "later"
+    assert (group.transactions, group.units) == (1, 1)
+    assert await stored(engine) == ["later"]
+
+
 async def test_a_failing_unit_fails_alone_and_the_rest_of_its_batch_commits(
     engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
