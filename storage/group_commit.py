@@ -153,21 +153,23 @@ class GroupCommit:
         write (a reply recorded delivered lets the next one be claimed at once)."""
         riders: list[_Unit[Any]] = []
         while self._riders and len(riders) + len(batch) < self._max_batch:
-            rider = self._riders.popleft()
-            if rider.alone_at is not None:
-                rider.alone_at.cancel()
-                rider.alone_at = None
-            riders.append(rider)
+            riders.append(self._dismount(self._riders.popleft()))
         return riders + batch
+
+    @staticmethod
+    def _dismount(rider: _Unit[Any]) -> _Unit[Any]:
+        """A rider taken off the riders: its wait to commit alone is called off."""
+        if rider.alone_at is not None:
+            rider.alone_at.cancel()
+            rider.alone_at = None
+        return rider
 
     def _forget(self, unit: _Unit[Any]) -> None:
         """A caller cancelled: a unit still waiting is dropped, and if the lead had just
         passed to it, it passes on. A unit already in another caller's transaction is
         left to it (it commits or rolls back with its batch; nobody hears the result)."""
         if unit.alone_at is not None:  # still riding
-            unit.alone_at.cancel()
-            unit.alone_at = None
-            self._riders.remove(unit)
+            self._riders.remove(self._dismount(unit))
             return
         if unit not in self._waiting:
             return
