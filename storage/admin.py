@@ -1096,6 +1096,13 @@ class AdminStore:
         fix = _history_fix(items, self.system_prompt)
         if not fix.steps:
             return
+        # Tells every bot's cached copy of this history that it is stale (the rewrite
+        # below changes rows in place, which an incremental read cannot see).
+        await tx.execute(
+            update(SessionRow)
+            .where(SessionRow.id == session_id)
+            .values(history_version=SessionRow.history_version + 1)
+        )
         # Renumbered from scratch: positions are unique per session, so clear them first.
         await tx.execute(
             update(MessageRow)

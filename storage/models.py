@@ -75,6 +75,9 @@ class SessionRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="idle")  # idle | llm | tools
     language: Mapped[str] = mapped_column(String(16), default="en")
     turn: Mapped[int] = mapped_column(Integer, default=0)
+    # Bumped whenever positioned history rows change other than by being appended (the
+    # admin repair): a history read before that is stale (storage.history_cache).
+    history_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     tool_rounds: Mapped[int] = mapped_column(Integer, default=0)
     # The platform message that started the running turn: the final answer replies to it.
     reply_to_id: Mapped[str | None] = mapped_column(String(128))

@@ -13,7 +13,7 @@ cost a trip per statement.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -52,6 +52,7 @@ from bot.store import (
 from bot.tools.runner import INTERRUPTED, ToolOutcome, ToolStatus
 from storage import statements as sql
 from storage.group_commit import GroupCommit
+from storage.history_cache import CachedHistory, HistoryCache, Reads
 from storage.models import (
     ControlRow,
     LLMCallRow,
@@ -94,6 +95,10 @@ def now() -> datetime:
 
 def active_key(key: ConversationKey) -> str:
     return f"{key.platform}:{key.chat_id}:{key.thread_id}"
+
+
+def _positioned(row_id: int, position: int, *entry: Any) -> tuple[int, int, HistoryEntry]:
+    return row_id, position, HistoryEntry(*entry)
 
 
 def _session_info(row: SessionRow | Row[Any]) -> SessionInfo:
@@ -159,15 +164,18 @@ class SqlStore:
         worker: str | None = None,
         lease_seconds: float = CLAIM_LEASE_SECONDS,
         history_rows: int | None = None,
+        history_cache: HistoryCache | None = None,
     ) -> None:
         """`worker`: the bot's WORKER_ID, whose courier sends what this store writes; None
         (the admin CLI) leaves new replies unclaimed for the bot to take. `history_rows`:
         at most this many of the newest history rows are read for a model call (None:
-        all); `bot.prompt.history_rows` says how many the request can use."""
+        all); `bot.prompt.history_rows` says how many the request can use.
+        `history_cache`: where model calls keep the rows they read (a new one if None)."""
         self.engine = engine
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.history_rows = history_rows
+        self.histories = HistoryCache() if history_cache is None else history_cache
         postgres = engine.dialect.name == "postgresql"
         # The dedupe insert, built once (storage.statements says why): the dialect's own
         # INSERT ... ON CONFLICT DO NOTHING.
@@ -185,6 +193,23 @@ class SqlStore:
     async def _read(self, work: Work[T]) -> T:
         """A transaction that only reads: on SQLite it takes no write lock."""
         return await run_transaction(self.engine, work, writes=False)
+
+    async def _keeping_histories(
+        self,
+        run: Callable[[Work[T]], Awaitable[T]],
+        work: Callable[[Connection, Reads], T],
+    ) -> T:
+        """`run(work)`, with the histories `work` read for model calls kept once it has
+        committed (storage.history_cache says why not before)."""
+        reads = Reads()
+
+        def attempt(conn: Connection) -> T:
+            reads.clear()  # from a run whose batch rolled back
+            return work(conn, reads)
+
+        result = await run(attempt)
+        self.histories.keep(reads)
+        return result
 
     def _session(self, conn: Connection, session_id: int, lock: bool = False) -> Row[Any]:
         query = select(SESSIONS).where(SESSIONS.c.id == session_id)
@@ -309,25 +334,27 @@ class SqlStore:
         self,
         message: InboundMessage,
         language: str | None,
-        then: Callable[[Connection, Row[Any]], T],
+        then: Callable[[Connection, Row[Any], Reads], T],
     ) -> T | None:
         """Takes the message in and does `then` with its session, in one transaction
         (shared with other callers' under a burst: `GroupCommit`). Two workers may create
         the same conversation's session at once: the unique active key fails one
         transaction, and its retry finds the winner's session."""
 
-        def take_in(conn: Connection) -> T | None:
+        def take_in(conn: Connection, reads: Reads) -> T | None:
             session = self._take_in(conn, message, language)
-            return None if session is None else then(conn, session)
+            return None if session is None else then(conn, session, reads)
 
-        return await self._group.run(take_in, max_batch=INTAKE_BATCH)
+        return await self._keeping_histories(
+            partial(self._group.run, max_batch=INTAKE_BATCH), take_in
+        )
 
     # --- taking messages in ------------------------------------------------------------
 
     async def record_inbound(
         self, message: InboundMessage, language: str | None, plan: InterimPlanner
     ) -> Intake | None:
-        def queue_and_take(conn: Connection, session: Row[Any]) -> Intake:
+        def queue_and_take(conn: Connection, session: Row[Any], reads: Reads) -> Intake:
             arrived = {
                 "session_id": session.id,
                 "role": "user",
@@ -338,12 +365,12 @@ class SqlStore:
                 "kind": "admin" if message.is_admin else None,
                 "created_at": message.timestamp,
             }
-            return self._intake(conn, session, plan, arrived)
+            return self._intake(conn, session, plan, reads, arrived)
 
         return await self._take_in_and(message, language, queue_and_take)
 
     async def record_notice(self, message: InboundMessage, text: str) -> int | None:
-        def notice(conn: Connection, session: Row[Any]) -> int:
+        def notice(conn: Connection, session: Row[Any], _: Reads) -> int:
             self._add_outbox(
                 conn,
                 [
@@ -376,20 +403,21 @@ class SqlStore:
     # --- turns ---------------------------------------------------------------------------
 
     async def take_queued(self, session_id: int, plan: InterimPlanner) -> Intake:
-        def take(conn: Connection) -> Intake:
+        def take(conn: Connection, reads: Reads) -> Intake:
             # Locked (on PostgreSQL FOR UPDATE, on SQLite the write lock this transaction
             # takes at its start): a worker closing the tool round meanwhile would otherwise
             # miss a message deferred against the state read here, and leave it out of the
             # history.
-            return self._intake(conn, self._session(conn, session_id, lock=True), plan)
+            return self._intake(conn, self._session(conn, session_id, lock=True), plan, reads)
 
-        return await self._run(take)
+        return await self._keeping_histories(self._run, take)
 
     def _intake(
         self,
         conn: Connection,
         session: Row[Any],
         plan: InterimPlanner,
+        reads: Reads,
         arrived: dict[str, Any] | None = None,
     ) -> Intake:
         """What the session's state says to do with its queued messages (see
@@ -405,7 +433,7 @@ class SqlStore:
         if not queued and arrived is None:
             return Intake(info)
         if info.state == SessionState.IDLE:
-            return self._begin_turn(conn, info, queued, arrived)
+            return self._begin_turn(conn, info, queued, reads, arrived)
         return self._defer(conn, session, queued, plan, arrived)
 
     def _queue(self, conn: Connection, info: SessionInfo, arrived: dict[str, Any] | None) -> None:
@@ -418,6 +446,7 @@ class SqlStore:
         conn: Connection,
         info: SessionInfo,
         queued: Sequence[Row[*tuple[Any, ...]]],
+        reads: Reads,
         arrived: dict[str, Any] | None,
     ) -> Intake:
         last = arrived if arrived is not None else queued[-1]._mapping
@@ -449,27 +478,27 @@ class SqlStore:
                 {**arrived, "of_session": info.id, "status": "history", "turn": turn},
             )
         started = _session_info(claimed)
-        return Intake(started, turn=self._model_turn(conn, started))
+        return Intake(started, turn=self._model_turn(conn, started, reads))
 
     async def history(self, session_id: int) -> list[HistoryEntry]:
         return await self._read(lambda conn: self._history(conn, session_id))
 
     def _history(self, conn: Connection, session_id: int) -> list[HistoryEntry]:
-        return sql.HISTORY.build(conn, {"session_id": session_id}, HistoryEntry)
+        return [
+            entry for *_, entry in sql.HISTORY.build(conn, {"session_id": session_id}, _positioned)
+        ]
 
-    def _model_history(self, conn: Connection, session_id: int) -> list[HistoryEntry]:
+    def _model_history(self, conn: Connection, session_id: int, reads: Reads) -> list[HistoryEntry]:
         """The history a model call needs: the newest `history_rows` rows, from the first
         turn that starts inside them. Reading every row would make each turn of a long
-        chat slower than the last, for messages the request's budget drops anyway."""
-        limit = self.history_rows
-        if limit is None:
-            return self._history(conn, session_id)
-        newest = sql.NEWEST_HISTORY.build(
-            conn, {"session_id": session_id, "rows": limit}, HistoryEntry
-        )
-        rows = newest[::-1]
-        if len(rows) < limit:
-            return rows
+        chat slower than the last, for messages the request's budget drops anyway; the
+        rows a past call read come from `histories`, so only the new ones are read."""
+        window = self._cached_window(conn, session_id) or self._read_window(conn, session_id)
+        if window.entries:
+            reads.add(session_id, window)
+        rows, limit = window.entries, self.history_rows
+        if limit is None or len(rows) < limit:
+            return list(rows)
         # Begin where a run of user messages begins: never inside a tool block (its calls
         # and results belong together), nor inside a run (the prompt summarizes runs), nor
         # at the messages written while a round ran (`bot.history.starts_turn`).
@@ -483,15 +512,58 @@ class SqlStore:
         )
         if start is None:  # one turn longer than the window: all of it
             return self._history(conn, session_id)
-        return rows[start:]
+        return list(rows[start:])
+
+    def _window(
+        self,
+        version: int,
+        rows: Sequence[tuple[int, int, HistoryEntry]],
+        older: Sequence[HistoryEntry],
+    ) -> CachedHistory:
+        """The newest `history_rows` of `older` then `rows` (oldest first), as read at
+        `version`."""
+        entries = (*older, *(entry for *_, entry in rows))
+        if self.history_rows is not None:
+            entries = entries[-self.history_rows :]
+        last_id, last_position, _ = rows[-1] if rows else (0, 0, None)
+        return CachedHistory(version, last_id, last_position, entries)
+
+    def _cached_window(self, conn: Connection, session_id: int) -> CachedHistory | None:
+        """The newest rows, the cached ones with those added since; None if the cache has
+        none for the session or they no longer continue its stored history."""
+        cached = self.histories.get(session_id)
+        if cached is None:
+            return None
+        since = sql.HISTORY_SINCE.build(
+            conn,
+            {"session_id": session_id, "since": cached.last_position, "version": cached.version},
+            _positioned,
+        )
+        if not since or since[0][0] != cached.last_id:
+            return None
+        if len(since) == 1:
+            return cached
+        return self._window(cached.version, since[1:], cached.entries)
+
+    def _read_window(self, conn: Connection, session_id: int) -> CachedHistory:
+        version = sql.HISTORY_VERSION.run(conn, {"session_id": session_id}).scalar_one()
+        limit = self.history_rows
+        if limit is None:
+            rows = sql.HISTORY.build(conn, {"session_id": session_id}, _positioned)
+        else:
+            newest = sql.NEWEST_HISTORY.build(
+                conn, {"session_id": session_id, "rows": limit}, _positioned
+            )
+            rows = newest[::-1]
+        return self._window(version, rows, ())
 
     async def model_turn(self, session_id: int) -> ModelTurn:
-        def read(conn: Connection) -> ModelTurn:
-            return self._model_turn(conn, _session_info(self._session(conn, session_id)))
+        def read(conn: Connection, reads: Reads) -> ModelTurn:
+            return self._model_turn(conn, _session_info(self._session(conn, session_id)), reads)
 
-        return await self._read(read)
+        return await self._keeping_histories(self._read, read)
 
-    def _model_turn(self, conn: Connection, info: SessionInfo) -> ModelTurn:
+    def _model_turn(self, conn: Connection, info: SessionInfo, reads: Reads) -> ModelTurn:
         interims: list[str] = []
         if info.tool_rounds:
             rows = conn.scalars(
@@ -504,7 +576,7 @@ class SqlStore:
                 .order_by(MessageRow.id)
             )
             interims = [r or "" for r in rows]
-        return ModelTurn(info, self._model_history(conn, info.id), interims)
+        return ModelTurn(info, self._model_history(conn, info.id, reads), interims)
 
     def _interim_context(self, conn: Connection, session_id: int, turn: int) -> InterimContext:
         calls = self._round_calls(conn, session_id)
@@ -817,13 +889,13 @@ class SqlStore:
         return await self._run(finish)
 
     async def close_tool_round(self, session_id: int) -> ModelTurn | None:
-        def close(conn: Connection) -> ModelTurn | None:
+        def close(conn: Connection, reads: Reads) -> ModelTurn | None:
             with Session(bind=conn) as tx:
                 if not self._close_rounds(tx, [session_id]):
                     return None
-            return self._model_turn(conn, _session_info(self._session(conn, session_id)))
+            return self._model_turn(conn, _session_info(self._session(conn, session_id)), reads)
 
-        return await self._run(close)
+        return await self._keeping_histories(self._run, close)
 
     def _close_rounds(self, tx: Session, session_ids: Sequence[int]) -> list[int]:
         """tools -> llm for those of the sessions whose round has every result (the

@@ -85,7 +85,10 @@ JOIN_HISTORY = Prepared(
     .values(status="history", position=NEXT_POSITION, turn=bindparam("row_turn"))
 )
 
+# Each history row as (id, position, then `bot.store.HistoryEntry`'s fields).
 _HISTORY_ROWS = select(
+    MESSAGES.c.id,
+    MESSAGES.c.position,
     MESSAGES.c.role,
     MESSAGES.c.content,
     MESSAGES.c.author_name,
@@ -98,6 +101,23 @@ HISTORY = Prepared(_HISTORY_ROWS.order_by(MESSAGES.c.position))
 # The newest `rows` of the history, newest first (the caller turns them around).
 NEWEST_HISTORY = Prepared(
     _HISTORY_ROWS.order_by(MESSAGES.c.position.desc()).limit(bindparam("rows"))
+)
+
+HISTORY_VERSION = Prepared(
+    select(SESSIONS.c.history_version).where(SESSIONS.c.id == bindparam("session_id"))
+)
+
+# The rows from position `since` on, if the session's history is still at `version`
+# (storage.history_cache): none otherwise. One statement, so the version and the rows
+# come from the same snapshot.
+HISTORY_SINCE = Prepared(
+    _HISTORY_ROWS.where(
+        MESSAGES.c.position >= bindparam("since"),
+        select(SESSIONS.c.history_version)
+        .where(SESSIONS.c.id == bindparam("session_id"))
+        .scalar_subquery()
+        == bindparam("version"),
+    ).order_by(MESSAGES.c.position)
 )
 
 # Every call of the session's open rounds, oldest round first, in the model's order.

@@ -32,6 +32,7 @@ from bot.store import (
 )
 from bot.tools.runner import ToolOutcome, ToolStatus
 from storage.database import create_engine, sessionmaker
+from storage.history_cache import Reads
 from storage.migrate import upgrade
 from storage.models import MessageRow, SessionRow, ToolCallRow
 from storage.repository import INTAKE_BATCH, SqlStore
@@ -309,8 +310,18 @@ async def test_a_long_chat_reads_only_the_history_its_request_can_use(
             answers += 2 if number % 4 == 1 else 1
             await chat.wait_for(answers)
         full = await store.history(1)
-        window = await run_transaction(runtime.db, lambda conn: store._model_history(conn, 1))
+        # Every turn after the first read only its new rows (storage.history_cache)...
+        assert store.histories.get(1) is not None
+        window = await run_transaction(
+            runtime.db, lambda conn: store._model_history(conn, 1, Reads())
+        )
+        # ...and what they made is what a store with nothing cached reads.
+        cold = SqlStore(runtime.db, history_rows=store.history_rows)
+        read_whole = await run_transaction(
+            runtime.db, lambda conn: cold._model_history(conn, 1, Reads())
+        )
 
+    assert window == read_whole
     assert len(full) > store.history_rows >= len(window) > 0
     # The newest rows, starting at a turn's first message.
     assert window == full[len(full) - len(window) :]
