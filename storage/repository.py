@@ -164,18 +164,17 @@ class SqlStore:
         worker: str | None = None,
         lease_seconds: float = CLAIM_LEASE_SECONDS,
         history_rows: int | None = None,
-        history_cache: HistoryCache | None = None,
     ) -> None:
         """`worker`: the bot's WORKER_ID, whose courier sends what this store writes; None
         (the admin CLI) leaves new replies unclaimed for the bot to take. `history_rows`:
         at most this many of the newest history rows are read for a model call (None:
-        all); `bot.prompt.history_rows` says how many the request can use.
-        `history_cache`: where model calls keep the rows they read (a new one if None)."""
+        all); `bot.prompt.history_rows` says how many the request can use."""
         self.engine = engine
         self.worker = worker
         self.lease_seconds = lease_seconds
         self.history_rows = history_rows
-        self.histories = HistoryCache() if history_cache is None else history_cache
+        # What model calls read of each history, kept for the next call's read.
+        self.histories = HistoryCache()
         postgres = engine.dialect.name == "postgresql"
         # The dedupe insert, built once (storage.statements says why): the dialect's own
         # INSERT ... ON CONFLICT DO NOTHING.
