@@ -20,6 +20,7 @@ from adapters.telegram.convert import (
     route,
 )
 from adapters.telegram.delivery import DEFAULT_RETRY_DELAYS, Delivery
+from adapters.telegram.http_client import AiohttpRequest
 from adapters.telegram.processor import PerChatUpdateProcessor
 from adapters.telegram.transport import ChatActionExemptRateLimiter, UpdateGuardRequest
 from bot.core_api import COMMAND_FAILED, ChatCore
@@ -79,6 +80,7 @@ class TelegramAdapter:
             .token(settings.telegram_bot_token.get_secret_value())
             .base_url(settings.telegram_base_url)
             .base_file_url(file_url_for(settings.telegram_base_url))
+            .request(AiohttpRequest())
             .rate_limiter(ChatActionExemptRateLimiter())
             .concurrent_updates(PerChatUpdateProcessor())
             .get_updates_request(UpdateGuardRequest(connection_pool_size=1, on_answer=self._polled))

@@ -10,7 +10,9 @@ from typing import Any
 from telegram import Update
 from telegram.error import RetryAfter
 from telegram.ext import AIORateLimiter
-from telegram.request import HTTPXRequest
+from telegram.request import BaseRequest
+
+from adapters.telegram.http_client import AiohttpRequest
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def sanitize_updates(payload: JSONDict) -> JSONDict:
     return {**payload, "result": cleaned}
 
 
-class UpdateGuardRequest(HTTPXRequest):
+class UpdateGuardRequest(AiohttpRequest):
     """The request object used for getUpdates only (see sanitize_updates).
 
     `on_answer` hears of every answer the Bot API gives: its HTTP status, and for an error
@@ -67,7 +69,7 @@ class UpdateGuardRequest(HTTPXRequest):
 
     @staticmethod
     def parse_json_payload(payload: bytes) -> JSONDict:
-        return sanitize_updates(HTTPXRequest.parse_json_payload(payload))
+        return sanitize_updates(BaseRequest.parse_json_payload(payload))
 
 
 def _description(code: int, payload: bytes) -> str:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 
 from adapters.telegram import TelegramAdapter, delivery
@@ -124,6 +125,24 @@ async def test_start_attaches_checks_identity_and_registers_commands(
         "ask",
     ]
     await tg.wait_for(lambda: bool(tg.calls_to("getUpdates")))
+
+
+async def test_every_api_call_goes_through_the_aiohttp_transport(
+    tg: FakeTelegram, core: RecordingCore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def no_httpx(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("httpx was used")
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", no_httpx)
+    adapter = TelegramAdapter(settings_for(tg), core, poll_timeout=1)
+    await adapter.start()
+    try:
+        tg.push_text(ANA.id, ANA, "hi")
+        await tg.wait_for(lambda: core.texts() == ["hi"])
+        sent = await adapter.send(reply(ANA.id, "hello"))
+        assert sent == str(tg.sent_messages(ANA.id)[0].message_id)
+    finally:
+        await adapter.stop()
 
 
 async def test_missing_token_is_refused(core: RecordingCore) -> None:
