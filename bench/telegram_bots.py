@@ -10,6 +10,8 @@ Variants:
   stillhere+X+Y      stillhere with what-if experiments applied (bench.experiments).
   echo               the library's floor: Application + MessageHandler replying with the text.
   echo-limited       that echo bot behind the same rate limiter stillhere uses.
+  echo-aiohttp       that echo bot on stillhere's HTTP transport (AiohttpRequest) instead of
+                     the library's httpx: what the library's floor would be on it.
   echo-stored        the echo bot that also keeps what stillhere's goal demands: each message
                      stored (deduped) in a transaction before its reply, the delivery
                      recorded after it, with stillhere's driver and SQLite settings. The
@@ -38,6 +40,7 @@ from telegram import Update
 from telegram.ext import Application, ApplicationBuilder, MessageHandler, filters
 
 from adapters.telegram import TelegramAdapter
+from adapters.telegram.http_client import AiohttpRequest
 from adapters.telegram.transport import ChatActionExemptRateLimiter
 from bench import experiments
 from bench.profiling import Profiles
@@ -48,7 +51,14 @@ from bot.settings import Settings
 from storage.database import create_engine
 from storage.transaction import run_transaction
 
-VARIANTS = ("stillhere", "stillhere-nolimit", "echo", "echo-limited", "echo-stored")
+VARIANTS = (
+    "stillhere",
+    "stillhere-nolimit",
+    "echo",
+    "echo-limited",
+    "echo-stored",
+    "echo-aiohttp",
+)
 OURS = ("stillhere", "stillhere-nolimit")
 POLL_TIMEOUT = 10
 
@@ -151,9 +161,13 @@ class StoredEcho:
 
 @asynccontextmanager
 async def echo(
-    base_url: str, token: str, limited: bool, db: Path | None = None
+    base_url: str, token: str, limited: bool, db: Path | None = None, on_aiohttp: bool = False
 ) -> AsyncIterator[AsyncEngine | None]:
     builder: Any = ApplicationBuilder().token(token).base_url(base_url).job_queue(None)
+    if on_aiohttp:
+        builder = builder.request(AiohttpRequest()).get_updates_request(
+            AiohttpRequest(connection_pool_size=1)
+        )
     # Concurrent like stillhere's per-chat processor (256 updates in flight), so the floor
     # is the library at its fastest, not one reply at a time.
     builder = builder.concurrent_updates(256)
@@ -193,7 +207,11 @@ def bot_context(
     if base in OURS:
         return stillhere(base_url, token, db, switches)
     return echo(
-        base_url, token, limited=base == "echo-limited", db=db if base == "echo-stored" else None
+        base_url,
+        token,
+        limited=base == "echo-limited",
+        db=db if base == "echo-stored" else None,
+        on_aiohttp=base == "echo-aiohttp",
     )
 
 

@@ -68,6 +68,7 @@ class Size:
         "stillhere-nolimit",
         "echo-limited",
         "echo-stored",
+        "echo-aiohttp",
     )
     # Limited variants drain a burst at 30/s: one trial is enough where that dominates.
     big_chats: int = 1000
@@ -76,7 +77,11 @@ class Size:
 SIZES = {
     # tiny is the smoke test's: every part runs once, as little as possible.
     "tiny": Size(
-        chats=(2,), rounds=1, trials=1, paced=2, variants=("stillhere", "echo", "echo-stored")
+        chats=(2,),
+        rounds=1,
+        trials=1,
+        paced=2,
+        variants=("stillhere", "echo", "echo-stored", "echo-aiohttp"),
     ),
     "small": Size(chats=(10, 100), rounds=3, trials=2, paced=30),
     "full": Size(chats=(10, 100, 1000), rounds=3, trials=2, paced=50),
@@ -408,6 +413,7 @@ PAIRS = (
     ("stillhere", "echo-limited"),
     ("stillhere-nolimit", "echo"),
     ("stillhere-nolimit", "echo-stored"),
+    ("stillhere-nolimit", "echo-aiohttp"),
 )
 
 

@@ -13,7 +13,7 @@ def test_tiny_run_answers_every_message_on_every_bot(tmp_path: Path) -> None:
     assert telegram_latency.main(["--size", "tiny", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "telegram_latency.json").read_text())
     trials = {t["variant"]: t for t in result["trials"]}
-    assert set(trials) == {"stillhere", "echo", "echo-stored"}
+    assert set(trials) == {"stillhere", "echo", "echo-stored", "echo-aiohttp"}
     for trial in trials.values():
         assert trial["answered"] == trial["messages"] > 0
         assert trial["burst"]["count"] > 0 and trial["paced"]["count"] > 0
