@@ -128,7 +128,7 @@ class AiohttpRequest(BaseRequest):
                 method,
                 url,
                 data=_body(request_data, files),
-                headers={"User-Agent": self.USER_AGENT},
+                headers=_FORM if request_data is not None and not files else _OTHER,
                 timeout=timeout,
                 proxy=self._proxy(url),
             ) as response:
@@ -149,15 +149,19 @@ class AiohttpRequest(BaseRequest):
         return self._proxies[key]
 
 
+_OTHER = {"User-Agent": BaseRequest.USER_AGENT}
+# Encoded here: given a dict, aiohttp builds a multipart writer it then does not use.
+_FORM = {**_OTHER, "Content-Type": "application/x-www-form-urlencoded"}
+
+
 def _body(request_data: RequestData | None, files: dict[str, Any]) -> Any:
     """Form fields, url-encoded as HTTPXRequest sends them, or multipart with the files."""
     if request_data is None:
         return None
-    fields = request_data.json_parameters
     if not files:
-        return fields
+        return request_data.url_encoded_parameters().encode()
     form = aiohttp.FormData()
-    for name, value in fields.items():
+    for name, value in request_data.json_parameters.items():
         form.add_field(name, value)
     for name, (filename, content, mimetype) in files.items():
         form.add_field(name, content, filename=filename, content_type=mimetype)
