@@ -45,6 +45,8 @@ class _DriverThread(threading.local):
     """Set while `OneTripConnection.in_thread` runs a function in the driver's thread."""
 
     inline = False
+    # What callers worked out once for the whole trip (`trip_memo`).
+    memo: dict[str, Any] | None = None
 
 
 _driver_thread = _DriverThread()
@@ -54,6 +56,15 @@ def in_driver_thread() -> bool:
     """Whether this code runs inside `OneTripConnection.in_thread`: in the driver's
     thread, where its sqlite3 connection may be used directly (storage.prepared)."""
     return _driver_thread.inline
+
+
+def trip_memo() -> dict[str, Any]:
+    """A dict that lasts for the current `in_thread` trip, which runs on one connection:
+    for what every statement of a trip would otherwise work out again (storage.prepared).
+    Call only in the driver's thread (`in_driver_thread`)."""
+    memo = _driver_thread.memo
+    assert memo is not None, "trip_memo() outside a trip"
+    return memo
 
 
 class StatementOutcome:
@@ -155,6 +166,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
         def inline() -> T:
             _driver_thread.inline = True
+            _driver_thread.memo = {}
             try:
                 outcome.append(function())
                 return outcome[0]
@@ -163,6 +175,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
                 raise
             finally:
                 _driver_thread.inline = False
+                _driver_thread.memo = None
 
         driver: aiosqlite.Connection = self._connection  # type: ignore[assignment]
         in_thread = cast(Callable[[Callable[[], Any]], Awaitable[Any]], driver._execute)
