@@ -435,3 +435,34 @@ async def test_messages_taken_in_at_once_commit_a_few_at_a_time(
     assert all(intake is not None for intake in intakes)
     batches = -(-burst // INTAKE_BATCH)
     assert (store._group.transactions, store._group.units) == (1 + batches, 1 + burst)
+
+
+async def test_a_reply_handed_over_by_its_write_is_the_reply_the_outbox_holds(
+    database_url: str,
+) -> None:
+    """What a write claims and hands to the courier is built from what it inserted; read
+    back from the outbox, the same reply comes out, field for field."""
+    await upgrade(database_url)
+    engine = create_engine(database_url)
+    topic = ConversationKey("memory", "chat-2", "topic-7")
+
+    def in_topic(text: str, message_id: str) -> InboundMessage:
+        return InboundMessage(topic, "u9", "Bo", text, message_id, False, True)
+
+    try:
+        store = SqlStore(engine, worker="main")
+        started = await store.record_inbound(in_topic("what time is it", "m1"), "en", reply_to_each)
+        assert started is not None and started.turn is not None
+        request = ToolCallRequest("call_1", "get_current_time", "{}")
+        tool_round = await store.record_tool_calls(
+            started.info.id, None, [PlannedCall(request, 30.0)], "working", Usage()
+        )
+        await store.mark_delivered(tool_round.ready[0].id, "sent-1")
+        instant = await store.record_inbound(in_topic("still there?", "m2"), "en", reply_to_each)
+        assert instant is not None and len(instant.ready) == 1
+        claim = await store.claim_undelivered(started.info.id, "main", lease_seconds=60)
+        assert claim.items == instant.ready
+        (reply,) = instant.ready
+        assert (reply.key, reply.reply_to_id, reply.text) == (topic, "m2", "still on it")
+    finally:
+        await engine.dispose()
