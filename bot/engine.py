@@ -222,6 +222,7 @@ class Engine:
             return SubmitOutcome.DUPLICATE
         log.info("message stored", extra={**extra, "session": f"session-{intake.info.id}"})
         self.carry_on_now(intake.info.id)
+        self.send_instant_replies(intake)
         if intake.turn is not None or intake.planned:
             self._actor(intake.info.id).post(Taken(intake))
         # Otherwise it waits, queued, for the model call in flight: its end takes it.
@@ -336,6 +337,13 @@ class Engine:
         if info.state != SessionState.IDLE:
             return self.book.phrase("status_thinking", language)
         return self.book.phrase("status_idle", language)
+
+    def send_instant_replies(self, intake: Intake) -> None:
+        """Hands the instant replies stored with `intake` to the courier now, not when the
+        session's actor gets to them: the adapter's handler goes on once `submit` returns
+        (a Telegram bot's next poll waits for it), and the reply goes out first."""
+        if intake.planned:
+            self.courier.kick(intake.info.id, intake.ready)
 
     def plan_interims(
         self, info: SessionInfo, queued: Sequence[QueuedMessage], context: InterimContext

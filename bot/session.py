@@ -247,11 +247,13 @@ class SessionActor:
         """Idle: queued messages start a turn (True). Tools: each gets its instant reply.
         LLM: they stay queued; the call's end picks them all up in one turn."""
         intake = await self.engine.store.take_queued(self.session_id, self.engine.plan_interims)
+        self.engine.send_instant_replies(intake)
         return self._after_intake(intake)
 
     def _after_intake(self, intake: Intake) -> bool:
-        """Acts on what storage did with queued messages: starts the model call of a turn
-        that began (True), or sends the instant replies stored for them."""
+        """Acts on what storage did with queued messages, once their instant replies are
+        with the courier (`Engine.send_instant_replies`): starts the model call of a turn
+        that began (True)."""
         engine = self.engine
         if intake.turn is not None:
             log.info("turn started", extra={"session": self.label, "turn": intake.info.turn})
@@ -264,7 +266,6 @@ class SessionActor:
                     choice.kind,
                     extra={"session": self.label, "turn": intake.info.turn},
                 )
-            engine.courier.kick(self.session_id, intake.ready)
             # The instant reply says what the notice would have: the tools still run.
             if self._drop_notice():
                 engine.typing.stop(self.session_id)

@@ -647,6 +647,29 @@ async def test_an_instant_reply_costs_two_storage_transactions(
     assert calls_for_the_reply == ["record_inbound", "mark_delivered"]
 
 
+async def test_an_instant_reply_is_on_its_way_when_submit_returns(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The courier has it before the adapter's handler goes on: a Telegram bot's next
+    poll waits for that handler, and must not go out ahead of the reply."""
+    monkeypatch.setattr(slow_tools, "DELAY", 1.0)
+    async with make_core() as (runtime, chat):
+        await chat.say("Dame la hora actual")
+        await chat.wait_for(1)
+        courier = runtime.engine.courier
+        for _ in range(500):
+            if not courier.busy:
+                break
+            await asyncio.sleep(0.01)
+        assert not courier.busy
+        await chat.say("¿Sigues ahí?")
+        # No await in between: nothing else ran since submit returned.
+        assert courier.busy
+        sent = await chat.wait_for(2)
+        await runtime.engine.wait_idle()
+    assert sent[1].message.kind is ReplyKind.INTERIM
+
+
 TAKING_IN: contextvars.ContextVar[bool] = contextvars.ContextVar("taking_in", default=False)
 
 
