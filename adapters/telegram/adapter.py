@@ -11,6 +11,7 @@ from telegram.constants import ChatAction
 from telegram.error import BadRequest, Conflict, InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationBuilder, ContextTypes, TypeHandler
 
+from adapters.telegram.confirmation import CONFIRM_WAIT_SECONDS, UnconfirmedUpdates
 from adapters.telegram.convert import (
     PLATFORM,
     BotIdentity,
@@ -67,6 +68,7 @@ class TelegramAdapter:
         *,
         retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
         poll_timeout: float = 10.0,
+        confirm_wait: float = CONFIRM_WAIT_SECONDS,
     ) -> None:
         if settings.telegram_bot_token is None:
             raise ValueError("TELEGRAM_BOT_TOKEN is required for the Telegram adapter")
@@ -75,6 +77,7 @@ class TelegramAdapter:
         self._settings = settings
         self._core = core
         self._poll_timeout = poll_timeout
+        self._unconfirmed = UnconfirmedUpdates(confirm_wait)
         self._app: Application = (  # type: ignore[type-arg]
             ApplicationBuilder()
             .token(settings.telegram_bot_token.get_secret_value())
@@ -83,7 +86,13 @@ class TelegramAdapter:
             .request(AiohttpRequest())
             .rate_limiter(ChatActionExemptRateLimiter())
             .concurrent_updates(PerChatUpdateProcessor())
-            .get_updates_request(UpdateGuardRequest(connection_pool_size=1, on_answer=self._polled))
+            .get_updates_request(
+                UpdateGuardRequest(
+                    connection_pool_size=1,
+                    on_answer=self._polled,
+                    unconfirmed=self._unconfirmed,
+                )
+            )
             .job_queue(None)
             .build()
         )
@@ -284,15 +293,26 @@ class TelegramAdapter:
     # --- updates -----------------------------------------------------------------------
 
     async def _on_update(self, update: Update, context: _Context) -> None:
+        try:
+            command = await self._take_in(update)
+        finally:
+            # Stored, refused or failed for good: Telegram may forget it now.
+            self._unconfirmed.taken_in(update.update_id)
+        if command is not None:
+            await self._answer_command(command)
+
+    async def _take_in(self, update: Update) -> Command | None:
+        """Hands the update's message to the core; a command is returned, to answer once
+        the update is taken in (an answer can wait long on Telegram's flood limits)."""
         if update.edited_message is not None:
             message = update.edited_message
             log.info(
                 "ignoring an edit of message %s in chat %s", message.message_id, message.chat.id
             )
-            return
+            return None
         if update.message is None:
             log.debug("ignoring update %s: no new message", update.update_id)
-            return
+            return None
         decision = route(update.message, self.identity)
         if isinstance(decision, Ignore):
             log.debug("ignoring message %s: %s", update.message.message_id, decision.reason)
@@ -300,7 +320,8 @@ class TelegramAdapter:
             outcome = await self._core.submit(decision.message)
             log.debug("message %s: %s", decision.message.dedupe_key, outcome)
         elif isinstance(decision, Command):
-            await self._answer_command(decision)
+            return decision
+        return None
 
     async def _answer_command(self, command: Command) -> None:
         request = command.request

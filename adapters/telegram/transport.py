@@ -8,10 +8,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from telegram import Update
+from telegram._utils.types import ODVInput
 from telegram.error import RetryAfter
 from telegram.ext import AIORateLimiter
-from telegram.request import BaseRequest
+from telegram.request import BaseRequest, RequestData
 
+from adapters.telegram.confirmation import UnconfirmedUpdates
 from adapters.telegram.http_client import AiohttpRequest
 
 log = logging.getLogger(__name__)
@@ -53,23 +55,49 @@ class UpdateGuardRequest(AiohttpRequest):
     the API's description. python-telegram-bot tells the application of neither a poll
     that worked again after failures, nor a 401 or 404 (InvalidToken), on which its
     polling gives up for good.
+
+    `unconfirmed` learns of every update fetched, and a call that would confirm some it
+    has not seen taken in waits for them first (adapters.telegram.confirmation).
     """
 
     def __init__(
-        self, *, on_answer: Callable[[int, str | None], None] | None = None, **kwargs: Any
+        self,
+        *,
+        on_answer: Callable[[int, str | None], None] | None = None,
+        unconfirmed: UnconfirmedUpdates | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._on_answer = on_answer
+        self._unconfirmed = unconfirmed
 
-    async def do_request(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
-        code, payload = await super().do_request(*args, **kwargs)
+    async def do_request(
+        self,
+        url: str,
+        method: str,
+        request_data: RequestData | None = None,
+        read_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+        write_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+        connect_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+        pool_timeout: ODVInput[float] = BaseRequest.DEFAULT_NONE,
+    ) -> tuple[int, bytes]:
+        offset = request_data.parameters.get("offset") if request_data is not None else None
+        if self._unconfirmed is not None and isinstance(offset, int):
+            await self._unconfirmed.before_confirming(offset)
+        code, payload = await super().do_request(
+            url, method, request_data, read_timeout, write_timeout, connect_timeout, pool_timeout
+        )
         if self._on_answer is not None:
             self._on_answer(code, None if code == 200 else _description(code, payload))
         return code, payload
 
-    @staticmethod
-    def parse_json_payload(payload: bytes) -> JSONDict:
-        return sanitize_updates(BaseRequest.parse_json_payload(payload))
+    def parse_json_payload(self, payload: bytes) -> JSONDict:  # type: ignore[override]
+        # python-telegram-bot declares it static but calls it on the request object.
+        parsed = sanitize_updates(BaseRequest.parse_json_payload(payload))
+        result = parsed.get("result")
+        if self._unconfirmed is not None and parsed.get("ok") and isinstance(result, list):
+            self._unconfirmed.fetched(update["update_id"] for update in result)
+        return parsed
 
 
 def _description(code: int, payload: bytes) -> str:

@@ -42,6 +42,10 @@ class RecordingCore:
         self.commands: list[CommandRequest] = []
         self.answer = "Idle."
         self.crash_next = 0
+        # Cleared: submit() waits for it (a message whose storing takes long).
+        self.storing = asyncio.Event()
+        self.storing.set()
+        self.entered: list[str] = []
         self.intake_reports: list[tuple[str, str | None]] = []
 
     def attach(self, sink: ReplySink) -> None:
@@ -51,6 +55,8 @@ class RecordingCore:
         self.intake_reports.append((platform, problem))
 
     async def submit(self, message: InboundMessage) -> SubmitOutcome:
+        self.entered.append(message.text)
+        await self.storing.wait()
         if self.crash_next:
             self.crash_next -= 1
             raise RuntimeError("core exploded")
@@ -89,6 +95,7 @@ async def adapter(tg: FakeTelegram, core: RecordingCore) -> AsyncIterator[Telegr
     try:
         yield adapter
     finally:
+        core.storing.set()  # a test that failed holding it up
         await adapter.stop()
 
 
@@ -233,6 +240,96 @@ async def test_malformed_update_and_a_crashing_handler_do_not_stop_the_app(
     assert core.texts() == ["still there?"]
     # The bad update was confirmed, not fetched again and again.
     await tg.wait_for(lambda: tg.queued_updates == [])
+
+
+# --- confirming updates -----------------------------------------------------------------
+
+
+def confirmed(tg: FakeTelegram, message_id: int, chat_id: int = ANA.id) -> bool:
+    """Whether the bot told Telegram to forget the message's update (by a later getUpdates
+    offset)."""
+    return not any(
+        u.get("message", {}).get("message_id") == message_id
+        and u["message"]["chat"]["id"] == chat_id
+        for u in tg.queued_updates
+    )
+
+
+async def test_an_update_is_confirmed_only_once_the_core_has_taken_it_in(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    """Telegram forgets what a getUpdates offset confirms: a crash between that and the
+    storing would lose the message. The next poll waits for the storing instead."""
+    core.storing.clear()
+    message_id = tg.push_text(ANA.id, ANA, "keep me")
+    await tg.wait_for(lambda: core.entered == ["keep me"])
+    polls = len(tg.calls_to("getUpdates"))
+    # Long enough for any poll: the fixture's long poll is 1 s and ends at once on news.
+    await asyncio.sleep(0.3)
+    assert not confirmed(tg, message_id)
+    assert len(tg.calls_to("getUpdates")) == polls
+    core.storing.set()
+    await tg.wait_for(lambda: confirmed(tg, message_id))
+    assert core.texts() == ["keep me"]
+
+
+async def test_an_update_whose_storing_failed_is_confirmed_all_the_same(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    # The core gave up on it (and logged why); fetching it forever would stall the bot.
+    core.crash_next = 1
+    message_id = tg.push_text(ANA.id, ANA, "lost cause")
+    await tg.wait_for(lambda: confirmed(tg, message_id))
+    tg.push_text(ANA.id, ANA, "next")
+    await tg.wait_for(lambda: core.texts() == ["next"])
+
+
+async def test_polling_goes_on_after_the_wait_limit_and_says_what_it_confirms(
+    tg: FakeTelegram, core: RecordingCore, caplog: pytest.LogCaptureFixture
+) -> None:
+    adapter = TelegramAdapter(settings_for(tg), core, poll_timeout=1, confirm_wait=0.2)
+    await adapter.start()
+    try:
+        core.storing.clear()
+        stuck = tg.push_text(ANA.id, ANA, "stuck")
+        await tg.wait_for(lambda: confirmed(tg, stuck))
+        assert core.texts() == []
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("1 update" in r.getMessage() for r in warned), warned
+        core.storing.set()
+        await tg.wait_for(lambda: core.texts() == ["stuck"])
+    finally:
+        core.storing.set()
+        await adapter.stop()
+
+
+async def test_a_command_is_confirmed_while_its_answer_is_still_on_its_way(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    """An answer can wait long (flood limits, retries): nothing to store waits on it."""
+    tg.hang_next("sendMessage")
+    message_id = tg.push_text(ANA.id, ANA, "/status")
+    await tg.wait_for(lambda: bool(tg.calls_to("sendMessage")))
+    await tg.wait_for(lambda: confirmed(tg, message_id))
+    tg.release_hangs()
+    await tg.wait_for(lambda: len(tg.sent_messages(ANA.id)) == 1)
+
+
+async def test_stopping_confirms_what_was_taken_in(tg: FakeTelegram, core: RecordingCore) -> None:
+    adapter = TelegramAdapter(settings_for(tg), core, poll_timeout=1)
+    await adapter.start()
+    core.storing.clear()
+    message_id = tg.push_text(ANA.id, ANA, "taken in while stopping")
+    await tg.wait_for(lambda: bool(core.entered))
+    stopping = asyncio.create_task(adapter.stop())
+    try:
+        await asyncio.sleep(0.1)
+        assert not confirmed(tg, message_id)
+    finally:
+        core.storing.set()
+        await stopping
+    assert core.texts() == ["taken in while stopping"]
+    assert confirmed(tg, message_id)
 
 
 @pytest.mark.parametrize(
