@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
@@ -112,6 +113,56 @@ async def test_sigkill_between_reply_stored_and_delivered_then_restart(tmp_path:
             # A wrong second post would come right after recovery: let the bot idle on.
             polls = len(tg.calls_to("getUpdates"))
             await tg.wait_for(lambda: len(tg.calls_to("getUpdates")) >= polls + 1, timeout=30)
+        finally:
+            second.terminate()
+            _, errors = await second.communicate()
+        assert second.returncode == 0, errors.decode()
+    sent = tg.sent_messages(ANA.id)
+    assert len(sent) == 1
+    assert "hello there" in sent[0].text
+
+
+async def test_sigkill_while_a_fetched_message_is_being_stored_then_restart(
+    tmp_path: Path,
+) -> None:
+    """Telegram is told to forget an update (a later getUpdates offset) only once the
+    message is stored: the process dies while it cannot store it, and the next one gets
+    it from Telegram again and answers it once."""
+    db = tmp_path / "bot.db"
+    async with FakeTelegram() as tg:
+        env = bot_environment(
+            f"sqlite+aiosqlite:///{db}",
+            TELEGRAM_BOT_TOKEN=tg.token,
+            TELEGRAM_BASE_URL=tg.base_url,
+            OFFLINE_MODEL="true",
+        )
+        first = await _start_telegram_bot(tmp_path, env)
+        # Another process holds SQLite's write lock: the bot can fetch, not store.
+        lock = sqlite3.connect(db, isolation_level=None, timeout=30)
+        try:
+            await tg.wait_for(lambda: bool(tg.calls_to("getUpdates")), timeout=30)
+            lock.execute("BEGIN IMMEDIATE")
+            polls = len(tg.calls_to("getUpdates"))
+            tg.push_text(ANA.id, ANA, "hello there")
+            # The long poll open when it came answers with it.
+            await tg.wait_for(lambda: tg.calls_to("getUpdates")[polls - 1].status == 200)
+            # python-telegram-bot polls again at once; the bot waits for the storing.
+            await asyncio.sleep(1.0)
+            assert [u["message"]["text"] for u in tg.queued_updates] == ["hello there"]
+            assert len(tg.calls_to("getUpdates")) == polls
+            first.kill()
+            await first.wait()
+        finally:
+            lock.close()
+            if first.returncode is None:
+                first.kill()
+                await first.wait()
+        assert tg.sent_messages(ANA.id) == []
+
+        second = await _start_telegram_bot(tmp_path, env)
+        try:
+            await tg.wait_for(lambda: len(tg.sent_messages(ANA.id)) >= 1, timeout=30)
+            await tg.wait_for(lambda: tg.queued_updates == [], timeout=30)
         finally:
             second.terminate()
             _, errors = await second.communicate()
