@@ -84,16 +84,39 @@ async def _start_telegram_bot(cwd: Path, env: dict[str, str]) -> asyncio.subproc
     return await spawn_cli(cwd, env, "run", stdout=asyncio.subprocess.DEVNULL)
 
 
+def _telegram_environment(tg: FakeTelegram, db: Path) -> dict[str, str]:
+    return bot_environment(
+        f"sqlite+aiosqlite:///{db}",
+        TELEGRAM_BOT_TOKEN=tg.token,
+        TELEGRAM_BASE_URL=tg.base_url,
+        OFFLINE_MODEL="true",
+    )
+
+
+async def _next_start_answers_once(tg: FakeTelegram, cwd: Path, env: dict[str, str]) -> None:
+    """Starts the bot again: it answers "hello there" exactly once, leaves no update
+    unconfirmed, and stops cleanly."""
+    second = await _start_telegram_bot(cwd, env)
+    try:
+        await tg.wait_for(lambda: len(tg.sent_messages(ANA.id)) >= 1, timeout=30)
+        # A wrong second post would come right after recovery: let the bot idle on.
+        polls = len(tg.calls_to("getUpdates"))
+        await tg.wait_for(lambda: len(tg.calls_to("getUpdates")) >= polls + 1, timeout=30)
+        await tg.wait_for(lambda: tg.queued_updates == [], timeout=30)
+    finally:
+        second.terminate()
+        _, errors = await second.communicate()
+    assert second.returncode == 0, errors.decode()
+    sent = tg.sent_messages(ANA.id)
+    assert len(sent) == 1
+    assert "hello there" in sent[0].text
+
+
 async def test_sigkill_between_reply_stored_and_delivered_then_restart(tmp_path: Path) -> None:
     """The answer is in the outbox and its sendMessage is in flight when the process dies.
     Exactly one answer is posted, by the next process."""
     async with FakeTelegram() as tg:
-        env = bot_environment(
-            f"sqlite+aiosqlite:///{tmp_path}/bot.db",
-            TELEGRAM_BOT_TOKEN=tg.token,
-            TELEGRAM_BASE_URL=tg.base_url,
-            OFFLINE_MODEL="true",
-        )
+        env = _telegram_environment(tg, tmp_path / "bot.db")
         tg.hang_next("sendMessage")
         first = await _start_telegram_bot(tmp_path, env)
         try:
@@ -107,19 +130,7 @@ async def test_sigkill_between_reply_stored_and_delivered_then_restart(tmp_path:
                 await first.wait()
         assert tg.sent_messages(ANA.id) == []  # the hung send never completed
 
-        second = await _start_telegram_bot(tmp_path, env)
-        try:
-            await tg.wait_for(lambda: len(tg.sent_messages(ANA.id)) >= 1, timeout=30)
-            # A wrong second post would come right after recovery: let the bot idle on.
-            polls = len(tg.calls_to("getUpdates"))
-            await tg.wait_for(lambda: len(tg.calls_to("getUpdates")) >= polls + 1, timeout=30)
-        finally:
-            second.terminate()
-            _, errors = await second.communicate()
-        assert second.returncode == 0, errors.decode()
-    sent = tg.sent_messages(ANA.id)
-    assert len(sent) == 1
-    assert "hello there" in sent[0].text
+        await _next_start_answers_once(tg, tmp_path, env)
 
 
 async def test_sigkill_while_a_fetched_message_is_being_stored_then_restart(
@@ -130,12 +141,7 @@ async def test_sigkill_while_a_fetched_message_is_being_stored_then_restart(
     it from Telegram again and answers it once."""
     db = tmp_path / "bot.db"
     async with FakeTelegram() as tg:
-        env = bot_environment(
-            f"sqlite+aiosqlite:///{db}",
-            TELEGRAM_BOT_TOKEN=tg.token,
-            TELEGRAM_BASE_URL=tg.base_url,
-            OFFLINE_MODEL="true",
-        )
+        env = _telegram_environment(tg, db)
         first = await _start_telegram_bot(tmp_path, env)
         # Another process holds SQLite's write lock: the bot can fetch, not store.
         lock = sqlite3.connect(db, isolation_level=None, timeout=30)
@@ -159,14 +165,4 @@ async def test_sigkill_while_a_fetched_message_is_being_stored_then_restart(
                 await first.wait()
         assert tg.sent_messages(ANA.id) == []
 
-        second = await _start_telegram_bot(tmp_path, env)
-        try:
-            await tg.wait_for(lambda: len(tg.sent_messages(ANA.id)) >= 1, timeout=30)
-            await tg.wait_for(lambda: tg.queued_updates == [], timeout=30)
-        finally:
-            second.terminate()
-            _, errors = await second.communicate()
-        assert second.returncode == 0, errors.decode()
-    sent = tg.sent_messages(ANA.id)
-    assert len(sent) == 1
-    assert "hello there" in sent[0].text
+        await _next_start_answers_once(tg, tmp_path, env)
