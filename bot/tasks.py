@@ -41,6 +41,13 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    async def finish(self, grace: float) -> None:
+        """Lets the tasks end on their own for up to `grace` seconds, then cancels the
+        ones left (`cancel_all`)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
+        await self.cancel_all()
+
     async def cancel_all(self, grace: float = STOP_GRACE_SECONDS) -> None:
         # One that does not stop stays in the set, so that its end (and any exception)
         # is still seen if it ever comes.

@@ -28,11 +28,14 @@ from bot.core_api import COMMAND_FAILED, ChatCore
 from bot.events import ConversationKey, DeliveryError, OutgoingMessage
 from bot.lost import LostIntake
 from bot.settings import Settings, SettingsError, StartupError, check_telegram_webhook
+from bot.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
 # Telegram drops "typing..." after about 5 seconds.
 TYPING_INTERVAL = 4.5
+# How long a stop waits for command answers still being posted before cancelling them.
+ANSWER_GRACE_SECONDS = 5.0
 _ALLOWED_UPDATES = (Update.MESSAGE, Update.EDITED_MESSAGE)
 _COMMANDS = (
     BotCommand("start", "Start talking with me"),
@@ -78,6 +81,8 @@ class TelegramAdapter:
         self._core = core
         self._poll_timeout = poll_timeout
         self._unconfirmed = UnconfirmedUpdates(confirm_wait)
+        # Command answers being posted (`_carry_out`): let finish, within reason, on stop.
+        self._answers = TaskSet("telegram-commands")
         self._app: Application = (  # type: ignore[type-arg]
             ApplicationBuilder()
             .token(settings.telegram_bot_token.get_secret_value())
@@ -282,8 +287,10 @@ class TelegramAdapter:
             await self._app.stop()
 
     async def stop(self) -> None:
-        """Stops taking messages in (if it still does), then closes the HTTP clients."""
+        """Stops taking messages in (if it still does), lets command answers in flight
+        finish (for a few seconds), then closes the HTTP clients."""
         await self.stop_intake()
+        await self._answers.finish(ANSWER_GRACE_SECONDS)
         self._running = False
         await self._app.shutdown()
         # After a failed start (bad token) the application never counted as initialized and
@@ -294,25 +301,22 @@ class TelegramAdapter:
 
     async def _on_update(self, update: Update, context: _Context) -> None:
         try:
-            command = await self._take_in(update)
+            await self._take_in(update)
         finally:
             # Stored, refused or failed for good: Telegram may forget it now.
             self._unconfirmed.taken_in(update.update_id)
-        if command is not None:
-            await self._answer_command(command)
 
-    async def _take_in(self, update: Update) -> Command | None:
-        """Hands the update's message to the core; a command is returned, to answer once
-        the update is taken in (an answer can wait long on Telegram's flood limits)."""
+    async def _take_in(self, update: Update) -> None:
+        """Hands the update's message to the core, or carries out its command."""
         if update.edited_message is not None:
             message = update.edited_message
             log.info(
                 "ignoring an edit of message %s in chat %s", message.message_id, message.chat.id
             )
-            return None
+            return
         if update.message is None:
             log.debug("ignoring update %s: no new message", update.update_id)
-            return None
+            return
         decision = route(update.message, self.identity)
         if isinstance(decision, Ignore):
             log.debug("ignoring message %s: %s", update.message.message_id, decision.reason)
@@ -320,10 +324,13 @@ class TelegramAdapter:
             outcome = await self._core.submit(decision.message)
             log.debug("message %s: %s", decision.message.dedupe_key, outcome)
         elif isinstance(decision, Command):
-            return decision
-        return None
+            await self._carry_out(decision)
 
-    async def _answer_command(self, command: Command) -> None:
+    async def _carry_out(self, command: Command) -> None:
+        """Carried out here, in order with the chat's messages (a /reset before "hello" is
+        done before "hello" is submitted); its answer is posted in a task of its own, as
+        it can wait long on Telegram's flood limits, and the chat's next messages, and
+        the poll that confirms them, must not wait with it."""
         request = command.request
         try:
             answer = await self._core.command(request)
@@ -331,8 +338,11 @@ class TelegramAdapter:
             # Unanswered, the person would wait for nothing: they had better hear it failed.
             log.exception("could not carry out /%s in %s", request.name, request.conversation)
             answer = COMMAND_FAILED
-        if answer is None:
-            return
+        if answer is not None:
+            self._answers.spawn(self._post_answer(command, answer), f"answer-{command.message_id}")
+
+    async def _post_answer(self, command: Command, answer: str) -> None:
+        request = command.request
         try:
             await self._delivery.post(request.conversation, answer, str(command.message_id))
         except DeliveryError as error:

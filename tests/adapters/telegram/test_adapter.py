@@ -315,6 +315,37 @@ async def test_a_command_is_confirmed_while_its_answer_is_still_on_its_way(
     await tg.wait_for(lambda: len(tg.sent_messages(ANA.id)) == 1)
 
 
+async def test_a_command_answer_slow_to_post_holds_up_no_later_message_of_its_chat(
+    tg: FakeTelegram, core: RecordingCore, adapter: TelegramAdapter
+) -> None:
+    """Carried out in order with the chat's messages; only its answer waits, in a task of
+    its own: the chat's next message is stored and confirmed meanwhile."""
+    tg.hang_next("sendMessage")
+    tg.push_text(ANA.id, ANA, "/status")
+    await tg.wait_for(lambda: bool(tg.calls_to("sendMessage")))
+    message_id = tg.push_text(ANA.id, ANA, "still here?")
+    await tg.wait_for(lambda: core.texts() == ["still here?"])
+    await tg.wait_for(lambda: confirmed(tg, message_id))
+    assert tg.sent_messages(ANA.id) == []
+    tg.release_hangs()
+    await tg.wait_for(lambda: len(tg.sent_messages(ANA.id)) == 1)
+
+
+async def test_stop_lets_a_command_answer_in_flight_finish(
+    tg: FakeTelegram, core: RecordingCore
+) -> None:
+    adapter = TelegramAdapter(settings_for(tg), core, poll_timeout=1)
+    await adapter.start()
+    tg.hang_next("sendMessage")
+    tg.push_text(ANA.id, ANA, "/status")
+    await tg.wait_for(lambda: bool(tg.calls_to("sendMessage")))
+    stopping = asyncio.create_task(adapter.stop())
+    await asyncio.sleep(0.1)
+    tg.release_hangs()
+    await stopping
+    assert [m.plain_text for m in tg.sent_messages(ANA.id)] == [core.answer]
+
+
 async def test_stopping_confirms_what_was_taken_in(tg: FakeTelegram, core: RecordingCore) -> None:
     adapter = TelegramAdapter(settings_for(tg), core, poll_timeout=1)
     await adapter.start()
