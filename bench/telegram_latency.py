@@ -4,15 +4,19 @@ The fake Bot API (tests.fakes.telegram_api) runs here, in the driver; each bot r
 process of its own (bench.telegram_bots). Latency is measured on the fake's clock: from the
 moment an update is queued to the moment the bot's sendMessage answering it arrives.
 
-For each chat count N and each bot variant (alternated, order flipped every trial):
+For each chat count N, every bot variant runs at once, each against a fake of its own,
+and the bots take turns (the order flipped every turn), so that all are measured in the
+same minutes of this shared machine:
   setup   stillhere only: every chat asks for a long tool ("wait 3600 seconds") and gets
           its "working" notice, so every later message gets an instant templated reply.
-  bursts  M rounds; each round queues one message in every chat at once and waits until all
-          N are answered: p50/p95/p99 and messages/s under load.
-  paced   messages at a steady rate under Telegram's flood limit, one chat after another:
-          what a user sees while N sessions are busy.
-Bot CPU per message comes from /proc. stillhere's SQLite file is checked afterwards: every
-message stored, every one deferred, one instant reply each.
+  bursts  M rounds; each bot in turn gets one message queued in every chat at once, and
+          the next bot's turn begins once all N are answered: p50/p95/p99 and messages/s
+          under load.
+  paced   messages at a steady rate under Telegram's flood limit, one chat after another,
+          each bot in turn: what a user sees while N sessions are busy.
+Bot CPU per message comes from /proc, over the whole measured phase (the other bots'
+turns included). stillhere's SQLite file is checked afterwards: every message stored,
+every one deferred, one instant reply each.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.common import (
     JSON,
@@ -293,58 +297,110 @@ def _echo_stored_counts(db: Path) -> JSON:
     return {"user_messages": stored, "delivered": delivered}
 
 
+@dataclass
+class _Bot:
+    """One variant's bot in a trial: its fake Bot API, its process and what it measured."""
+
+    trial: Trial
+    fake: TimedTelegram
+    process: BotProcess
+    db: Path
+    log: Path
+    chat_ids: list[int]
+    keys: list[tuple[int, int]] = field(default_factory=list)
+    paced: list[tuple[int, int]] = field(default_factory=list)
+    cpu_before: float = 0.0
+
+
 async def run_trial(
-    variant: str,
+    variants: Sequence[str],
     chats: int,
     size: Size,
     workdir: Path,
     trial_number: int,
-    profile: Path | None = None,
-) -> Trial:
-    trial = Trial(variant, chats)
-    db = workdir / f"{variant}-{chats}-{trial_number}.db"
-    log = workdir / f"{variant}-{chats}-{trial_number}.log"
-    chat_ids = [FIRST_CHAT + i for i in range(chats)]
-    fake = TimedTelegram()
-    async with fake, BotProcess(variant, fake, db, log, profile) as bot:
-        if is_ours(variant):
-            trial.setup_seconds, trial.setup_lost = await _setup_tools(fake, chat_ids)
-        if profile is not None:
-            await bot.start_profile()
-        cpu_before = cpu_seconds(bot.pid)
-        keys: list[tuple[int, int]] = []
+    profile: tuple[str, Path] | None = None,
+) -> list[Trial]:
+    """One trial of each variant at N chats, side by side in time: every bot runs at
+    once, each against a fake of its own, and they take turns (the order flipped every
+    turn), one burst round each, then one paced message each. Bots measured one after
+    another were measured in different minutes of this shared machine, and one slow
+    minute set a variant's figure (bench/RESULTS.md, session 18); taking turns spreads
+    such a minute over every variant alike. With `profile` (variant, report file), that
+    bot is profiled."""
+    async with contextlib.AsyncExitStack() as stack:
+        bots = []
+        for variant in variants:
+            name = f"{variant}-{chats}-{trial_number}"
+            fake = TimedTelegram()
+            await stack.enter_async_context(fake)
+            profiled = profile[1] if profile is not None and profile[0] == variant else None
+            db, log = workdir / f"{name}.db", workdir / f"{name}.log"
+            process = await stack.enter_async_context(BotProcess(variant, fake, db, log, profiled))
+            ids = [FIRST_CHAT + i for i in range(chats)]
+            bots.append(_Bot(Trial(variant, chats), fake, process, db, log, ids))
+        for bot in bots:
+            if is_ours(bot.trial.variant):
+                bot.trial.setup_seconds, bot.trial.setup_lost = await _setup_tools(
+                    bot.fake, bot.chat_ids
+                )
+            if bot.process.profile is not None:
+                await bot.process.start_profile()
+            bot.cpu_before = cpu_seconds(bot.process.pid)
         for round_number in range(size.rounds):
             text = ROUND_TEXTS[round_number % len(ROUND_TEXTS)]
-            started = time.perf_counter()
-            burst = [fake.push_timed(chat, text) for chat in chat_ids]
-            await _wait_answered(fake, burst)
-            trial.burst_seconds += time.perf_counter() - started
-            trial.burst_latencies += [fake.answered_at[k] - fake.queued_at[k] for k in burst]
-            keys += burst
-        paced: list[tuple[int, int]] = []
+            for bot in _order(bots, round_number):
+                await _burst(bot, text)
         texts = itertools.cycle(ROUND_TEXTS)
         for index in range(size.paced):
-            paced.append(fake.push_timed(chat_ids[index % chats], next(texts)))
-            await asyncio.sleep(1 / PACED_RATE)
-        await _wait_answered(fake, paced)
-        trial.paced_latencies = [fake.answered_at[k] - fake.queued_at[k] for k in paced]
-        keys += paced
-        trial.cpu_seconds = cpu_seconds(bot.pid) - cpu_before
-        trial.messages = len(keys)
-        trial.answered = sum(1 for k in keys if k in fake.answered_at)
-        trial.extra_replies = sum(max(0, fake.replies[k] - 1) for k in keys)
-    if is_ours(variant):
-        trial.stored = _stored_counts(db)
-    elif variant == "echo-stored":
-        trial.stored = _echo_stored_counts(db)
+            text = next(texts)
+            for bot in _order(bots, index):
+                bot.paced.append(bot.fake.push_timed(bot.chat_ids[index % chats], text))
+                await asyncio.sleep(1 / (PACED_RATE * len(bots)))
+        for bot in bots:
+            await _wait_answered(bot.fake, bot.paced)
+            _tally(bot, cpu_seconds(bot.process.pid) - bot.cpu_before)
+    for bot in bots:
+        _check_stored(bot)
+    return [bot.trial for bot in bots]
+
+
+async def _burst(bot: _Bot, text: str) -> None:
+    """One message in every chat at once, until all are answered."""
+    started = time.perf_counter()
+    burst = [bot.fake.push_timed(chat, text) for chat in bot.chat_ids]
+    await _wait_answered(bot.fake, burst)
+    bot.trial.burst_seconds += time.perf_counter() - started
+    bot.trial.burst_latencies += [bot.fake.answered_at[k] - bot.fake.queued_at[k] for k in burst]
+    bot.keys += burst
+
+
+def _tally(bot: _Bot, cpu: float) -> None:
+    trial, fake = bot.trial, bot.fake
+    trial.paced_latencies = [fake.answered_at[k] - fake.queued_at[k] for k in bot.paced]
+    keys = bot.keys + bot.paced
+    trial.cpu_seconds = cpu
+    trial.messages = len(keys)
+    trial.answered = sum(1 for k in keys if k in fake.answered_at)
+    trial.extra_replies = sum(max(0, fake.replies[k] - 1) for k in keys)
+
+
+def _check_stored(bot: _Bot) -> None:
+    """What the bot's database holds and the errors it logged, once it has stopped."""
+    trial = bot.trial
+    if is_ours(trial.variant):
+        trial.stored = _stored_counts(bot.db)
+    elif trial.variant == "echo-stored":
+        trial.stored = _echo_stored_counts(bot.db)
     trial.log_errors = sum(
-        1 for line in log.read_text(errors="replace").splitlines() if line.startswith("ERROR")
+        1 for line in bot.log.read_text(errors="replace").splitlines() if line.startswith("ERROR")
     )
-    return trial
 
 
-def _order(variants: Sequence[str], trial_number: int) -> list[str]:
-    return list(variants) if trial_number % 2 == 0 else list(reversed(variants))
+T = TypeVar("T")
+
+
+def _order(items: Sequence[T], turn: int) -> list[T]:
+    return list(items) if turn % 2 == 0 else list(reversed(items))
 
 
 def _trials_for(size: Size, chats: int, variant: str) -> int:
@@ -361,17 +417,17 @@ async def measure(size: Size, profile: str | None, out: Path) -> list[Trial]:
         workdir = Path(tmp)
         for chats in size.chats:
             for trial_number in range(size.trials):
-                for variant in _order(size.variants, trial_number):
-                    if trial_number >= _trials_for(size, chats, variant):
-                        continue
-                    profiled = (
-                        out / f"{NAME}.{variant}.N{chats}.profile.txt"
-                        if variant == profile and chats == size.chats[-1] and trial_number == 0
-                        else None
-                    )
-                    trial = await run_trial(variant, chats, size, workdir, trial_number, profiled)
+                variants = [v for v in size.variants if trial_number < _trials_for(size, chats, v)]
+                profiled = (
+                    (profile, out / f"{NAME}.{profile}.N{chats}.profile.txt")
+                    if profile in variants and chats == size.chats[-1] and trial_number == 0
+                    else None
+                )
+                for trial in await run_trial(
+                    variants, chats, size, workdir, trial_number, profiled
+                ):
                     print(
-                        f"  {variant:>17} N={chats:<5} trial {trial_number + 1}: "
+                        f"  {trial.variant:>17} N={chats:<5} trial {trial_number + 1}: "
                         f"burst p50 {latency_summary(trial.burst_latencies)['p50_ms']} ms, "
                         f"paced p50 {latency_summary(trial.paced_latencies)['p50_ms']} ms, "
                         f"{trial.messages - trial.answered} lost, "
