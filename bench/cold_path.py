@@ -116,7 +116,7 @@ def sqlite_hot_and_cold(directory: Path, size: Size) -> JSON:
 STEPS: tuple[tuple[str, str, str | None, str], ...] = (
     ("stored by the store", "storage.repository", "SqlStore", "record_inbound"),
     ("group commit's transaction", "storage.group_commit", None, "transaction"),
-    ("pool checkout", "storage.transaction", None, "_connected"),
+    ("pool checkout", "storage.transaction", None, "_connection_at_hand"),
     ("trip to SQLite's thread", "storage.sqlite_driver", "OneTripConnection", "in_thread"),
     ("dedupe + session row (thread)", "storage.repository", "SqlStore", "_take_in"),
     ("reply chosen and stored (thread)", "storage.repository", "SqlStore", "_intake"),

@@ -225,8 +225,14 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         # The owner of the connection runs no statement meanwhile, so reading the flag
         # from this thread is safe. (A statement given up on while still queued for the
         # thread is no exception: SQLAlchemy then closes the connection, behind it.)
-        if self._connection._connection and self._connection.in_transaction:
+        if self.in_transaction_now():
             super().rollback()
+
+    def in_transaction_now(self) -> bool:
+        """Whether the driver's connection has a transaction open, read from the event
+        loop's thread: only while the connection's owner runs nothing in the driver's
+        thread (see `rollback`)."""
+        return bool(self._connection._connection and self._connection.in_transaction)
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):

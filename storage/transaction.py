@@ -31,10 +31,13 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import QueuePool
+from sqlalchemy.util.concurrency import greenlet_spawn
 
 from storage.prepared import begin_immediate
-from storage.sqlite_driver import OneTripConnection
+from storage.sqlite_driver import OneTripConnection, OneTripDBAPI
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,19 +94,62 @@ async def transaction(
                 begin_immediate(connection)
             return context.run(work, connection)
 
+    at_hand = _connection_at_hand(engine)
+    if at_hand is not None:
+        taken, driver = at_hand
+        try:
+            return await driver.in_thread(lambda: in_transaction(taken), cancellations.note)
+        finally:
+            await _give_back(taken, driver)
     conn = await _connected(engine, cancellations)
     sync = conn.sync_connection
     assert sync is not None  # started by _connected()
-    driver = sync.connection.dbapi_connection
-    if isinstance(driver, OneTripConnection):
+    pooled = sync.connection.dbapi_connection
+    if isinstance(pooled, OneTripConnection):
         try:
-            return await driver.in_thread(lambda: in_transaction(sync), cancellations.note)
+            return await pooled.in_thread(lambda: in_transaction(sync), cancellations.note)
         finally:
             await conn.close()
     try:
         return await outlast(conn.run_sync(in_transaction), cancellations)
     finally:
         await outlast(conn.close(), cancellations)
+
+
+def _connection_at_hand(engine: AsyncEngine) -> tuple[Connection, OneTripConnection] | None:
+    """On SQLite, the pooled connection taken at once, when the pool holds one that is
+    ready; None when the checkout would have to wait or to open a connection.
+
+    Why: SQLAlchemy's async checkout runs the pool's sync code in a greenlet of its own,
+    made for each checkout (and another for each return) in case the pool must wait. For a
+    message that arrives alone, that was most of the checkout's 0.18 ms, on the path of its
+    instant reply (bench/RESULTS.md, session 19). A checkout that needs to wait or to
+    connect needs the greenlet: SQLAlchemy then raises MissingGreenlet before it changes
+    anything (the pool takes its connection back), and the caller takes the async way."""
+    sync_engine = engine.sync_engine
+    if not isinstance(sync_engine.dialect.loaded_dbapi, OneTripDBAPI):
+        return None
+    pool = sync_engine.pool
+    if not isinstance(pool, QueuePool) or pool.checkedin() == 0:
+        return None
+    try:
+        sync = sync_engine.connect()
+    except MissingGreenlet:
+        return None
+    driver = sync.connection.dbapi_connection
+    if not isinstance(driver, OneTripConnection):  # another creator: not ours to run
+        sync.close()
+        return None
+    return sync, driver
+
+
+async def _give_back(sync: Connection, driver: OneTripConnection) -> None:
+    """The connection back in the pool, in a greenlet only where that needs the driver's
+    thread: a transaction left open to roll back, a connection invalidated to close."""
+    if sync.invalidated or driver.in_transaction_now():
+        await greenlet_spawn(sync.close)
+    else:
+        sync.close()
 
 
 async def _connected(engine: AsyncEngine, cancellations: Cancellations) -> AsyncConnection:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import storage.database
-from storage.transaction import run_transaction
+from storage.transaction import _connection_at_hand, _give_back, run_transaction
 from tests.support.held import Hold
 from tests.support.tables import engine_with
 
@@ -225,3 +225,76 @@ async def test_on_sqlite_a_write_lock_not_had_in_time_is_sqlalchemys_error_and_p
             other.close()
         await run_transaction(engine, lambda conn: conn.execute(insert(ITEMS), NAMED))
         assert await stored(engine) == ["named"]
+
+
+# --- SQLite: the pooled connection taken at once, or waited for ----------------------------
+
+
+async def test_on_sqlite_a_connection_ready_in_the_pool_is_taken_without_the_async_checkout(
+    sqlite_file: tuple[AsyncEngine, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, _ = sqlite_file
+    await stored(engine)  # the pool holds a connection now
+
+    def no_async_checkout(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the async checkout was used")
+
+    monkeypatch.setattr(AsyncEngine, "connect", no_async_checkout)
+    await run_transaction(engine, lambda conn: conn.execute(insert(ITEMS), NAMED))
+    assert await stored(engine) == ["named"]
+    assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_on_sqlite_a_transaction_waits_for_the_connection_another_caller_holds(
+    sqlite_file: tuple[AsyncEngine, Path],
+) -> None:
+    engine, _ = sqlite_file
+    async with engine.connect() as held:
+        await held.scalar(select(func.count()).select_from(ITEMS))
+        waiting = asyncio.create_task(
+            run_transaction(engine, lambda conn: conn.execute(insert(ITEMS), NAMED))
+        )
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+    await waiting
+    assert await stored(engine) == ["named"]
+
+
+async def test_on_sqlite_a_pooled_connection_that_must_connect_again_is_opened_in_a_greenlet(
+    sqlite_file: tuple[AsyncEngine, Path], recwarn: pytest.WarningsRecorder
+) -> None:
+    """An invalidated connection goes back to the pool closed: the next checkout opens
+    a new one, which needs SQLAlchemy's async checkout, with nothing left half-done."""
+    engine, _ = sqlite_file
+    async with engine.connect() as conn:
+        await conn.invalidate()
+    assert engine.sync_engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    await run_transaction(engine, lambda conn: conn.execute(insert(ITEMS), NAMED))
+    assert await stored(engine) == ["named"]
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
+async def test_on_sqlite_a_connection_given_back_in_a_transaction_is_rolled_back(
+    sqlite_file: tuple[AsyncEngine, Path],
+) -> None:
+    """What a failed rollback in the driver's thread would leave: the return to the pool
+    rolls the transaction back (a trip to that thread, in a greenlet), and the next
+    transaction begins afresh."""
+    engine, _ = sqlite_file
+    await stored(engine)
+    at_hand = _connection_at_hand(engine)
+    assert at_hand is not None
+    sync, driver = at_hand
+
+    def begin_and_insert() -> None:
+        raw = driver.sqlite_connection
+        raw.execute("BEGIN IMMEDIATE")
+        raw.execute("INSERT INTO transaction_items (name) VALUES ('left open')")
+
+    await driver.in_thread(begin_and_insert)
+    assert driver.in_transaction_now()
+    await _give_back(sync, driver)
+    assert not driver.in_transaction_now()
+    assert engine.sync_engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+    await run_transaction(engine, lambda conn: conn.execute(insert(ITEMS), NAMED))
+    assert await stored(engine) == ["named"]
