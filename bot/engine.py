@@ -13,12 +13,13 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 
 from bot.core_api import SubmitOutcome
 from bot.courier import Courier
 from bot.events import CommandName, CommandRequest, InboundMessage, ReplySink, utcnow
 from bot.guards.access import AccessGate
-from bot.interim.classify import classify, told_language
+from bot.interim.classify import Reading
 from bot.interim.replies import ReplyBook, RunningTool
 from bot.llm import ChatModel
 from bot.policies import Gate, Verdict
@@ -38,6 +39,7 @@ from bot.storable import storable
 from bot.store import (
     Intake,
     InterimContext,
+    InterimPlanner,
     PlannedInterim,
     QueuedMessage,
     SessionInfo,
@@ -194,7 +196,8 @@ class Engine:
             return SubmitOutcome.IGNORED
         # A message that tells no language ("Ok") leaves the conversation's as it is; the
         # notices sent before the message is stored fall back to English.
-        told = told_language(message.text) if message.text else None
+        reading = self.book.classifier.read(message.text)
+        told = reading.told
         language = told or "en"
         if self._is_admin(message.conversation.platform, message.user_id, message.is_admin):
             message = replace(message, is_admin=True)
@@ -216,7 +219,9 @@ class Engine:
                 return SubmitOutcome.IGNORED
             log.info("non-text message (%s)", message.unsupported, extra=extra)
             return await self._notice(message, self.book.phrase("text_only", language))
-        intake = await self._record_inbound(message, told)
+        # The message's words are read once: the planner is handed what this reading found.
+        plan = partial(self.plan_interims, known={message.text: reading})
+        intake = await self._record_inbound(message, told, plan)
         if intake is None:
             log.info("duplicate message %s ignored", message.message_id, extra=extra)
             return SubmitOutcome.DUPLICATE
@@ -228,13 +233,15 @@ class Engine:
         # Otherwise it waits, queued, for the model call in flight: its end takes it.
         return SubmitOutcome.ACCEPTED
 
-    async def _record_inbound(self, message: InboundMessage, told: str | None) -> Intake | None:
+    async def _record_inbound(
+        self, message: InboundMessage, told: str | None, plan: InterimPlanner
+    ) -> Intake | None:
         """Stores the message, trying again after a failure (see INTAKE_RETRY_SECONDS)."""
         delays = iter(INTAKE_RETRY_SECONDS)
         failed = False
         while True:
             try:
-                intake = await self.store.record_inbound(message, told, self.plan_interims)
+                intake = await self.store.record_inbound(message, told, plan)
             except Exception:
                 delay = next(delays, None)
                 if delay is None:
@@ -346,17 +353,22 @@ class Engine:
             self.courier.kick(intake.info.id, intake.ready)
 
     def plan_interims(
-        self, info: SessionInfo, queued: Sequence[QueuedMessage], context: InterimContext
+        self,
+        info: SessionInfo,
+        queued: Sequence[QueuedMessage],
+        context: InterimContext,
+        known: Mapping[str, Reading] | None = None,
     ) -> list[PlannedInterim]:
         """The instant replies for messages that came while tools run (storage calls this
         inside the transaction that stores them, maybe in its own thread: pure and
-        quick, no event loop)."""
+        quick, no event loop). `known`: texts already read (`Classifier.read`)."""
         running = self.describe_running(context.calls, info.language)
         # Oldest first, newest last: the picker needs to know which text was sent last.
         avoid = list(context.recent_replies)
         planned = []
         for message in queued:
-            kind = classify(message.text, info.language)
+            reading = (known or {}).get(message.text) or self.book.classifier.read(message.text)
+            kind = reading.classification(info.language)
             text = self.book.interim(kind.kind, kind.language, running, avoid, self.rng)
             avoid.append(text)
             planned.append(PlannedInterim(message.id, text, kind.kind.value, kind.language))

@@ -20,6 +20,7 @@ __all__ = [
     "Classification",
     "Classifier",
     "InterimKind",
+    "Reading",
     "classify",
     "default_classifier",
     "detect_language",
@@ -42,6 +43,18 @@ _CHAR_WEIGHT = 2
 class Classification:
     kind: InterimKind
     language: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a message's own words say: its kind, and the language they tell (None: they
+    tell none, and the conversation's is meant)."""
+
+    kind: InterimKind
+    told: str | None
+
+    def classification(self, default_language: str) -> Classification:
+        return Classification(self.kind, self.told or default_language)
 
 
 def _strip_fillers(
@@ -142,18 +155,24 @@ class Classifier:
             return None
         return winners[0]
 
-    def classify(self, text: str, default_language: str = "en") -> Classification:
+    def read(self, text: str) -> Reading:
+        """The message's kind and the language it tells, its words folded once for both."""
         prepared = prepare(text)
         tokens = words(prepared)
-        language = self._told(prepared, tokens) or default_language
+        return Reading(self._kind(prepared, tokens), self._told(prepared, tokens))
+
+    def classify(self, text: str, default_language: str = "en") -> Classification:
+        return self.read(text).classification(default_language)
+
+    def _kind(self, prepared: str, tokens: tuple[str, ...]) -> InterimKind:
         core = _strip_fillers(tokens, self._fillers)
         padded = (f" {' '.join(tokens)} ", f" {' '.join(core)} ")
         for kind in PRECEDENCE:
             if kind is InterimKind.QUESTION and any(m in prepared for m in self._question_marks):
-                return Classification(kind, language)
+                return kind
             if tokens and self._matchers[kind].matches(padded):
-                return Classification(kind, language)
-        return Classification(InterimKind.DEFAULT, language)
+                return kind
+        return InterimKind.DEFAULT
 
 
 @cache

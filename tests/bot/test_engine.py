@@ -19,7 +19,7 @@ from adapters.memory import MemoryAdapter, Sent
 from bot.core_api import SubmitOutcome
 from bot.events import CommandName, DeliveryError, ReplyKind
 from bot.history import validate
-from bot.interim.classify import detect_language
+from bot.interim.classify import Reading, detect_language
 from bot.offline import FakeOpenAI
 from bot.session import SessionActor
 from bot.settings import GroupMode
@@ -767,6 +767,33 @@ async def test_a_message_whose_instant_reply_cannot_be_chosen_is_kept_for_the_an
     last_request = fake_openai.chat_requests[-1]["messages"]
     assert last_request[-1]["role"] == "user" and "¿Sigues ahí?" in last_request[-1]["content"]
     assert "no instant reply" in caplog.text
+
+
+async def test_a_message_that_arrives_while_tools_run_is_read_once(
+    make_core: CoreFactory, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its language (on the way in) and its kind (choosing the instant reply, in the
+    storing transaction) come from one reading of its words."""
+    monkeypatch.setattr(slow_tools, "DELAY", 0.5)
+    async with make_core() as (runtime, chat):
+        await chat.say("Dame la hora actual")
+        await chat.wait_for(1)
+        classifier = runtime.engine.book.classifier
+        read = classifier.read
+        texts: list[str] = []
+
+        def counted(text: str) -> Reading:
+            texts.append(text)
+            return read(text)
+
+        monkeypatch.setattr(classifier, "read", counted)
+        await chat.say("¿Sigues ahí?")
+        sent = await chat.wait_for(2)
+        interims = await rows(runtime, MessageRow, status="interim")
+        await runtime.engine.wait_idle()
+    assert kinds(sent)[:2] == [ReplyKind.WORKING, ReplyKind.INTERIM]
+    assert [row.kind for row in interims] == ["status"]
+    assert texts == ["¿Sigues ahí?"]
 
 
 async def test_an_instant_reply_waits_behind_an_older_undelivered_reply(

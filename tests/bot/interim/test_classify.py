@@ -11,6 +11,7 @@ from bot.interim.classify import (
     InterimKind,
     _matcher,
     classify,
+    default_classifier,
     detect_language,
     told_language,
 )
@@ -190,6 +191,14 @@ def test_any_text_gets_a_kind_and_a_known_or_default_language(text: str, default
     result = classify(text, default)
     assert result.kind in set(InterimKind)
     assert result.language in {"en", "es"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400), st.sampled_from(["en", "es"]))
+def test_one_reading_tells_what_classify_and_told_language_tell(text: str, default: str) -> None:
+    reading = default_classifier().read(text)
+    assert reading.told == told_language(text)
+    assert reading.classification(default) == classify(text, default)
 
 
 @pytest.mark.parametrize("kind", MATCHED_KINDS)
