@@ -6,15 +6,13 @@ edits the core. Nothing on disk changes; `applied()` restores everything on exit
                recommendation: it separates our own cost from Telegram's published limit).
   notyping     no typing indicator at all, not even while the model writes
                (bot/presence.py).
-  noguard      getUpdates batches passed on unchecked (adapters/telegram/transport.py
-               parses each update once to find those python-telegram-bot would fail on;
-               the library then parses it again): what that second parse costs.
 
 Switches applied to the core are gone from here: one SQLite connection per process
 (storage/database.py, was "onewriter"), tool schemas built once (bot/tools/registry.py, was
-"schemacache"), recovery in waves (bot/engine.py RECOVERY_CONCURRENCY, was "recoverwaves")
-and the request posted without the SDK's transform (bot/llm.py, was "sdkbypass");
-RESULTS.md has their figures.
+"schemacache"), recovery in waves (bot/engine.py RECOVERY_CONCURRENCY, was "recoverwaves"),
+the request posted without the SDK's transform (bot/llm.py, was "sdkbypass") and each
+update parsed once, checked apart only in a batch python-telegram-bot could not parse
+(adapters/telegram/transport.py, was "noguard"); RESULTS.md has their figures.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-EXPERIMENTS = ("nolimit", "notyping", "noguard")
+EXPERIMENTS = ("nolimit", "notyping")
 
 
 def check(names: Iterable[str]) -> frozenset[str]:
@@ -44,10 +42,6 @@ def _no_typing(self: object, session_id: int, key: object, sink: object) -> None
     return None
 
 
-def _unchecked(payload: Any) -> Any:
-    return payload
-
-
 def _targets(name: str) -> list[tuple[object, str, object]]:
     """(object, attribute, new value) for each patch of one experiment."""
     if name == "nolimit":
@@ -58,10 +52,6 @@ def _targets(name: str) -> list[tuple[object, str, object]]:
         from bot.presence import TypingKeeper
 
         return [(TypingKeeper, "start", _no_typing)]
-    if name == "noguard":
-        import adapters.telegram.transport as transport
-
-        return [(transport, "sanitize_updates", _unchecked)]
     raise ValueError(f"unknown experiment {name!r}")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
+from telegram import Update
 
 from adapters.telegram import TelegramAdapter, delivery
 from bot.core_api import COMMAND_FAILED, SubmitOutcome
@@ -240,6 +241,28 @@ async def test_malformed_update_and_a_crashing_handler_do_not_stop_the_app(
     assert core.texts() == ["still there?"]
     # The bad update was confirmed, not fetched again and again.
     await tg.wait_for(lambda: tg.queued_updates == [])
+
+
+async def test_a_well_formed_batch_is_parsed_once(
+    tg: FakeTelegram,
+    core: RecordingCore,
+    adapter: TelegramAdapter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only python-telegram-bot parses it: each update is checked apart only in a batch
+    the library could not parse."""
+    parsed: list[int] = []
+    de_json = Update.de_json.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[Update], data: Any, bot: Any = None) -> Update:
+        parsed.append(data["update_id"])
+        return de_json(cls, data, bot)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Update, "de_json", classmethod(counted))
+    for text in ("one", "two", "three"):
+        tg.push_text(ANA.id, ANA, text)
+    await tg.wait_for(lambda: core.texts() == ["one", "two", "three"])
+    assert len(parsed) == len(set(parsed)) == 3
 
 
 # --- confirming updates -----------------------------------------------------------------

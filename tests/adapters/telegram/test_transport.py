@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 from telegram.error import RetryAfter
+from telegram.request import RequestData
+from telegram.request._requestparameter import RequestParameter
 
+from adapters.telegram.http_client import AiohttpRequest
 from adapters.telegram.transport import (
     ApiResult,
     ChatActionExemptRateLimiter,
@@ -51,10 +54,28 @@ def test_other_payloads_pass_through(payload: dict[str, object]) -> None:
     assert sanitize_updates(payload) == payload
 
 
-def test_the_request_parses_and_sanitizes_raw_bytes() -> None:
-    raw = json.dumps({"ok": True, "result": [{"update_id": 9, "message": 5}]}).encode()
-    parsed = UpdateGuardRequest().parse_json_payload(raw)
-    assert parsed == {"ok": True, "result": [{"update_id": 9}]}
+async def test_a_batch_goes_as_sent_and_is_sanitized_when_asked_for_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The library parses a batch itself; one it could not parse it asks for again from
+    the same offset, and then the updates it cannot parse come as empty ones."""
+    bad = {"update_id": 2, "message": 5}
+    body = json.dumps({"ok": True, "result": [bad, GOOD]}).encode()
+
+    async def answered(self: object, *args: object, **kwargs: object) -> tuple[int, bytes]:
+        return 200, body
+
+    monkeypatch.setattr(AiohttpRequest, "do_request", answered)
+    request = UpdateGuardRequest()
+
+    def poll(offset: int) -> Any:
+        data = RequestData([RequestParameter.from_input("offset", offset)])
+        return request.post("http://127.0.0.1:9/bot/getUpdates", data)
+
+    assert await poll(0) == [bad, GOOD]
+    assert await poll(0) == [{"update_id": 2}, GOOD]
+    # Past it: the next batch goes as sent again.
+    assert await poll(4) == [bad, GOOD]
 
 
 async def test_a_429_goes_back_to_its_caller_and_holds_up_no_other_request(
