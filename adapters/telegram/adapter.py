@@ -24,6 +24,7 @@ from adapters.telegram.delivery import DEFAULT_RETRY_DELAYS, Delivery
 from adapters.telegram.http_client import AiohttpRequest
 from adapters.telegram.processor import PerChatUpdateProcessor
 from adapters.telegram.transport import ChatActionExemptRateLimiter, UpdateGuardRequest
+from adapters.telegram.webhook import WebhookServer
 from bot.core_api import COMMAND_FAILED, ChatCore
 from bot.events import ConversationKey, DeliveryError, OutgoingMessage
 from bot.lost import LostIntake
@@ -105,6 +106,7 @@ class TelegramAdapter:
         self._app.add_error_handler(self._on_error)
         self._delivery = Delivery(self._app.bot, retry_delays)
         self._identity: BotIdentity | None = None
+        self._webhook: WebhookServer | None = None
         self._running = False
         self.lost = LostIntake()
 
@@ -248,11 +250,21 @@ class TelegramAdapter:
         if webhook_url:
             secret = self._settings.telegram_webhook_secret
             assert secret is not None  # check_telegram_webhook refuses to go on without
-            await updater.start_webhook(
+            # Ours, not python-telegram-bot's: that one answers a call once the update is
+            # queued, this one once it is taken in (adapters.telegram.webhook). Listening
+            # before Telegram is told where to call.
+            self._webhook = WebhookServer(
                 listen=self._settings.telegram_webhook_listen,
                 port=self._settings.telegram_webhook_port,
-                url_path=urlsplit(webhook_url).path.lstrip("/"),
-                webhook_url=webhook_url,
+                path=urlsplit(webhook_url).path,
+                secret=secret.get_secret_value(),
+                bot=self._app.bot,
+                updates=self._app.update_queue,
+                unconfirmed=self._unconfirmed,
+            )
+            await self._webhook.start()
+            await self._app.bot.set_webhook(
+                url=webhook_url,
                 secret_token=secret.get_secret_value(),
                 allowed_updates=_ALLOWED_UPDATES,
             )
@@ -275,6 +287,9 @@ class TelegramAdapter:
     async def stop_intake(self) -> None:
         """Stops fetching and lets in-flight updates finish; replies still go out until
         `stop`."""
+        if self._webhook is not None:
+            webhook, self._webhook = self._webhook, None
+            await webhook.stop()
         updater = self._app.updater
         if updater is not None and updater.running:
             try:

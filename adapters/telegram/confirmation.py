@@ -5,7 +5,9 @@ them. python-telegram-bot asks for the next batch as soon as it has queued the l
 so a process killed while those messages were being stored lost them: Telegram had been
 told they were read. Here the call that would confirm them waits until each has been
 taken in (stored, or found to need no storing); killed before that, the bot gets them
-again on its next start, and storing them is deduplicated.
+again on its next start, and storing them is deduplicated. In webhook mode the answer to
+Telegram's call confirms the update it brought, and waits the same way
+(adapters.telegram.webhook).
 
 The wait has a limit: a storing that takes longer than that (a database that is down)
 must not leave every other chat unheard. Past it, polling goes on and says which updates
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +48,21 @@ class UnconfirmedUpdates:
         (logged). Those at or above it are not waited for: this call does not confirm
         them (python-telegram-bot leaves out of its offset the ones it fetched while
         stopping and never handed on)."""
+        await self._until_taken_in(lambda: self._below(offset))
+
+    async def before_answering(self, update_id: int) -> None:
+        """Returns once the update a webhook call brought is taken in, or after
+        `wait_limit` (logged): answering the call confirms it."""
+        await self._until_taken_in(lambda: [update_id] if update_id in self._waiting else [])
+
+    async def _until_taken_in(self, pending: Callable[[], list[int]]) -> None:
         try:
             async with asyncio.timeout(self.wait_limit):
-                while self._below(offset):
+                while pending():
                     self._progress.clear()
                     await self._progress.wait()
         except TimeoutError:
-            late = self._below(offset)
+            late = pending()
             log.warning(
                 "confirming %d update%s to Telegram not yet stored after %.0f s (ids %s): "
                 "if the bot dies before storing them, they are lost",

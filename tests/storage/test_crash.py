@@ -14,6 +14,7 @@ from bot.prompt import to_openai
 from storage.database import create_engine
 from storage.repository import SqlStore
 from tests.fakes.telegram_api import FakeTelegram, TgUser
+from tests.support.ports import free_port
 from tests.support.process import bot_environment, read_until, run_bot, spawn_cli, start_bot
 
 ANA = TgUser(1001, "Ana")
@@ -166,3 +167,67 @@ async def test_sigkill_while_a_fetched_message_is_being_stored_then_restart(
         assert tg.sent_messages(ANA.id) == []
 
         await _next_start_answers_once(tg, tmp_path, env)
+
+
+async def test_sigkill_while_a_webhook_message_is_being_stored_then_telegram_resends_it(
+    tmp_path: Path,
+) -> None:
+    """In webhook mode the answer to Telegram's call confirms the update: the process dies
+    while it cannot store the message, the call goes unanswered, and the update Telegram
+    sends again is answered once by the next process."""
+    db = tmp_path / "bot.db"
+    port = free_port()
+    async with FakeTelegram() as tg:
+        env = {
+            **_telegram_environment(tg, db),
+            "TELEGRAM_WEBHOOK_URL": f"http://127.0.0.1:{port}/hook",
+            "TELEGRAM_WEBHOOK_LISTEN": "127.0.0.1",
+            "TELEGRAM_WEBHOOK_PORT": str(port),
+            "TELEGRAM_WEBHOOK_SECRET": "crash-test-secret",
+        }
+        first = await _start_telegram_bot(tmp_path, env)
+        lock = sqlite3.connect(db, isolation_level=None, timeout=30)
+        try:
+            await tg.wait_for(lambda: bool(tg.calls_to("setWebhook")), timeout=30)
+            # Another process holds SQLite's write lock: the bot gets the call, cannot store.
+            lock.execute("BEGIN IMMEDIATE")
+            message_id = tg.push_text(ANA.id, ANA, "hello there")
+            await asyncio.sleep(1.0)
+            assert tg.webhook_deliveries == []  # the call is still unanswered
+            first.kill()
+            await first.wait()
+        finally:
+            lock.close()
+            if first.returncode is None:
+                first.kill()
+                await first.wait()
+        await tg.wait_for(lambda: bool(tg.webhook_deliveries), timeout=30)
+        [(update_id, status)] = tg.webhook_deliveries
+        assert status == 0  # the connection closed unanswered: Telegram was told nothing
+        assert tg.sent_messages(ANA.id) == []
+        again = {
+            "update_id": update_id,
+            "message": {
+                "message_id": message_id,
+                "date": int(time.time()),
+                "chat": {"id": ANA.id, "type": "private", "first_name": ANA.first_name},
+                "from": ANA.to_dict(),
+                "text": "hello there",
+            },
+        }
+
+        second = await _start_telegram_bot(tmp_path, env)
+        try:
+            await tg.wait_for(lambda: len(tg.calls_to("setWebhook")) == 2, timeout=30)
+            tg.push_raw(again)  # Telegram sends it again
+            await tg.wait_for(lambda: len(tg.sent_messages(ANA.id)) >= 1, timeout=30)
+            await tg.wait_for(lambda: len(tg.webhook_deliveries) == 2, timeout=30)
+            await asyncio.sleep(0.5)  # a wrong second post would come now
+        finally:
+            second.terminate()
+            _, errors = await second.communicate()
+        assert second.returncode == 0, errors.decode()
+        assert tg.webhook_deliveries[1] == (update_id, 200)
+        sent = tg.sent_messages(ANA.id)
+        assert len(sent) == 1
+        assert "hello there" in sent[0].text

@@ -28,6 +28,7 @@ from bot.events import (
 )
 from bot.settings import Settings, SettingsError, StartupError
 from tests.fakes.telegram_api import FakeTelegram, TgUser
+from tests.support.ports import free_port
 
 ANA = TgUser(1001, "Ana", "Pérez", username="ana")
 BEN = TgUser(1002, "Ben")
@@ -591,22 +592,84 @@ async def test_send_after_stop_is_a_temporary_delivery_error(
 # --- webhook mode --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def webhook_adapter(tg: FakeTelegram, core: RecordingCore, url: str, port: int) -> TelegramAdapter:
+def webhook_adapter(
+    tg: FakeTelegram, core: RecordingCore, url: str, port: int, confirm_wait: float = 5.0
+) -> TelegramAdapter:
     """An adapter in webhook mode: Telegram calls `url`, it listens on 127.0.0.1:`port`."""
     settings = settings_for(
         tg,
         telegram_webhook_url=url,
         telegram_webhook_listen="127.0.0.1",
         telegram_webhook_port=port,
-        telegram_webhook_secret="s3cret-Token",
+        telegram_webhook_secret=WEBHOOK_SECRET,
     )
-    return TelegramAdapter(settings, core)
+    return TelegramAdapter(settings, core, confirm_wait=confirm_wait)
+
+
+WEBHOOK_SECRET = "s3cret-Token"
+
+
+@pytest.fixture
+async def hooked(
+    tg: FakeTelegram, core: RecordingCore
+) -> AsyncIterator[tuple[str, TelegramAdapter]]:
+    """A started adapter in webhook mode, and the URL Telegram calls."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/tg-hook"
+    adapter = webhook_adapter(tg, core, url, port, confirm_wait=0.5)
+    await adapter.start()
+    try:
+        yield url, adapter
+    finally:
+        core.storing.set()
+        await adapter.stop()
+
+
+async def test_a_webhook_call_is_answered_only_once_its_update_is_taken_in(
+    tg: FakeTelegram, core: RecordingCore, hooked: tuple[str, TelegramAdapter]
+) -> None:
+    """Answering Telegram's call confirms the update: a crash before the storing would
+    lose the message. Unanswered, the call makes Telegram send it again."""
+    core.storing.clear()
+    tg.push_text(ANA.id, ANA, "keep me")
+    await tg.wait_for(lambda: core.entered == ["keep me"])
+    await asyncio.sleep(0.2)
+    assert tg.webhook_deliveries == []
+    core.storing.set()
+    await tg.wait_for(lambda: [status for _, status in tg.webhook_deliveries] == [200])
+    assert core.texts() == ["keep me"]
+
+
+async def test_a_webhook_call_is_answered_after_the_wait_limit_and_says_so(
+    tg: FakeTelegram,
+    core: RecordingCore,
+    hooked: tuple[str, TelegramAdapter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    core.storing.clear()
+    tg.push_text(ANA.id, ANA, "slow to store")
+    await tg.wait_for(lambda: [status for _, status in tg.webhook_deliveries] == [200])
+    assert core.entered == ["slow to store"] and core.texts() == []
+    assert "confirming 1 update to Telegram not yet stored" in caplog.text
+
+
+async def test_a_malformed_webhook_update_is_answered_and_the_next_one_taken_in(
+    tg: FakeTelegram,
+    core: RecordingCore,
+    hooked: tuple[str, TelegramAdapter],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url, _ = hooked
+    headers = {"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=b"{not json", headers=headers) as response:
+            assert response.status == 400
+        malformed = {"update_id": 7, "message": {"message_id": "x", "chat": "nope"}}
+        async with http.post(url, json=malformed, headers=headers) as response:
+            assert response.status == 200
+    assert "skipping a malformed webhook update" in caplog.text
+    tg.push_text(ANA.id, ANA, "after it")
+    await tg.wait_for(lambda: core.texts() == ["after it"])
 
 
 async def test_webhook_mode_sets_the_webhook_and_receives_updates(
@@ -618,7 +681,7 @@ async def test_webhook_mode_sets_the_webhook_and_receives_updates(
     try:
         [hook] = tg.calls_to("setWebhook")
         assert hook.params["url"] == f"http://127.0.0.1:{port}/tg-hook"
-        assert hook.params["secret_token"] == "s3cret-Token"
+        assert hook.params["secret_token"] == WEBHOOK_SECRET
         tg.push_text(ANA.id, ANA, "via webhook")
         await tg.wait_for(lambda: core.texts() == ["via webhook"])
         assert tg.calls_to("getUpdates") == []
