@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sqlalchemy import text
@@ -94,6 +96,24 @@ def _telegram_environment(tg: FakeTelegram, db: Path) -> dict[str, str]:
     )
 
 
+@contextlib.asynccontextmanager
+async def _killed_unable_to_store(
+    cwd: Path, env: dict[str, str], db: Path
+) -> AsyncIterator[sqlite3.Connection]:
+    """A bot process, SIGKILLed on leaving, and a connection to its SQLite file for the
+    test to take the write lock with (BEGIN IMMEDIATE), so that the bot cannot store; the
+    lock goes only once the bot is dead."""
+    process = await _start_telegram_bot(cwd, env)
+    lock = sqlite3.connect(db, isolation_level=None, timeout=30)
+    try:
+        yield lock
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        lock.close()
+
+
 async def _next_start_answers_once(tg: FakeTelegram, cwd: Path, env: dict[str, str]) -> None:
     """Starts the bot again: it answers "hello there" exactly once, leaves no update
     unconfirmed, and stops cleanly."""
@@ -143,11 +163,9 @@ async def test_sigkill_while_a_fetched_message_is_being_stored_then_restart(
     db = tmp_path / "bot.db"
     async with FakeTelegram() as tg:
         env = _telegram_environment(tg, db)
-        first = await _start_telegram_bot(tmp_path, env)
-        # Another process holds SQLite's write lock: the bot can fetch, not store.
-        lock = sqlite3.connect(db, isolation_level=None, timeout=30)
-        try:
+        async with _killed_unable_to_store(tmp_path, env, db) as lock:
             await tg.wait_for(lambda: bool(tg.calls_to("getUpdates")), timeout=30)
+            # Another process holds SQLite's write lock: the bot can fetch, not store.
             lock.execute("BEGIN IMMEDIATE")
             polls = len(tg.calls_to("getUpdates"))
             tg.push_text(ANA.id, ANA, "hello there")
@@ -157,13 +175,6 @@ async def test_sigkill_while_a_fetched_message_is_being_stored_then_restart(
             await asyncio.sleep(1.0)
             assert [u["message"]["text"] for u in tg.queued_updates] == ["hello there"]
             assert len(tg.calls_to("getUpdates")) == polls
-            first.kill()
-            await first.wait()
-        finally:
-            lock.close()
-            if first.returncode is None:
-                first.kill()
-                await first.wait()
         assert tg.sent_messages(ANA.id) == []
 
         await _next_start_answers_once(tg, tmp_path, env)
@@ -185,22 +196,13 @@ async def test_sigkill_while_a_webhook_message_is_being_stored_then_telegram_res
             "TELEGRAM_WEBHOOK_PORT": str(port),
             "TELEGRAM_WEBHOOK_SECRET": "crash-test-secret",
         }
-        first = await _start_telegram_bot(tmp_path, env)
-        lock = sqlite3.connect(db, isolation_level=None, timeout=30)
-        try:
+        async with _killed_unable_to_store(tmp_path, env, db) as lock:
             await tg.wait_for(lambda: bool(tg.calls_to("setWebhook")), timeout=30)
             # Another process holds SQLite's write lock: the bot gets the call, cannot store.
             lock.execute("BEGIN IMMEDIATE")
             message_id = tg.push_text(ANA.id, ANA, "hello there")
             await asyncio.sleep(1.0)
             assert tg.webhook_deliveries == []  # the call is still unanswered
-            first.kill()
-            await first.wait()
-        finally:
-            lock.close()
-            if first.returncode is None:
-                first.kill()
-                await first.wait()
         await tg.wait_for(lambda: bool(tg.webhook_deliveries), timeout=30)
         [(update_id, status)] = tg.webhook_deliveries
         assert status == 0  # the connection closed unanswered: Telegram was told nothing
