@@ -66,7 +66,9 @@ class Courier:
 
     @property
     def busy(self) -> bool:
-        return bool(self._running)
+        """A session's replies being sent, or to be looked at again soon (another worker
+        held an older one): either way a reply may still be on its way."""
+        return bool(self._running or self._looking_again)
 
     def kick(self, session_id: int, ready: Sequence[OutboxItem] = ()) -> None:
         """Something was added to this session's outbox: deliver it soon. `ready` are rows

@@ -158,6 +158,28 @@ async def test_rows_after_one_held_by_another_worker_go_out_once_it_is_sent(
         assert [s.message.text for s in sink.sent] == ["reply 0", "reply 2"]
 
 
+async def test_the_courier_is_busy_while_a_held_session_waits_to_be_looked_at_again(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply that waits for another worker's older one is still on its way: `busy`
+    says so until it is sent (the engine's wait_idle relies on it)."""
+    monkeypatch.setattr(courier_module, "HELD_RETRY_SECONDS", 0.3)
+    async with worker_one(database_url) as (store, courier, sink):
+        for number in range(2):
+            session_id = await store.record_notice(message(number), f"reply {number}")
+        assert session_id is not None
+        async with store.engine.connect() as conn:
+            first = await conn.scalar(select(OutboxRow.id).order_by(OutboxRow.id).limit(1))
+        assert first is not None
+        assert await store.claim_delivery(first, "two", lease_seconds=60)
+        courier.kick(session_id)
+        await asyncio.sleep(0.1)
+        assert sink.sent == [] and courier.busy
+        await store.mark_delivered(first, "sent-by-two")
+        await drained(courier)
+        assert [s.message.text for s in sink.sent] == ["reply 1"]
+
+
 async def test_a_reply_handed_over_after_a_drain_already_sent_it_goes_out_once(
     database_url: str,
 ) -> None:
