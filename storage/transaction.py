@@ -28,6 +28,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 
 from sqlalchemy.engine import Connection
@@ -94,26 +95,26 @@ async def transaction(
                 begin_immediate(connection)
             return context.run(work, connection)
 
+    give_back: Callable[[], Awaitable[None]]
     at_hand = _connection_at_hand(engine)
     if at_hand is not None:
-        taken, driver = at_hand
-        try:
-            return await driver.in_thread(lambda: in_transaction(taken), cancellations.note)
-        finally:
-            await _give_back(taken, driver)
-    conn = await _connected(engine, cancellations)
-    sync = conn.sync_connection
-    assert sync is not None  # started by _connected()
-    pooled = sync.connection.dbapi_connection
-    if isinstance(pooled, OneTripConnection):
-        try:
-            return await pooled.in_thread(lambda: in_transaction(sync), cancellations.note)
-        finally:
-            await conn.close()
+        sync, driver = at_hand
+        give_back = partial(_give_back, sync, driver)
+    else:
+        conn = await _connected(engine, cancellations)
+        started = conn.sync_connection
+        assert started is not None  # started by _connected()
+        pooled = started.connection.dbapi_connection
+        if not isinstance(pooled, OneTripConnection):
+            try:
+                return await outlast(conn.run_sync(in_transaction), cancellations)
+            finally:
+                await outlast(conn.close(), cancellations)
+        sync, driver, give_back = started, pooled, conn.close
     try:
-        return await outlast(conn.run_sync(in_transaction), cancellations)
+        return await driver.in_thread(lambda: in_transaction(sync), cancellations.note)
     finally:
-        await outlast(conn.close(), cancellations)
+        await give_back()
 
 
 def _connection_at_hand(engine: AsyncEngine) -> tuple[Connection, OneTripConnection] | None:
