@@ -136,18 +136,25 @@ async def test_only_the_last_reply_of_a_drain_waits_to_join_the_next_write(
         assert await delivered(store) == [(f"reply {n}", True) for n in range(3)]
 
 
+async def replies_one_held_by_two(store: SqlStore, count: int, held: int) -> tuple[int, int]:
+    """`count` replies in one session ("reply 0", ...), the `held`-th claimed by worker
+    two: the session's id and that reply's outbox id."""
+    for number in range(count):
+        session_id = await store.record_notice(message(number), f"reply {number}")
+    assert session_id is not None
+    async with store.engine.connect() as conn:
+        ids = list(await conn.scalars(select(OutboxRow.id).order_by(OutboxRow.id)))
+    assert await store.claim_delivery(ids[held], "two", lease_seconds=60)
+    return session_id, ids[held]
+
+
 async def test_rows_after_one_held_by_another_worker_go_out_once_it_is_sent(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(courier_module, "HELD_RETRY_SECONDS", 0.05)
     async with worker_one(database_url) as (store, courier, sink):
-        for number in range(3):
-            session_id = await store.record_notice(message(number), f"reply {number}")
-        assert session_id is not None
-        async with store.engine.connect() as conn:
-            second = list(await conn.scalars(select(OutboxRow.id).order_by(OutboxRow.id)))[1]
         # Worker two holds the second reply: the third must wait for it.
-        assert await store.claim_delivery(second, "two", lease_seconds=60)
+        session_id, second = await replies_one_held_by_two(store, 3, held=1)
         courier.kick(session_id)
         await sink.wait_for(1)
         await asyncio.sleep(0.2)
@@ -165,13 +172,7 @@ async def test_the_courier_is_busy_while_a_held_session_waits_to_be_looked_at_ag
     says so until it is sent (the engine's wait_idle relies on it)."""
     monkeypatch.setattr(courier_module, "HELD_RETRY_SECONDS", 0.3)
     async with worker_one(database_url) as (store, courier, sink):
-        for number in range(2):
-            session_id = await store.record_notice(message(number), f"reply {number}")
-        assert session_id is not None
-        async with store.engine.connect() as conn:
-            first = await conn.scalar(select(OutboxRow.id).order_by(OutboxRow.id).limit(1))
-        assert first is not None
-        assert await store.claim_delivery(first, "two", lease_seconds=60)
+        session_id, first = await replies_one_held_by_two(store, 2, held=0)
         courier.kick(session_id)
         await asyncio.sleep(0.1)
         assert sink.sent == [] and courier.busy
